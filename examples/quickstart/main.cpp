@@ -38,18 +38,25 @@ options parse(int argc, char** argv) {
       LC_CHECK(i + 1 < argc, "option " << a << " needs a value");
       char* end = nullptr;
       long const v = std::strtol(argv[++i], &end, 10);
-      LC_CHECK(*end == '\0' && v > 0 && v <= 1 << 20,
-               "option " << a << " needs a positive integer up to 1048576; got '" << argv[i]
-                         << "'");
+      LC_CHECK(
+          *end == '\0' && v > 0 && v <= 1 << 20,
+          "option " << a << " needs a positive integer up to 1048576; got '" << argv[i] << "'");
       return v;
     };
-    if (a == "--layers") o.layers = int(value());
-    else if (a == "--tokens") o.tokens = value();
-    else if (a == "--hidden") o.hidden = value();
-    else if (a == "--intermediate") o.intermediate = value();
-    else if (a == "--seed") o.seed = unsigned(value());
-    else LC_THROW("unknown option '" << a << "'; allowed: --layers --tokens --hidden "
-                                        "--intermediate --seed");
+    if (a == "--layers")
+      o.layers = int(value());
+    else if (a == "--tokens")
+      o.tokens = value();
+    else if (a == "--hidden")
+      o.hidden = value();
+    else if (a == "--intermediate")
+      o.intermediate = value();
+    else if (a == "--seed")
+      o.seed = unsigned(value());
+    else
+      LC_THROW("unknown option '" << a
+                                  << "'; allowed: --layers --tokens --hidden "
+                                     "--intermediate --seed");
   }
   return o;
 }
@@ -169,10 +176,11 @@ int main(int argc, char** argv) try {
   std::normal_distribution<float> d(0.0f, 1.0f);
   for (float& v : input) v = d(rng);
 
-  std::printf("lightcore quickstart: %d-layer SwiGLU MLP (hidden %lld, intermediate %lld, bf16 "
-              "weights, fp32 math) over %lld tokens on the CPU backend; activations from the "
-              "cache_tensor_manager\n",
-              o.layers, (long long)o.hidden, (long long)o.intermediate, (long long)o.tokens);
+  std::printf(
+      "lightcore quickstart: %d-layer SwiGLU MLP (hidden %lld, intermediate %lld, bf16 "
+      "weights, fp32 math) over %lld tokens on the CPU backend; activations from the "
+      "cache_tensor_manager\n",
+      o.layers, (long long)o.hidden, (long long)o.intermediate, (long long)o.tokens);
   run_result const with = run(host, weights, input, o, true);
   run_result const without = run(host, weights, input, o, false);
 
@@ -182,14 +190,14 @@ int main(int argc, char** argv) try {
     checksum += with.output[i];
   }
   auto const mib = [](std::size_t b) { return double(b) / (1 << 20); };
-  std::printf("  output: checksum %.6f, first values %.5f %.5f %.5f\n", checksum,
-              with.output[0], with.output[1], with.output[2]);
+  std::printf("  output: checksum %.6f, first values %.5f %.5f %.5f\n", checksum, with.output[0],
+              with.output[1], with.output[2]);
   std::printf("  same result with and without buffer reuse: %s (max |diff| %g)\n",
               max_diff == 0 ? "yes" : "NO", max_diff);
-  std::printf("  activation peak: %.3f MiB with reuse, %.3f MiB without (%.1fx)\n",
-              mib(with.stats.activations.peak_bytes), mib(without.stats.activations.peak_bytes),
-              double(without.stats.activations.peak_bytes) /
-                  double(with.stats.activations.peak_bytes));
+  std::printf(
+      "  activation peak: %.3f MiB with reuse, %.3f MiB without (%.1fx)\n",
+      mib(with.stats.activations.peak_bytes), mib(without.stats.activations.peak_bytes),
+      double(without.stats.activations.peak_bytes) / double(with.stats.activations.peak_bytes));
   std::printf("  forward time: %.2f ms\n  manager report:\n%s", with.ms, with.report.c_str());
   return max_diff == 0 ? 0 : 1;
 } catch (lc::error const& e) {

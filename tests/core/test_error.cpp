@@ -46,8 +46,6 @@ TEST(Error, MessageIsNotEvaluatedWhenCheckPasses) {
   EXPECT_EQ(evaluated, 0);
 }
 
-TEST(Error, IsARuntimeError) {
-  EXPECT_THROW(LC_CHECK(false, "x"), std::runtime_error);
-}
+TEST(Error, IsARuntimeError) { EXPECT_THROW(LC_CHECK(false, "x"), std::runtime_error); }
 
 }  // namespace

@@ -116,8 +116,11 @@ TEST(TensorView, MisuseGivesClearErrors) {
   expect_error([&] { v.reshape({-1, -1}); }, "at most one extent may be -1");
   expect_error([&] { v.transpose(0, 2).reshape({24}); }, "reshape of a non-contiguous view");
   expect_error([&] { lc::dims d{1, 2, 3, 4, 5, 6, 7}; }, "exceeds lightcore's maximum rank 6");
-  expect_error([&] { lc::tensor_view(data.data(), lc::dtype::f32, {2, -3}); },
-               "negative extent -3");
+  expect_error(
+      [&] {
+        lc::tensor_view(data.data(), lc::dtype::f32, {2, -3});
+      },
+      "negative extent -3");
 }
 
 TEST(Tensor, OwnsAndFillsOnTheCpuBackend) {

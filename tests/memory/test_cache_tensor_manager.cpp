@@ -46,7 +46,8 @@ struct forward_result {
   std::vector<std::vector<void*>> addresses;  // per layer
 };
 
-forward_result run_forward(int layers, std::int64_t tokens, lc::memory::cache_tensor_manager_config c = {}) {
+forward_result run_forward(int layers, std::int64_t tokens,
+                           lc::memory::cache_tensor_manager_config c = {}) {
   lc::backend::cpu host;
   manager m(host, c);
   forward_result r;

@@ -24,8 +24,8 @@ constexpr int layers = 4;
 constexpr int threads = 256;
 
 // up[i, k*H + j] = x[i, j] * (k + 1) * scale
-__global__ void __launch_bounds__(threads) expand(float const* x, float* up, std::int64_t rows,
-                                                  float scale) {
+__global__ void __launch_bounds__(threads)
+    expand(float const* x, float* up, std::int64_t rows, float scale) {
   std::int64_t const n = rows * 4 * hidden;
   for (std::int64_t e = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; e < n;
        e += std::int64_t(gridDim.x) * blockDim.x) {
@@ -35,8 +35,8 @@ __global__ void __launch_bounds__(threads) expand(float const* x, float* up, std
 }
 
 // x[i, j] += 0.1 * tanh(sum_k up[i, k*H + j])
-__global__ void __launch_bounds__(threads) reduce_add(float const* up, float* x,
-                                                      std::int64_t rows) {
+__global__ void __launch_bounds__(threads)
+    reduce_add(float const* up, float* x, std::int64_t rows) {
   std::int64_t const n = rows * hidden;
   for (std::int64_t e = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; e < n;
        e += std::int64_t(gridDim.x) * blockDim.x) {
@@ -64,18 +64,18 @@ void forward(manager& m, std::int64_t rows, cuda::stream_type const& s) {
   auto in = m.persistent("input", lc::dtype::f32, {rows, hidden});
   auto out = m.persistent("output", lc::dtype::f32, {rows, hidden});
   auto x = m.acquire<float>("residual", {rows, hidden});
-  LC_CUDA_CHECK(cudaMemcpyAsync(x.data(), in.data(), in.nbytes(), cudaMemcpyDeviceToDevice,
-                                s.get()));
+  LC_CUDA_CHECK(
+      cudaMemcpyAsync(x.data(), in.data(), in.nbytes(), cudaMemcpyDeviceToDevice, s.get()));
   for (int l = 0; l < layers; ++l) {
     auto up = m.acquire<float>("mlp.up", {rows, 4 * hidden});
     expand<<<264, threads, 0, s.get()>>>(x.as<float, 2>().data, up.as<float, 2>().data, rows,
-                                        layer_scale(l));
+                                         layer_scale(l));
     LC_CUDA_CHECK_LAUNCH();
     reduce_add<<<264, threads, 0, s.get()>>>(up.as<float, 2>().data, x.as<float, 2>().data, rows);
     LC_CUDA_CHECK_LAUNCH();
   }
-  LC_CUDA_CHECK(cudaMemcpyAsync(out.data(), x.data(), out.nbytes(), cudaMemcpyDeviceToDevice,
-                                s.get()));
+  LC_CUDA_CHECK(
+      cudaMemcpyAsync(out.data(), x.data(), out.nbytes(), cudaMemcpyDeviceToDevice, s.get()));
 }
 
 struct captured {
@@ -138,10 +138,11 @@ TEST_F(CacheTensorManagerGraphs, EightGraphsShareThePoolOfTheLargest) {
   auto graphs = capture(m, batches, s);
   std::size_t const all_pool = m.stats().graph_pool.reserved_bytes;
   std::size_t const all_device = used_bytes(gpu) - before;
-  std::printf("graph pool: largest alone %.1f MiB, all 8 graphs %.1f MiB; device memory: largest "
-              "alone %.1f MiB, all 8 %.1f MiB\n%s",
-              alone_pool / 1048576.0, all_pool / 1048576.0, alone_device / 1048576.0,
-              all_device / 1048576.0, m.report().c_str());
+  std::printf(
+      "graph pool: largest alone %.1f MiB, all 8 graphs %.1f MiB; device memory: largest "
+      "alone %.1f MiB, all 8 %.1f MiB\n%s",
+      alone_pool / 1048576.0, all_pool / 1048576.0, alone_device / 1048576.0,
+      all_device / 1048576.0, m.report().c_str());
   EXPECT_LE(double(all_pool), 1.10 * double(alone_pool));
   EXPECT_LE(double(all_device), 1.10 * double(alone_device));
   ASSERT_EQ(m.graphs().size(), batches.size());

@@ -34,16 +34,17 @@ concept Backend = requires(B& b, B const& cb, void* dst, void const* src, std::s
   { B::alignment } -> std::convertible_to<std::size_t>;
   { cb.where() } -> std::same_as<device>;
   { b.allocate(n) } -> std::same_as<void*>;
-  { b.deallocate(dst, n) } noexcept;
-  { b.copy(dst, src, n, s) };
-  { b.fill(dst, n, n, pattern, s) };
+  { b.deallocate(dst, n) }
+  noexcept;
+  {b.copy(dst, src, n, s)};
+  {b.fill(dst, n, n, pattern, s)};
   { b.make_stream() } -> std::same_as<typename B::stream_type>;
   { b.make_event() } -> std::same_as<typename B::event_type>;
-  { b.synchronize() };
+  {b.synchronize()};
   { b.memory() } -> std::same_as<memory_info>;
-  { s.synchronize() };
-  { e.record(s) };
-  { e.synchronize() };
+  {s.synchronize()};
+  {e.record(s)};
+  {e.synchronize()};
   { B::elapsed_ms(e, e) } -> std::convertible_to<float>;
 };
 

@@ -155,9 +155,7 @@ class cuda {
     auto const stream = reinterpret_cast<CUstream>(s.get());
     CUresult r = CUDA_SUCCESS;
     switch (elem_bytes) {
-      case 1:
-        LC_CUDA_CHECK(cudaMemsetAsync(dst, int(pattern & 0xff), count, s.get()));
-        return;
+      case 1: LC_CUDA_CHECK(cudaMemsetAsync(dst, int(pattern & 0xff), count, s.get())); return;
       case 2:
         r = driver().memset_d16(ptr, static_cast<unsigned short>(pattern), count, stream);
         break;
@@ -173,8 +171,8 @@ class cuda {
       default:
         LC_THROW("fill element size " << elem_bytes << " is not supported; allowed: 1, 2, 4, 8");
     }
-    LC_CHECK(r == CUDA_SUCCESS, "cuMemsetD" << elem_bytes * 8 << "Async failed with CUresult "
-                                            << int(r));
+    LC_CHECK(r == CUDA_SUCCESS,
+             "cuMemsetD" << elem_bytes * 8 << "Async failed with CUresult " << int(r));
   }
 
   stream_type make_stream() const {

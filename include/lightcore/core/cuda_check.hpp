@@ -13,24 +13,24 @@
 namespace lightcore::detail {
 [[noreturn]] inline void throw_cuda_error(cudaError_t e, char const* file, int line,
                                           char const* call) {
-  throw_error(file, line, call,
-              std::string("CUDA call failed: ") + cudaGetErrorName(e) + " (" +
-                  cudaGetErrorString(e) + ")");
+  throw_error(
+      file, line, call,
+      std::string("CUDA call failed: ") + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
 }
 }  // namespace lightcore::detail
 
-#define LC_CUDA_CHECK(call)                                                  \
-  do {                                                                       \
-    cudaError_t const lc_cuda_err_ = (call);                                 \
-    if (lc_cuda_err_ != cudaSuccess) [[unlikely]]                            \
+#define LC_CUDA_CHECK(call)                                                           \
+  do {                                                                                \
+    cudaError_t const lc_cuda_err_ = (call);                                          \
+    if (lc_cuda_err_ != cudaSuccess) [[unlikely]]                                     \
       ::lightcore::detail::throw_cuda_error(lc_cuda_err_, __FILE__, __LINE__, #call); \
   } while (0)
 
 #if defined(LIGHTCORE_DEBUG_SYNC)
-#define LC_CUDA_CHECK_LAUNCH()                \
-  do {                                        \
-    LC_CUDA_CHECK(cudaGetLastError());        \
-    LC_CUDA_CHECK(cudaDeviceSynchronize());   \
+#define LC_CUDA_CHECK_LAUNCH()              \
+  do {                                      \
+    LC_CUDA_CHECK(cudaGetLastError());      \
+    LC_CUDA_CHECK(cudaDeviceSynchronize()); \
   } while (0)
 #else
 #define LC_CUDA_CHECK_LAUNCH() LC_CUDA_CHECK(cudaGetLastError())

@@ -57,29 +57,74 @@ inline std::ostream& operator<<(std::ostream& os, dtype t) { return os << name_o
 // dtype_of<T>: the dtype tag of a C++ element type; a type without one does not compile.
 template <class T>
 struct dtype_of;
-template <> struct dtype_of<float> { static constexpr dtype value = dtype::f32; };
-template <> struct dtype_of<bf16> { static constexpr dtype value = dtype::bf16; };
-template <> struct dtype_of<fp16> { static constexpr dtype value = dtype::f16; };
-template <> struct dtype_of<fp8_e4m3> { static constexpr dtype value = dtype::fp8_e4m3; };
-template <> struct dtype_of<std::int32_t> { static constexpr dtype value = dtype::i32; };
-template <> struct dtype_of<std::int64_t> { static constexpr dtype value = dtype::i64; };
-template <> struct dtype_of<std::uint8_t> { static constexpr dtype value = dtype::u8; };
+template <>
+struct dtype_of<float> {
+  static constexpr dtype value = dtype::f32;
+};
+template <>
+struct dtype_of<bf16> {
+  static constexpr dtype value = dtype::bf16;
+};
+template <>
+struct dtype_of<fp16> {
+  static constexpr dtype value = dtype::f16;
+};
+template <>
+struct dtype_of<fp8_e4m3> {
+  static constexpr dtype value = dtype::fp8_e4m3;
+};
+template <>
+struct dtype_of<std::int32_t> {
+  static constexpr dtype value = dtype::i32;
+};
+template <>
+struct dtype_of<std::int64_t> {
+  static constexpr dtype value = dtype::i64;
+};
+template <>
+struct dtype_of<std::uint8_t> {
+  static constexpr dtype value = dtype::u8;
+};
 
 template <class T>
 inline constexpr dtype dtype_v = dtype_of<std::remove_cv_t<T>>::value;
 
 template <class T>
-concept element = requires { dtype_of<std::remove_cv_t<T>>::value; };
+concept element = requires {
+  dtype_of<std::remove_cv_t<T>>::value;
+};
 
 // The C++ type of a dtype, for the dispatch below.
-template <dtype D> struct type_of;
-template <> struct type_of<dtype::f32> { using type = float; };
-template <> struct type_of<dtype::bf16> { using type = bf16; };
-template <> struct type_of<dtype::f16> { using type = fp16; };
-template <> struct type_of<dtype::fp8_e4m3> { using type = fp8_e4m3; };
-template <> struct type_of<dtype::i32> { using type = std::int32_t; };
-template <> struct type_of<dtype::i64> { using type = std::int64_t; };
-template <> struct type_of<dtype::u8> { using type = std::uint8_t; };
+template <dtype D>
+struct type_of;
+template <>
+struct type_of<dtype::f32> {
+  using type = float;
+};
+template <>
+struct type_of<dtype::bf16> {
+  using type = bf16;
+};
+template <>
+struct type_of<dtype::f16> {
+  using type = fp16;
+};
+template <>
+struct type_of<dtype::fp8_e4m3> {
+  using type = fp8_e4m3;
+};
+template <>
+struct type_of<dtype::i32> {
+  using type = std::int32_t;
+};
+template <>
+struct type_of<dtype::i64> {
+  using type = std::int64_t;
+};
+template <>
+struct type_of<dtype::u8> {
+  using type = std::uint8_t;
+};
 template <dtype D>
 using type_of_t = typename type_of<D>::type;
 

@@ -55,19 +55,19 @@ namespace detail {
 
 // LC_CHECK(cond, "what was wrong: " << value << "; allowed: ...")
 // The message is a stream expression, evaluated only when the check fails.
-#define LC_CHECK(cond, msg)                                                              \
-  do {                                                                                   \
-    if (!(cond)) [[unlikely]] {                                                          \
-      std::ostringstream lc_check_os_;                                                   \
-      lc_check_os_ << msg;                                                               \
-      ::lightcore::detail::throw_error(__FILE__, __LINE__, #cond, lc_check_os_.str());  \
-    }                                                                                    \
+#define LC_CHECK(cond, msg)                                                            \
+  do {                                                                                 \
+    if (!(cond)) [[unlikely]] {                                                        \
+      std::ostringstream lc_check_os_;                                                 \
+      lc_check_os_ << msg;                                                             \
+      ::lightcore::detail::throw_error(__FILE__, __LINE__, #cond, lc_check_os_.str()); \
+    }                                                                                  \
   } while (0)
 
 // LC_THROW("message " << value): an unconditional failure with the same format.
-#define LC_THROW(msg)                                                                 \
-  do {                                                                                \
-    std::ostringstream lc_throw_os_;                                                  \
-    lc_throw_os_ << msg;                                                              \
+#define LC_THROW(msg)                                                                  \
+  do {                                                                                 \
+    std::ostringstream lc_throw_os_;                                                   \
+    lc_throw_os_ << msg;                                                               \
     ::lightcore::detail::throw_error(__FILE__, __LINE__, nullptr, lc_throw_os_.str()); \
   } while (0)

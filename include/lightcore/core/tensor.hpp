@@ -19,9 +19,7 @@ class tensor {
  public:
   tensor() = default;
   tensor(B& backend, dtype type, dims shape)
-      : backend_(&backend),
-        view_(nullptr, type, shape, backend.where()),
-        bytes_(view_.nbytes()) {
+      : backend_(&backend), view_(nullptr, type, shape, backend.where()), bytes_(view_.nbytes()) {
     view_ = tensor_view(backend.allocate(bytes_), type, shape, backend.where());
   }
   tensor(tensor&& o) noexcept
@@ -68,8 +66,8 @@ class tensor {
 template <Backend B, element T>
 void fill(B& backend, tensor_view const& v, T value, typename B::stream_type const& s) {
   LC_CHECK(v.is_contiguous(), "fill needs a contiguous view; got " << v);
-  LC_CHECK(v.type() == dtype_v<T>, "fill of a " << v.type() << " view with a "
-                                                << dtype_v<T> << " value");
+  LC_CHECK(v.type() == dtype_v<T>,
+           "fill of a " << v.type() << " view with a " << dtype_v<T> << " value");
   std::uint64_t pattern = 0;
   std::memcpy(&pattern, &value, sizeof(T));
   backend.fill(v.data(), std::size_t(v.numel()), sizeof(T), pattern, s);

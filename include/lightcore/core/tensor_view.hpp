@@ -83,11 +83,11 @@ class tensor_view {
 
   tensor_view(void* data, dtype type, dims shape, dims strides, device where)
       : data_(data), type_(type), where_(where), shape_(shape), strides_(strides) {
-    LC_CHECK(shape.rank() == strides.rank(), "shape " << shape << " and strides " << strides
-                                                      << " must have the same rank");
+    LC_CHECK(shape.rank() == strides.rank(),
+             "shape " << shape << " and strides " << strides << " must have the same rank");
     for (int i = 0; i < shape.rank(); ++i)
-      LC_CHECK(shape[i] >= 0, "negative extent " << shape[i] << " in dimension " << i
-                                                 << " of shape " << shape);
+      LC_CHECK(shape[i] >= 0,
+               "negative extent " << shape[i] << " in dimension " << i << " of shape " << shape);
   }
 
   void* data() const noexcept { return data_; }
@@ -130,8 +130,8 @@ class tensor_view {
   tensor_view select(int d, std::int64_t i) const {
     int const n = normalize_dim(d);
     LC_CHECK(0 <= i && i < shape_[n], "index " << i << " is out of range for dimension " << n
-                                                << " of shape " << shape_ << " (size "
-                                                << shape_[n] << ")");
+                                               << " of shape " << shape_ << " (size " << shape_[n]
+                                               << ")");
     tensor_view r;
     r.data_ = byte_offset(i * strides_[n]);
     r.type_ = type_;
@@ -155,7 +155,7 @@ class tensor_view {
   // The same elements under a new shape; one extent may be -1 (inferred). Contiguous views only.
   tensor_view reshape(dims shape) const {
     LC_CHECK(is_contiguous(), "reshape of a non-contiguous view (shape " << shape_ << ", strides "
-                                                                          << strides_ << ")");
+                                                                         << strides_ << ")");
     int inferred = -1;
     std::int64_t known = 1;
     for (int i = 0; i < shape.rank(); ++i) {
@@ -182,8 +182,8 @@ class tensor_view {
   template <element T, int Rank>
   typed_view<T, Rank> as() const {
     check_type<T>();
-    LC_CHECK(rank() == Rank, "view of rank " << rank() << " (shape " << shape_
-                                             << ") requested as rank " << Rank);
+    LC_CHECK(rank() == Rank,
+             "view of rank " << rank() << " (shape " << shape_ << ") requested as rank " << Rank);
     typed_view<T, Rank> v;
     v.data = static_cast<T*>(data_);
     for (int d = 0; d < Rank; ++d) {
@@ -201,8 +201,8 @@ class tensor_view {
   }
 
   friend std::ostream& operator<<(std::ostream& os, tensor_view const& v) {
-    return os << "tensor_view(" << v.type_ << ", " << v.shape_ << ", strides " << v.strides_
-              << ", " << v.where_ << ')';
+    return os << "tensor_view(" << v.type_ << ", " << v.shape_ << ", strides " << v.strides_ << ", "
+              << v.where_ << ')';
   }
 
  private:
@@ -217,8 +217,7 @@ class tensor_view {
   }
   template <class T>
   void check_type() const {
-    LC_CHECK(dtype_v<T> == type_,
-             "view holds " << type_ << " but was accessed as " << dtype_v<T>);
+    LC_CHECK(dtype_v<T> == type_, "view holds " << type_ << " but was accessed as " << dtype_v<T>);
   }
 
   void* data_ = nullptr;

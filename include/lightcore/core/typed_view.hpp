@@ -43,8 +43,7 @@ struct typed_view {
 
   // The (Rank-1)-dimensional view at index i of the first dimension.
   LC_HOST_DEVICE constexpr typed_view<T, Rank - 1> operator[](std::int64_t i) const
-    requires(Rank > 1)
-  {
+      requires(Rank > 1) {
     typed_view<T, Rank - 1> r;
     r.data = data + i * stride[0];
     for (int d = 1; d < Rank; ++d) {

@@ -34,8 +34,8 @@ class arena {
 
   // A block of `bytes` (a multiple of B::alignment), grown from the backend if nothing fits.
   std::byte* allocate(std::size_t bytes) {
-    LC_CHECK(bytes % B::alignment == 0, "arena block of " << bytes << " bytes is not a multiple of "
-                                                          << B::alignment);
+    LC_CHECK(bytes % B::alignment == 0,
+             "arena block of " << bytes << " bytes is not a multiple of " << B::alignment);
     auto best = free_.end();
     for (auto it = free_.begin(); it != free_.end(); ++it)
       if (it->size >= bytes && (best == free_.end() || it->size < best->size)) best = it;
@@ -88,8 +88,8 @@ class arena {
   // Replaces all chunks by one chunk of `bytes` (at least the current reservation is not
   // required). Only allowed while nothing is live.
   void consolidate(std::size_t bytes) {
-    LC_CHECK(stats_.live_bytes == 0, "arena consolidate with " << stats_.live_bytes
-                                                               << " bytes still live");
+    LC_CHECK(stats_.live_bytes == 0,
+             "arena consolidate with " << stats_.live_bytes << " bytes still live");
     release_chunks();
     if (bytes > 0) add_chunk(bytes);
   }

@@ -45,8 +45,8 @@
 namespace lightcore::memory {
 
 struct cache_tensor_manager_config {
-  std::size_t growth_bytes = std::size_t{64} << 20;  // bytes; smallest chunk taken when the
-                                                     // activation arena must grow (64 MiB)
+  std::size_t growth_bytes = std::size_t{64} << 20;        // bytes; smallest chunk taken when the
+                                                           // activation arena must grow (64 MiB)
   std::size_t graph_growth_bytes = std::size_t{64} << 20;  // bytes; the same for the graph pool
   bool reuse = true;  // false: no block is reused within a forward and every graph gets its own
                       // memory (for debugging, and to show what the manager saves)
@@ -201,12 +201,12 @@ class cache_tensor_manager {
       persistent_bytes_ += bytes;
       it = persistent_.end() - 1;
     }
-    LC_CHECK(bytes <= it->capacity,
-             "persistent buffer '" << role << "' was sized at " << it->capacity
-                                   << " bytes by its first request; a request for " << bytes
-                                   << " bytes (shape " << shape << ", " << type
-                                   << ") does not fit: make the largest request first "
-                                      "(capture the largest batch first)");
+    LC_CHECK(bytes <= it->capacity, "persistent buffer '"
+                                        << role << "' was sized at " << it->capacity
+                                        << " bytes by its first request; a request for " << bytes
+                                        << " bytes (shape " << shape << ", " << type
+                                        << ") does not fit: make the largest request first "
+                                           "(capture the largest batch first)");
     return tensor_view(it->block, type, shape, backend_->where());
   }
 
@@ -230,8 +230,8 @@ class cache_tensor_manager {
   // largest batch), so that the first capture finds one contiguous block. Only before any
   // capture.
   void reserve_graph_pool(std::size_t bytes) {
-    LC_CHECK(graphs_.empty(), "reserve_graph_pool after " << graphs_.size()
-                                                          << " graph(s) were captured");
+    LC_CHECK(graphs_.empty(),
+             "reserve_graph_pool after " << graphs_.size() << " graph(s) were captured");
     graph_pool_.consolidate(round_up(bytes));
   }
 
@@ -294,8 +294,7 @@ class cache_tensor_manager {
     it->second.largest_bytes = std::max(it->second.largest_bytes, bytes);
   }
 
-  void release(std::byte* block, std::size_t bytes, pool_id id,
-               std::uint64_t generation) noexcept {
+  void release(std::byte* block, std::size_t bytes, pool_id id, std::uint64_t generation) noexcept {
     --live_leases_;
     if (bytes == 0) return;
     if (id == pool_id::graph) {
