@@ -1,0 +1,6 @@
+// convert: f16 -> f32 (one explicit instantiation per file; see convert.cuh).
+#include "kernels/convert/convert.cuh"
+
+namespace lightcore::kernels::detail {
+template void launch_convert<fp16, float>(convert_params<fp16, float> const&, int, CUstream_st*);
+}  // namespace lightcore::kernels::detail
