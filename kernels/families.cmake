@@ -1,8 +1,6 @@
-# The kernel families and their sources (see kernels/CMakeLists.txt for lightcore_kernel_family).
-lightcore_kernel_family(convert
-  CPU convert_cpu.cpp
-  CUDA convert_cuda.cu
-       instantiations/convert_f32_bf16.cu instantiations/convert_bf16_f32.cu
-       instantiations/convert_f32_f16.cu instantiations/convert_f16_f32.cu
-       instantiations/convert_f32_fp8_e4m3.cu instantiations/convert_fp8_e4m3_f32.cu
-       instantiations/convert_bf16_fp8_e4m3.cu instantiations/convert_fp8_e4m3_bf16.cu)
+# The kernel families: each folder's family.cmake calls lightcore_kernel_family() with its sources
+# (see kernels/CMakeLists.txt).
+file(GLOB lightcore_family_files CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/*/family.cmake)
+foreach(family_file IN LISTS lightcore_family_files)
+  include(${family_file})
+endforeach()

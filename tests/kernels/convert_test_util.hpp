@@ -61,10 +61,8 @@ inline float random_float(std::mt19937_64& rng) {
       464.0f, -480.0f, 65504.0f, 65520.0f, 0x1p-9f, 0x1p-10f, 0x1p-24f, 0x1p-25f,   1.0f + 0x1p-8f};
   std::uint64_t const r = rng();
   switch (r % 8) {
-    case 0:
-      return std::bit_cast<float>(std::uint32_t(r >> 32));
-    case 1:
-      return edges[(r >> 8) % std::size(edges)];
+    case 0: return std::bit_cast<float>(std::uint32_t(r >> 32));
+    case 1: return edges[(r >> 8) % std::size(edges)];
     default: {
       std::uniform_int_distribution<int> exponent(-30, 20);
       std::uniform_real_distribution<float> fraction(1.0f, 2.0f);
