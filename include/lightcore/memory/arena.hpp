@@ -85,8 +85,8 @@ class arena {
     stats_.live_bytes = 0;
   }
 
-  // Replaces all chunks by one chunk of `bytes` (at least the current reservation is not
-  // required). Only allowed while nothing is live.
+  // Returns every chunk to the backend and takes one chunk of `bytes` instead (none if 0), so
+  // that a warm-up's scattered growth becomes one block. Only allowed while nothing is live.
   void consolidate(std::size_t bytes) {
     LC_CHECK(stats_.live_bytes == 0,
              "arena consolidate with " << stats_.live_bytes << " bytes still live");
