@@ -26,8 +26,12 @@ struct convert_traits {
   static constexpr int elems = access_bytes / wide_bytes;  // per vector
   static constexpr int src_bytes = elems * int(sizeof(Src));
   static constexpr int dst_bytes = elems * int(sizeof(Dst));
-  // Vectors each thread loads before it converts and stores: bytes in flight to cover HBM latency.
-  static constexpr int unroll = 4;
+  // Vectors each thread loads before it converts and stores: up to 32 bytes of loads in flight
+  // per thread (64 KiB per SM at full occupancy) to cover HBM latency, and at most 4 vectors, past
+  // which the results spill under the 32 registers that full occupancy allows.
+  static constexpr int load_bytes_in_flight = 32;
+  static constexpr int max_unroll = 4;
+  static constexpr int unroll = std::min(max_unroll, load_bytes_in_flight / src_bytes);
   static constexpr int threads = 256;
   // Hopper keeps 2048 threads resident per SM; the grid is at most this many blocks per SM (full
   // occupancy) and threads stride over the rest.

@@ -104,10 +104,10 @@ auto all_pairs() {
   return ::testing::ValuesIn(v);
 }
 
-// Sizes: below one vector, around a vector (16 elements for the fp8 pairs, 8 for 16-bit), odd
-// tails, and past one full sweep of the grid (132 SMs * 2048 threads * 16 elements ~ 4.3M), so
-// that threads loop. Offsets: aligned; both views at element 1 (the vector path after a scalar
-// head); src and dst misaligned differently (the all-scalar path).
+// Sizes: below one vector, around a vector (4 elements for the f32 pairs, 8 for bf16 <-> fp8),
+// odd tails, and past one full sweep of the grid (132 SMs * 2048 threads * unroll * vector
+// elements, at most ~8.7M), so that threads loop. Offsets: aligned; both views at element 1 (the
+// vector path after a scalar head); src and dst misaligned differently (the all-scalar path).
 INSTANTIATE_TEST_SUITE_P(Sizes, ConvertCuda,
                          ::testing::Combine(all_pairs(),
                                             ::testing::Values<std::int64_t>(1, 3, 8, 15, 16, 17, 33,
