@@ -1,0 +1,124 @@
+// quant: the CUDA kernel and its launcher. Only the files in instantiations/ include this; the
+// dispatch (quant_cuda.cu) sees the declaration in quant.hpp alone.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "kernels/quant/quant.hpp"
+#include "kernels/quant/quant_params.hpp"
+#include "lightcore/core/cuda_check.hpp"
+
+namespace lightcore::kernels::detail {
+
+template <class In, class Out>
+struct quant_traits {
+  static constexpr int in_access_bytes = 16;  // ld.global.v4.b32: 8 bf16
+  static constexpr int elems = in_access_bytes / int(sizeof(In));
+  static constexpr int out_access_bytes = elems * int(sizeof(Out));  // 8 fp8
+  // One group (128 elements) per half-warp: 16 lanes of 8 elements, the amax reduced in 4 shuffles.
+  static constexpr int lanes_per_group = int(quant_group_size) / elems;
+  static constexpr int groups_per_warp = 32 / lanes_per_group;
+  // Groups each half-warp loads before it reduces and stores: bytes in flight to cover HBM latency.
+  static constexpr int unroll = 2;
+  static constexpr int threads = 256;
+  // Resident blocks per SM that the grid is sized for: 6 of 256 threads (75% occupancy) leave 42
+  // registers per thread; at the full 8 (32 registers) the unrolled loop spilled to the stack.
+  static constexpr int blocks_per_sm = 6;
+  static_assert(quant_group_size % elems == 0 && 32 % lanes_per_group == 0);
+};
+
+template <int Bytes>
+struct quant_word;
+template <>
+struct quant_word<8> {
+  using type = uint2;
+};
+template <>
+struct quant_word<16> {
+  using type = uint4;
+};
+
+template <class T, int N>
+struct quant_reg_array {
+  T v[N];
+};
+
+// Group index gi in [0, rows * cols / 128) names (m, g): row-major order, or row-fastest when the
+// scales are k-major so that the scale stores of neighbouring half-warps are contiguous. Whole
+// warps iterate together (the shuffles need every lane), lanes past the end only idle.
+template <class In, class Out>
+__global__ void __launch_bounds__(quant_traits<In, Out>::threads,
+                                  quant_traits<In, Out>::blocks_per_sm)
+    quant_kernel(quant_params<In, Out> const p, std::int64_t const groups) {
+  using traits = quant_traits<In, Out>;
+  using in_array = quant_reg_array<In, traits::elems>;
+  using out_array = quant_reg_array<Out, traits::elems>;
+  using out_word = typename quant_word<traits::out_access_bytes>::type;
+  int const lane = int(threadIdx.x) % traits::lanes_per_group;
+  std::int64_t const slot = (std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x) /
+                            traits::lanes_per_group;  // this half-warp's first group
+  std::int64_t const slots = std::int64_t(gridDim.x) * blockDim.x / traits::lanes_per_group;
+  std::int64_t const groups_per_row = p.cols / quant_group_size;
+  std::int64_t const warp_slot = slot - slot % traits::groups_per_warp;  // uniform in the warp
+
+  for (std::int64_t first = warp_slot; first < groups; first += slots * traits::unroll) {
+    // Row and group as 32-bit values (M and K / 128 < 2^31: the host checks), which keeps the
+    // unrolled loop within 42 registers without spilling.
+    int row[traits::unroll], group[traits::unroll];
+    uint4 in[traits::unroll];
+#pragma unroll
+    for (int u = 0; u < traits::unroll; ++u) {
+      std::int64_t const gi = slot + (first - warp_slot) + u * slots;
+      row[u] = -1;
+      group[u] = 0;
+      if (gi >= groups) continue;
+      row[u] = int(p.rows_fastest ? gi % p.rows : gi / groups_per_row);
+      group[u] = int(p.rows_fastest ? gi / p.rows : gi % groups_per_row);
+      std::int64_t const col = std::int64_t(group[u]) * quant_group_size + lane * traits::elems;
+      in[u] = __ldg(reinterpret_cast<uint4 const*>(p.x + row[u] * p.x_stride + col));
+    }
+#pragma unroll
+    for (int u = 0; u < traits::unroll; ++u) {
+      in_array x{};
+      float amax = 0.0f;
+      if (row[u] >= 0) {
+        x = __builtin_bit_cast(in_array, in[u]);
+#pragma unroll
+        for (int e = 0; e < traits::elems; ++e) amax = quant_amax(amax, float(x.v[e]));
+      }
+#pragma unroll
+      for (int offset = traits::lanes_per_group / 2; offset > 0; offset /= 2)
+        amax = quant_amax(amax, __shfl_xor_sync(0xFFFF'FFFFu, amax, offset));
+      if (row[u] < 0) continue;
+      float const scale = quant_group_scale(amax);
+      out_array q;
+#pragma unroll
+      for (int e = 0; e < traits::elems; ++e) q.v[e] = quant_value<Out>(float(x.v[e]), scale);
+      std::int64_t const col = std::int64_t(group[u]) * quant_group_size + lane * traits::elems;
+      *reinterpret_cast<out_word*>(p.q + row[u] * p.q_stride + col) =
+          __builtin_bit_cast(out_word, q);
+      if (lane == 0)
+        p.scales[row[u] * p.scale_row_stride + group[u] * p.scale_group_stride] = scale;
+    }
+  }
+}
+
+template <class In, class Out>
+void launch_quantize_per_token_group(quant_params<In, Out> const& p, int num_sms,
+                                     CUstream_st* stream) {
+  using traits = quant_traits<In, Out>;
+  std::int64_t const groups = p.rows * (p.cols / quant_group_size);
+  if (groups == 0) return;
+  std::int64_t const threads_needed =
+      (groups + traits::unroll - 1) / traits::unroll * traits::lanes_per_group;
+  std::int64_t const max_blocks = std::int64_t(num_sms) * traits::blocks_per_sm;
+  auto const blocks = unsigned(std::clamp<std::int64_t>(
+      (threads_needed + traits::threads - 1) / traits::threads, 1, max_blocks));
+  quant_kernel<In, Out><<<blocks, traits::threads, 0, stream>>>(p, groups);
+  LC_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace lightcore::kernels::detail
