@@ -94,9 +94,10 @@ __global__ void __launch_bounds__(quant_traits<In, Out>::threads,
         amax = quant_amax(amax, __shfl_xor_sync(0xFFFF'FFFFu, amax, offset));
       if (row[u] < 0) continue;
       float const scale = quant_group_scale(amax);
+      float const inverse = quant_inverse_scale(scale);
       out_array q;
 #pragma unroll
-      for (int e = 0; e < traits::elems; ++e) q.v[e] = quant_value<Out>(float(x.v[e]), scale);
+      for (int e = 0; e < traits::elems; ++e) q.v[e] = quant_value<Out>(float(x.v[e]), inverse);
       std::int64_t const col = std::int64_t(group[u]) * quant_group_size + lane * traits::elems;
       *reinterpret_cast<out_word*>(p.q + row[u] * p.q_stride + col) =
           __builtin_bit_cast(out_word, q);

@@ -1,8 +1,9 @@
 // quant: per-token-group FP8 quantisation of activations, the input side of DeepSeek-V3's
 // block-scaled FP8 GEMMs. Each row of x [M, K] bf16 is cut into groups of 128 columns; a group's
-// scale is amax(|x|) / 448 (fp32) and its codes q = fp8_e4m3(x / scale), saturating; x ~ q * scale.
-// The scales go row-major [M][K/128] or k-major [K/128][M] (cuBLASLt's VEC128_32F B-operand
-// layout, docs: /work/shared/HOPPER.md); a padded leading dimension comes from the view's stride.
+// scale is amax(|x|) / 448 (fp32) and its codes q = fp8_e4m3(x * (1 / scale)), saturating;
+// x ~ q * scale.
+// The scales go row-major [M][K/128] or k-major [K/128][M] (the layout cuBLASLt's VEC128_32F
+// mode needs for the activation operand); a padded leading dimension comes from the view's stride.
 #pragma once
 
 #include <climits>
@@ -116,7 +117,7 @@ inline void check_quant_args(device where, tensor_view const& x, tensor_view con
 
 }  // namespace detail
 
-// q = fp8(x / scale) per group of 128 columns, scales stored in `layout`. x: [M, K] bf16, q:
+// q = fp8(x * (1 / scale)) per group of 128 columns, scales stored in `layout`. x: [M, K] bf16, q:
 // [M, K] fp8_e4m3, scales: [M, K/128] (row_major) or [K/128, M] (k_major) f32 with a contiguous
 // last dimension and any leading stride (to pad M for TMA alignment, slice a larger buffer). K a
 // multiple of 128; all on the backend's device; disjoint. Ordered on `stream`.

@@ -14,8 +14,9 @@ void quantize_per_token_group_cpu(tensor_view const& x, tensor_view const& q,
       float amax = 0.0f;
       for (std::int64_t k = k0; k < k0 + quant_group_size; ++k) amax = quant_amax(amax, in(m, k));
       float const scale = quant_group_scale(amax);
+      float const inverse = quant_inverse_scale(scale);
       for (std::int64_t k = k0; k < k0 + quant_group_size; ++k)
-        out(m, k) = quant_value<fp8_e4m3>(in(m, k), scale);
+        out(m, k) = quant_value<fp8_e4m3>(in(m, k), inverse);
       s[m * row_stride + (k0 / quant_group_size) * group_stride] = scale;
     }
   }

@@ -35,9 +35,10 @@ inline std::vector<bf16> random_activations(std::int64_t rows, std::int64_t cols
   return v;
 }
 
-// The definition in double: scale = max(amax, 1e-10) / 448 and q = x / scale, each rounded once
-// to fp32 (an fp32 quotient computed in double and rounded to fp32 is the correctly rounded fp32
-// quotient, since 53 >= 2 * 24 + 2), then q to fp8 (round to nearest even, saturating).
+// The definition in double: scale = max(amax, 1e-10) / 448, inverse = 1 / scale and
+// q = x * inverse, each rounded once to fp32 (an fp32 quotient or product computed in double and
+// rounded to fp32 is the correctly rounded fp32 result, since 53 >= 2 * 24 + 2), then q to fp8
+// (round to nearest even, saturating).
 // q: [rows, cols]; scales: [rows, cols / 128] row-major.
 inline void quantize_double(std::vector<bf16> const& x, std::int64_t rows, std::int64_t cols,
                             std::vector<fp8_e4m3>& q, std::vector<float>& scales) {
@@ -52,9 +53,10 @@ inline void quantize_double(std::vector<bf16> const& x, std::int64_t rows, std::
       auto const scale =
           float(std::max(amax, double(kernels::quant_amax_floor)) / double(kernels::quant_fp8_max));
       scales[std::size_t(r * groups + g)] = scale;
+      auto const inverse = float(1.0 / double(scale));
       for (std::int64_t k = g * g_size; k < (g + 1) * g_size; ++k) {
         auto const v = double(float(x[std::size_t(r * cols + k)]));
-        q[std::size_t(r * cols + k)] = fp8_e4m3(float(v / double(scale)));
+        q[std::size_t(r * cols + k)] = fp8_e4m3(float(v * double(inverse)));
       }
     }
   }

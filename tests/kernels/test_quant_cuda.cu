@@ -40,10 +40,10 @@ class QuantCudaTest : public ::testing::Test {
 };
 
 // Quantises random [rows, cols] activations on the GPU and on the CPU and compares.
-// Tolerances: both sides divide in IEEE fp32 (no fast math) and share the formulas, so we expect
-// bit-identical results. Allowed anyway: scales within 1 fp32 ulp, and at most 1e-4 of the codes
-// different, for a division that a future kernel computes as x * (1 / scale) (an ulp off the
-// quotient changes the fp8 code only when the quotient sits at an fp8 rounding boundary).
+// Tolerances: both sides compute the scale and its reciprocal in IEEE fp32 (no fast math) and
+// share the formulas, so we expect bit-identical results. Allowed anyway: scales within 1 fp32
+// ulp, and at most 1e-4 of the codes different (an ulp off the product changes the fp8 code only
+// when it sits at an fp8 rounding boundary).
 void check_against_cpu(std::int64_t rows, std::int64_t cols, scale_layout layout,
                        bool graph = false) {
   SCOPED_TRACE(::testing::Message() << "M " << rows << ", K " << cols << ", " << layout);
