@@ -2,32 +2,11 @@
 // (bf16 only, DeepSeek's embedding dtype).
 #include <cuda_runtime_api.h>
 
-#include <array>
-#include <atomic>
-
 #include "kernels/embedding/embedding.hpp"
 #include "lightcore/backend/cuda.hpp"
 #include "lightcore/core/cuda_check.hpp"
 
 namespace lightcore::kernels::detail {
-namespace {
-
-// The device's SM count, which sizes the grid; queried once per device, then cached.
-int embedding_sm_count(int ordinal) {
-  static constexpr int max_devices = 64;
-  static std::array<std::atomic<int>, max_devices> cache{};  // 0: not queried yet
-  LC_CHECK(0 <= ordinal && ordinal < max_devices,
-           "CUDA device ordinal " << ordinal << " is out of range; allowed 0.." << max_devices - 1);
-  int n = cache[ordinal].load(std::memory_order_relaxed);
-  if (n == 0) {
-    LC_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, ordinal));
-    cache[ordinal].store(n, std::memory_order_relaxed);
-  }
-  return n;
-}
-
-}  // namespace
-
 // Ids outside [0, vocab_size) cannot be reported from the kernel without a device-side trap
 // (which would poison the context): they fall outside every shard, so their rows are zeros.
 void embedding_cuda(tensor_view const& ids, tensor_view const& table, tensor_view const& out,
@@ -44,7 +23,7 @@ void embedding_cuda(tensor_view const& ids, tensor_view const& table, tensor_vie
                                  tokens == 1 ? out.size(1) : out.stride(0),
                                  shard.vocab_start,
                                  table.size(0)};
-  launch_embedding(p, embedding_sm_count(ordinal), stream);
+  launch_embedding(p, backend::multiprocessor_count(ordinal), stream);
 }
 
 }  // namespace lightcore::kernels::detail

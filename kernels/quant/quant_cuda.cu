@@ -2,32 +2,11 @@
 // (bf16 -> fp8_e4m3 only, what DeepSeek's FP8 GEMMs take).
 #include <cuda_runtime_api.h>
 
-#include <array>
-#include <atomic>
-
 #include "kernels/quant/quant.hpp"
 #include "lightcore/backend/cuda.hpp"
 #include "lightcore/core/cuda_check.hpp"
 
 namespace lightcore::kernels::detail {
-namespace {
-
-// The device's SM count, which sizes the grid; queried once per device, then cached.
-int quant_sm_count(int ordinal) {
-  static constexpr int max_devices = 64;
-  static std::array<std::atomic<int>, max_devices> cache{};  // 0: not queried yet
-  LC_CHECK(0 <= ordinal && ordinal < max_devices,
-           "CUDA device ordinal " << ordinal << " is out of range; allowed 0.." << max_devices - 1);
-  int n = cache[ordinal].load(std::memory_order_relaxed);
-  if (n == 0) {
-    LC_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, ordinal));
-    cache[ordinal].store(n, std::memory_order_relaxed);
-  }
-  return n;
-}
-
-}  // namespace
-
 void quantize_per_token_group_cuda(tensor_view const& x, tensor_view const& q,
                                    tensor_view const& scales, scale_layout layout,
                                    CUstream_st* stream) {
@@ -45,7 +24,7 @@ void quantize_per_token_group_cuda(tensor_view const& x, tensor_view const& q,
                                        row_stride,
                                        group_stride,
                                        layout == scale_layout::k_major};
-  launch_quantize_per_token_group(p, quant_sm_count(ordinal), stream);
+  launch_quantize_per_token_group(p, backend::multiprocessor_count(ordinal), stream);
 }
 
 }  // namespace lightcore::kernels::detail

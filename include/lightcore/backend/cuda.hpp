@@ -8,6 +8,8 @@
 #include <cuda.h>  // driver types for the memset entry points; libcuda is not linked
 #include <cuda_runtime_api.h>
 
+#include <array>
+#include <atomic>
 #include <cstdio>
 #include <utility>
 
@@ -31,6 +33,21 @@ class device_guard {
  private:
   int previous_ = 0;
 };
+
+// Streaming multiprocessors of device `ordinal`, which sizes persistent and grid-stride launches.
+// Queried once per device, then cached; thread-safe.
+inline int multiprocessor_count(int ordinal) {
+  static constexpr int max_devices = 64;
+  static std::array<std::atomic<int>, max_devices> cache{};  // 0: not queried yet
+  LC_CHECK(0 <= ordinal && ordinal < max_devices,
+           "CUDA device ordinal " << ordinal << " is out of range; allowed 0.." << max_devices - 1);
+  int n = cache[std::size_t(ordinal)].load(std::memory_order_relaxed);
+  if (n == 0) {
+    LC_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, ordinal));
+    cache[std::size_t(ordinal)].store(n, std::memory_order_relaxed);
+  }
+  return n;
+}
 
 class cuda {
  public:
