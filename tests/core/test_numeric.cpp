@@ -5,7 +5,7 @@
 // are compared as bit patterns, NaN included: a NaN result must be the exact encoding that CUDA
 // produces (bf16 0x7FFF, fp16 0x7FFF, fp8 0x7F; float 0x7FFFFFFF from fp16/fp8 NaN codes), since
 // kernels and checkpoints depend on it. Random inputs come from a fresh seed each run, printed so a
-// failure can be replayed with LC_TEST_SEED=<seed>.
+// failure can be replayed with LIGHTCORE_TEST_SEED=<seed>.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -232,14 +232,14 @@ float decode(std::uint32_t c) {
   return T::from_bits(static_cast<typename format<T>::storage>(c));  // implicit, exact
 }
 
-// One seed per run, printed once; LC_TEST_SEED=<n> replays a run.
+// One seed per run, printed once; LIGHTCORE_TEST_SEED=<n> replays a run.
 std::uint64_t run_seed() {
   static std::uint64_t const seed = [] {
-    char const* env = std::getenv("LC_TEST_SEED");
+    char const* env = std::getenv("LIGHTCORE_TEST_SEED");
     std::uint64_t const s =
         env != nullptr ? std::strtoull(env, nullptr, 0)
                        : (std::uint64_t{std::random_device{}()} << 32) | std::random_device{}();
-    std::printf("[ numeric ] random seed %llu (replay with LC_TEST_SEED=%llu)\n",
+    std::printf("[ numeric ] random seed %llu (replay with LIGHTCORE_TEST_SEED=%llu)\n",
                 static_cast<unsigned long long>(s), static_cast<unsigned long long>(s));
     return s;
   }();

@@ -6,7 +6,7 @@
 //
 // Tolerance: none (see test_numeric.cpp). NaN results are compared as bits too, since lightcore
 // promises CUDA's exact encodings. Random inputs come from a fresh seed each run, printed;
-// LC_TEST_SEED=<seed> replays a run.
+// LIGHTCORE_TEST_SEED=<seed> replays a run.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -262,11 +262,11 @@ class mismatches {
 
 std::uint64_t run_seed() {
   static std::uint64_t const seed = [] {
-    char const* env = std::getenv("LC_TEST_SEED");
+    char const* env = std::getenv("LIGHTCORE_TEST_SEED");
     std::uint64_t const s =
         env != nullptr ? std::strtoull(env, nullptr, 0)
                        : (std::uint64_t{std::random_device{}()} << 32) | std::random_device{}();
-    std::printf("[ numeric ] random seed %llu (replay with LC_TEST_SEED=%llu)\n",
+    std::printf("[ numeric ] random seed %llu (replay with LIGHTCORE_TEST_SEED=%llu)\n",
                 static_cast<unsigned long long>(s), static_cast<unsigned long long>(s));
     return s;
   }();
