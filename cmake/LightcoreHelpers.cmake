@@ -16,12 +16,13 @@ function(lightcore_warnings target)
     $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wpedantic -Wshadow -Wconversion -Wno-sign-conversion>)
 endfunction()
 
-# lightcore_add_test(<name> SOURCES <files...> [LIBS <targets...>] [LABELS <labels...>])
+# lightcore_add_test(<name> SOURCES <files...> [LIBS <targets...>] [LABELS <labels...>] [SERIAL])
 # One GoogleTest binary per area. .cu sources make it a CUDA test binary; such binaries are only
 # added when the CUDA backend is built. Test cases are discovered when CTest runs, so building
-# never needs a GPU.
+# never needs a GPU. SERIAL: its cases run alone (they measure device-wide state, such as the GPU
+# memory in use, that other tests running at the same time would disturb).
 function(lightcore_add_test name)
-  cmake_parse_arguments(arg "" "" "SOURCES;LIBS;LABELS" ${ARGN})
+  cmake_parse_arguments(arg "SERIAL" "" "SOURCES;LIBS;LABELS" ${ARGN})
   set(has_cuda OFF)
   foreach(src IN LISTS arg_SOURCES)
     if(src MATCHES "\\.cu$")
@@ -37,8 +38,12 @@ function(lightcore_add_test name)
   if(has_cuda)
     lightcore_cuda_target(${name})
   endif()
-  gtest_discover_tests(${name} DISCOVERY_MODE PRE_TEST PROPERTIES LABELS "${arg_LABELS}"
-                       DISCOVERY_TIMEOUT 60)
+  set(serial FALSE)
+  if(arg_SERIAL)
+    set(serial TRUE)
+  endif()
+  gtest_discover_tests(${name} DISCOVERY_MODE PRE_TEST DISCOVERY_TIMEOUT 60
+                       PROPERTIES LABELS "${arg_LABELS}" RUN_SERIAL ${serial})
 endfunction()
 
 # lightcore_add_bench(<name> SOURCES <files...> [LIBS <targets...>])
