@@ -15,7 +15,7 @@ constexpr int warp_row_max_vectors = 2 * warp;
 constexpr int warp_rows_per_block = 4;
 // Wider rows take one block each, of at most this many threads before a thread takes more
 // vectors: about 8 blocks resident per SM keep 32-64 KiB of loads in flight there.
-constexpr int preferred_threads_per_row = 256;
+constexpr int preferred_threads_per_row = 128;
 constexpr int max_threads_per_row = 512;
 
 struct rmsnorm_plan {

@@ -61,7 +61,8 @@ __global__ void __launch_bounds__(quant_traits<In, Out>::threads,
   std::int64_t const slot = (std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x) /
                             traits::lanes_per_group;  // this half-warp's first group
   std::int64_t const slots = std::int64_t(gridDim.x) * blockDim.x / traits::lanes_per_group;
-  std::int64_t const groups_per_row = p.cols / quant_group_size;
+  auto const groups_per_row32 = std::uint32_t(p.cols / quant_group_size);
+  auto const rows32 = std::uint32_t(p.rows);
   std::int64_t const warp_slot = slot - slot % traits::groups_per_warp;  // uniform in the warp
 
   for (std::int64_t first = warp_slot; first < groups; first += slots * traits::unroll) {
@@ -75,8 +76,11 @@ __global__ void __launch_bounds__(quant_traits<In, Out>::threads,
       row[u] = -1;
       group[u] = 0;
       if (gi >= groups) continue;
-      row[u] = int(p.rows_fastest ? gi % p.rows : gi / groups_per_row);
-      group[u] = int(p.rows_fastest ? gi / p.rows : gi % groups_per_row);
+      // 32-bit division (the launcher checks that group indices fit): a 64-bit one is a long
+      // subroutine, and it ran once per 8 elements per thread.
+      auto const g32 = std::uint32_t(gi);
+      row[u] = int(p.rows_fastest ? g32 % rows32 : g32 / groups_per_row32);
+      group[u] = int(p.rows_fastest ? g32 / rows32 : g32 % groups_per_row32);
       std::int64_t const col = std::int64_t(group[u]) * quant_group_size + lane * traits::elems;
       in[u] = __ldg(reinterpret_cast<uint4 const*>(p.x + row[u] * p.x_stride + col));
     }
@@ -113,6 +117,10 @@ void launch_quantize_per_token_group(quant_params<In, Out> const& p, int num_sms
   using traits = quant_traits<In, Out>;
   std::int64_t const groups = p.rows * (p.cols / quant_group_size);
   if (groups == 0) return;
+  LC_CHECK(groups < (std::int64_t(1) << 31),
+           "quantize_per_token_group on CUDA handles fewer than "
+           "2^31 groups of 128; got "
+               << groups << " (M " << p.rows << ", K " << p.cols << ")");
   std::int64_t const threads_needed =
       (groups + traits::unroll - 1) / traits::unroll * traits::lanes_per_group;
   std::int64_t const max_blocks = std::int64_t(num_sms) * traits::blocks_per_sm;
