@@ -133,7 +133,7 @@ inline rmsnorm_params<bf16> make_rmsnorm_params(char const* what, device where,
 }
 
 template <Backend B>
-void run_rmsnorm(B& backend, rmsnorm_params<bf16> const& p,
+void run_rmsnorm([[maybe_unused]] B& backend, rmsnorm_params<bf16> const& p,
                  [[maybe_unused]] typename B::stream_type const& stream) {
   if (p.rows == 0) return;
   if constexpr (B::kind == device_kind::cpu) {
