@@ -2,10 +2,12 @@
 // dispatch (quant_cuda.cu) sees the declaration in quant.hpp alone.
 #pragma once
 
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/quant/quant.hpp"
 #include "kernels/quant/quant_params.hpp"
@@ -100,8 +102,21 @@ __global__ void __launch_bounds__(quant_traits<In, Out>::threads,
       float const scale = quant_group_scale(amax);
       float const inverse = quant_inverse_scale(scale);
       out_array q;
+      if constexpr (std::is_same_v<Out, fp8_e4m3>) {
+        // Two values per conversion instruction (cvt.rn.satfinite.e4m3x2.f32): the same rounding
+        // and saturation as fp8_e4m3(float) element by element, half the instructions.
 #pragma unroll
-      for (int e = 0; e < traits::elems; ++e) q.v[e] = quant_value<Out>(float(x.v[e]), inverse);
+        for (int e = 0; e < traits::elems; e += 2) {
+          __nv_fp8x2_storage_t const pair = __nv_cvt_float2_to_fp8x2(
+              make_float2(float(x.v[e]) * inverse, float(x.v[e + 1]) * inverse), __NV_SATFINITE,
+              __NV_E4M3);
+          q.v[e] = fp8_e4m3::from_bits(std::uint8_t(pair & 0xFFu));  // .x in the low byte
+          q.v[e + 1] = fp8_e4m3::from_bits(std::uint8_t(pair >> 8));
+        }
+      } else {
+#pragma unroll
+        for (int e = 0; e < traits::elems; ++e) q.v[e] = quant_value<Out>(float(x.v[e]), inverse);
+      }
       std::int64_t const col = std::int64_t(group[u]) * quant_group_size + lane * traits::elems;
       *reinterpret_cast<out_word*>(p.q + row[u] * p.q_stride + col) =
           __builtin_bit_cast(out_word, q);
