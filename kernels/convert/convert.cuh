@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "kernels/common/vector_types.cuh"
 #include "kernels/convert/convert.hpp"
 #include "kernels/convert/convert_params.hpp"
 #include "lightcore/core/cuda_check.hpp"
@@ -39,28 +40,6 @@ struct convert_traits {
   static constexpr int blocks_per_sm = max_threads_per_sm / threads;
 };
 
-// The unsigned type that one load or store of Bytes bytes moves.
-template <int Bytes>
-struct word;
-template <>
-struct word<4> {
-  using type = std::uint32_t;
-};
-template <>
-struct word<8> {
-  using type = uint2;
-};
-template <>
-struct word<16> {
-  using type = uint4;
-};
-
-// A register array that __builtin_bit_cast can move between element and word views.
-template <class T, int N>
-struct reg_array {
-  T v[N];
-};
-
 // Elements [head, head + vectors * elems) move as whole vectors, src + head and dst + head being
 // aligned to their access sizes; the head before them and the tail after are cast one element at
 // a time by the first threads of the grid.
@@ -70,8 +49,8 @@ __global__ void __launch_bounds__(convert_traits<Src, Dst>::threads,
     convert_kernel(convert_params<Src, Dst> const p, std::int64_t const head,
                    std::int64_t const vectors) {
   using traits = convert_traits<Src, Dst>;
-  using src_word = typename word<traits::src_bytes>::type;
-  using dst_word = typename word<traits::dst_bytes>::type;
+  using src_word = vector_word_t<traits::src_bytes>;
+  using dst_word = vector_word_t<traits::dst_bytes>;
   std::int64_t const thread = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   std::int64_t const stride = std::int64_t(gridDim.x) * blockDim.x;
 

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "kernels/common/vector_types.cuh"
 #include "kernels/quant/quant.hpp"
 #include "kernels/quant/quant_params.hpp"
 #include "lightcore/core/cuda_check.hpp"
@@ -32,22 +33,6 @@ struct quant_traits {
   static_assert(quant_group_size % elems == 0 && 32 % lanes_per_group == 0);
 };
 
-template <int Bytes>
-struct quant_word;
-template <>
-struct quant_word<8> {
-  using type = uint2;
-};
-template <>
-struct quant_word<16> {
-  using type = uint4;
-};
-
-template <class T, int N>
-struct quant_reg_array {
-  T v[N];
-};
-
 // Group index gi in [0, rows * cols / 128) names (m, g): row-major order, or row-fastest when the
 // scales are k-major so that the scale stores of neighbouring half-warps are contiguous. Whole
 // warps iterate together (the shuffles need every lane), lanes past the end only idle.
@@ -56,9 +41,9 @@ __global__ void __launch_bounds__(quant_traits<In, Out>::threads,
                                   quant_traits<In, Out>::blocks_per_sm)
     quant_kernel(quant_params<In, Out> const p, std::int64_t const groups) {
   using traits = quant_traits<In, Out>;
-  using in_array = quant_reg_array<In, traits::elems>;
-  using out_array = quant_reg_array<Out, traits::elems>;
-  using out_word = typename quant_word<traits::out_access_bytes>::type;
+  using in_array = reg_array<In, traits::elems>;
+  using out_array = reg_array<Out, traits::elems>;
+  using out_word = vector_word_t<traits::out_access_bytes>;
   int const lane = int(threadIdx.x) % traits::lanes_per_group;
   std::int64_t const slot = (std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x) /
                             traits::lanes_per_group;  // this half-warp's first group
