@@ -34,6 +34,7 @@ function(lightcore_add_test name)
   endif()
   add_executable(${name} ${arg_SOURCES})
   target_link_libraries(${name} PRIVATE lightcore::core GTest::gtest GTest::gtest_main ${arg_LIBS})
+  target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/tests)  # "common/..." helpers
   lightcore_warnings(${name})
   if(has_cuda)
     lightcore_cuda_target(${name})

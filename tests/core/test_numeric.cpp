@@ -21,6 +21,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/seed.hpp"
 #include "lightcore/core/bf16.hpp"
 #include "lightcore/core/fp16.hpp"
 #include "lightcore/core/fp8.hpp"
@@ -232,19 +233,7 @@ float decode(std::uint32_t c) {
   return T::from_bits(static_cast<typename format<T>::storage>(c));  // implicit, exact
 }
 
-// One seed per run, printed once; LIGHTCORE_TEST_SEED=<n> replays a run.
-std::uint64_t run_seed() {
-  static std::uint64_t const seed = [] {
-    char const* env = std::getenv("LIGHTCORE_TEST_SEED");
-    std::uint64_t const s =
-        env != nullptr ? std::strtoull(env, nullptr, 0)
-                       : (std::uint64_t{std::random_device{}()} << 32) | std::random_device{}();
-    std::printf("[ numeric ] random seed %llu (replay with LIGHTCORE_TEST_SEED=%llu)\n",
-                static_cast<unsigned long long>(s), static_cast<unsigned long long>(s));
-    return s;
-  }();
-  return seed;
-}
+using lightcore::test::run_seed;  // LIGHTCORE_TEST_SEED=<n> replays a run
 
 // Collects the first mismatches for a readable failure message, counts all of them.
 class mismatches {

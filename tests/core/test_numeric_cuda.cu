@@ -23,6 +23,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/seed.hpp"
 #include "lightcore/core/bf16.hpp"
 #include "lightcore/core/error.hpp"
 #include "lightcore/core/fp16.hpp"
@@ -260,18 +261,7 @@ class mismatches {
   std::ostringstream shown_;
 };
 
-std::uint64_t run_seed() {
-  static std::uint64_t const seed = [] {
-    char const* env = std::getenv("LIGHTCORE_TEST_SEED");
-    std::uint64_t const s =
-        env != nullptr ? std::strtoull(env, nullptr, 0)
-                       : (std::uint64_t{std::random_device{}()} << 32) | std::random_device{}();
-    std::printf("[ numeric ] random seed %llu (replay with LIGHTCORE_TEST_SEED=%llu)\n",
-                static_cast<unsigned long long>(s), static_cast<unsigned long long>(s));
-    return s;
-  }();
-  return seed;
-}
+using lightcore::test::run_seed;  // LIGHTCORE_TEST_SEED=<n> replays a run
 
 // sign * 2^e * (1 + m / 2^23) with e uniform in [lowest, highest] and a random mantissa.
 float random_float(std::mt19937_64& rng, int lowest, int highest) {

@@ -18,35 +18,11 @@
 #include <sstream>
 #include <string>
 
+#include "common/seed.hpp"
 #include "lightcore/core/dtype.hpp"
 #include "lightcore/core/error.hpp"
 
 namespace lightcore::test {
-
-// This run's seed: LIGHTCORE_TEST_SEED when set (to replay a failure), else a fresh one. Printed
-// once, so that every failure can be reproduced.
-inline std::uint64_t run_seed() {
-  static std::uint64_t const seed = [] {
-    std::uint64_t s = 0;
-    if (char const* env = std::getenv("LIGHTCORE_TEST_SEED")) {
-      s = std::strtoull(env, nullptr, 0);
-    } else {
-      std::random_device rd;
-      s = (std::uint64_t(rd()) << 32) ^ rd();
-    }
-    std::cout << "[   SEED   ] LIGHTCORE_TEST_SEED=" << s << std::endl;
-    return s;
-  }();
-  return seed;
-}
-
-// A generator for the running test: the run's seed mixed with the test's full name, so that a
-// test draws the same inputs whatever else runs before it.
-inline std::mt19937_64 test_rng() {
-  auto const* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  std::string name = info ? std::string(info->test_suite_name()) + "." + info->name() : "";
-  return std::mt19937_64(run_seed() ^ std::hash<std::string>{}(name));
-}
 
 // A float drawn to exercise every cast: mostly magnitudes from 2^-30 to 2^20 (fp8 and f16
 // subnormals, rounding ties by chance, fp8 saturation above 448, f16 overflow above 65504), some

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "activation_test_util.hpp"
+#include "common/cuda.hpp"
 #include "convert_test_util.hpp"
 #include "kernels/activation/activation.hpp"
 #include "lightcore/backend/cpu.hpp"
@@ -26,13 +27,7 @@ using kernels::silu_and_mul;
 constexpr std::uint64_t poison_byte = 0xFF;
 constexpr std::uint16_t poison_bits = 0xFFFF;
 
-class SiluAndMulCudaTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (backend::cuda::device_count() == 0)
-      GTEST_SKIP() << "no CUDA device visible: silu_and_mul is checked on a GPU machine";
-  }
-};
+class SiluAndMulCudaTest : public test::cuda_test {};
 
 // Runs silu_and_mul on the GPU on a [rows, 2 * cols] input with row stride in_stride into a
 // [rows, cols] output with row stride out_stride, and compares with the CPU reference.
@@ -53,21 +48,7 @@ void check_against_cpu(std::int64_t rows, std::int64_t cols, std::int64_t in_str
   gpu.fill(out.data(), out.nbytes(), 1, poison_byte, stream);
   tensor_view const in_view = in.view().slice(1, 0, 2 * cols);
   tensor_view const out_view = out.view().slice(1, 0, cols);
-  if (graph) {
-    stream.synchronize();
-    cudaGraph_t g = nullptr;
-    LC_CUDA_CHECK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeThreadLocal));
-    silu_and_mul(gpu, in_view, out_view, stream);
-    LC_CUDA_CHECK(cudaStreamEndCapture(stream.get(), &g));
-    cudaGraphExec_t exec = nullptr;
-    LC_CUDA_CHECK(cudaGraphInstantiate(&exec, g, 0));
-    LC_CUDA_CHECK(cudaGraphLaunch(exec, stream.get()));
-    stream.synchronize();
-    LC_CUDA_CHECK(cudaGraphExecDestroy(exec));
-    LC_CUDA_CHECK(cudaGraphDestroy(g));
-  } else {
-    silu_and_mul(gpu, in_view, out_view, stream);
-  }
+  test::run_maybe_in_graph(stream, graph, [&] { silu_and_mul(gpu, in_view, out_view, stream); });
   std::vector<bf16> got(std::size_t(rows * out_stride));
   gpu.copy(got.data(), out.data(), out.nbytes(), stream);
   stream.synchronize();

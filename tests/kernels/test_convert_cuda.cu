@@ -10,6 +10,7 @@
 #include <tuple>
 #include <vector>
 
+#include "common/cuda.hpp"
 #include "convert_test_util.hpp"
 #include "kernels/convert/convert.hpp"
 #include "lightcore/backend/cpu.hpp"
@@ -29,13 +30,7 @@ constexpr std::uint64_t poison_byte = 0xFF;
 // Elements kept around the destination view, checked still poisoned afterwards.
 constexpr std::int64_t guard = 32;
 
-class ConvertCudaTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (backend::cuda::device_count() == 0)
-      GTEST_SKIP() << "no CUDA device visible: the convert kernels are checked on a GPU machine";
-  }
-};
+class ConvertCudaTest : public test::cuda_test {};
 
 struct offsets {
   std::int64_t src;  // first element of the source view in its buffer
@@ -159,18 +154,10 @@ TEST_F(ConvertCudaTest, CapturesIntoCudaGraph) {
   gpu.fill(dst.data(), dst.nbytes(), 1, poison_byte, stream);
   stream.synchronize();
 
-  cudaGraph_t graph = nullptr;
-  LC_CUDA_CHECK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeThreadLocal));
-  convert(gpu, src, dst, stream);
-  LC_CUDA_CHECK(cudaStreamEndCapture(stream.get(), &graph));
-  cudaGraphExec_t exec = nullptr;
-  LC_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  LC_CUDA_CHECK(cudaGraphLaunch(exec, stream.get()));
+  test::run_in_graph(stream, [&] { convert(gpu, src, dst, stream); });
   std::vector<std::uint16_t> got(static_cast<std::size_t>(n)), want(got.size());
   gpu.copy(got.data(), dst.data(), dst.nbytes(), stream);
   stream.synchronize();
-  LC_CUDA_CHECK(cudaGraphExecDestroy(exec));
-  LC_CUDA_CHECK(cudaGraphDestroy(graph));
 
   backend::cpu cpu;
   convert(cpu, tensor_view(host.data(), dtype::f32, {n}),

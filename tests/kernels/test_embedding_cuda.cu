@@ -14,6 +14,7 @@
 #include <tuple>
 #include <vector>
 
+#include "common/cuda.hpp"
 #include "convert_test_util.hpp"
 #include "kernels/embedding/embedding.hpp"
 #include "lightcore/backend/cpu.hpp"
@@ -33,13 +34,7 @@ constexpr std::int64_t vocab_start = 3 * shard_rows;  // rank 3
 constexpr std::uint64_t poison_byte = 0xFF;           // bf16 0xFFFF, not in any table below
 constexpr std::uint16_t poison_bits = 0xFFFF;
 
-class EmbeddingCudaTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (backend::cuda::device_count() == 0)
-      GTEST_SKIP() << "no CUDA device visible: the embedding kernel is checked on a GPU machine";
-  }
-};
+class EmbeddingCudaTest : public test::cuda_test {};
 
 struct gathered {
   std::vector<std::uint16_t> table;  // [shard_rows, hidden], the random table used
@@ -65,21 +60,8 @@ gathered run_gpu(std::vector<std::int32_t> const& ids, std::int64_t hidden, std:
   gpu.fill(out.data(), out.nbytes(), 1, poison_byte, stream);
   tensor_view const out_view = out.view().slice(1, 0, hidden);
   vocab_shard const shard{vocab_start, vocab};
-  if (graph) {
-    stream.synchronize();
-    cudaGraph_t g = nullptr;
-    LC_CUDA_CHECK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeThreadLocal));
-    embedding(gpu, id, table, out_view, shard, stream);
-    LC_CUDA_CHECK(cudaStreamEndCapture(stream.get(), &g));
-    cudaGraphExec_t exec = nullptr;
-    LC_CUDA_CHECK(cudaGraphInstantiate(&exec, g, 0));
-    LC_CUDA_CHECK(cudaGraphLaunch(exec, stream.get()));
-    stream.synchronize();
-    LC_CUDA_CHECK(cudaGraphExecDestroy(exec));
-    LC_CUDA_CHECK(cudaGraphDestroy(g));
-  } else {
-    embedding(gpu, id, table, out_view, shard, stream);
-  }
+  test::run_maybe_in_graph(stream, graph,
+                           [&] { embedding(gpu, id, table, out_view, shard, stream); });
   r.got.resize(std::size_t(tokens * out_stride));
   gpu.copy(r.got.data(), out.data(), out.nbytes(), stream);
   stream.synchronize();

@@ -24,6 +24,7 @@
 #include <tuple>
 #include <vector>
 
+#include "common/cuda.hpp"
 #include "convert_test_util.hpp"
 #include "kernels/norm/norm.hpp"
 #include "lightcore/backend/cpu.hpp"
@@ -41,13 +42,7 @@ constexpr std::int64_t max_ulp_difference = 2;
 constexpr double max_fraction_different = 1e-2;
 constexpr double max_relative_l2 = 4e-3;
 
-class NormCudaTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (backend::cuda::device_count() == 0)
-      GTEST_SKIP() << "no CUDA device visible: the norm kernels are checked on a GPU machine";
-  }
-};
+class NormCudaTest : public test::cuda_test {};
 
 // bf16 rows around zero, each scaled by 2^s, s uniform in [-12, 8] (mean squares from below eps
 // to ~6e4). Never all zeros.
@@ -232,16 +227,9 @@ TEST_F(NormCudaTest, CapturesIntoCudaGraph) {
   kernels::rmsnorm(gpu, dx.view(), dw, direct.view(), deepseek_eps, stream);
   stream.synchronize();
 
-  cudaGraph_t graph = nullptr;
-  LC_CUDA_CHECK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeThreadLocal));
-  kernels::rmsnorm(gpu, dx.view(), dw, graphed.view(), deepseek_eps, stream);
-  LC_CUDA_CHECK(cudaStreamEndCapture(stream.get(), &graph));
-  cudaGraphExec_t exec = nullptr;
-  LC_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  LC_CUDA_CHECK(cudaGraphLaunch(exec, stream.get()));
+  test::run_in_graph(
+      stream, [&] { kernels::rmsnorm(gpu, dx.view(), dw, graphed.view(), deepseek_eps, stream); });
   auto const got = graphed.read(gpu, stream);
-  LC_CUDA_CHECK(cudaGraphExecDestroy(exec));
-  LC_CUDA_CHECK(cudaGraphDestroy(graph));
   auto const want = direct.read(gpu, stream);
   for (std::size_t i = 0; i < got.size(); ++i)
     ASSERT_EQ(got[i].bits, want[i].bits) << "element " << i;

@@ -13,6 +13,7 @@
 #include <tuple>
 #include <vector>
 
+#include "common/cuda.hpp"
 #include "convert_test_util.hpp"
 #include "kernels/quant/quant.hpp"
 #include "lightcore/backend/cpu.hpp"
@@ -31,13 +32,7 @@ using kernels::scale_layout;
 // a scale: amax ignores NaN), so nothing unwritten passes for a result.
 constexpr std::uint64_t poison_byte = 0xFF;
 
-class QuantCudaTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (backend::cuda::device_count() == 0)
-      GTEST_SKIP() << "no CUDA device visible: the quant kernel is checked on a GPU machine";
-  }
-};
+class QuantCudaTest : public test::cuda_test {};
 
 // Quantises random [rows, cols] activations on the GPU and on the CPU and compares.
 // Tolerances: both sides compute the scale and its reciprocal in IEEE fp32 (no fast math) and
@@ -63,21 +58,8 @@ void check_against_cpu(std::int64_t rows, std::int64_t cols, scale_layout layout
   gpu.fill(q.data(), q.nbytes(), 1, poison_byte, stream);
   gpu.fill(s.data(), s.nbytes(), 1, poison_byte, stream);
   tensor_view const s_view = s.view().slice(1, 0, inner);
-  if (graph) {
-    stream.synchronize();
-    cudaGraph_t g = nullptr;
-    LC_CUDA_CHECK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeThreadLocal));
-    quantize_per_token_group(gpu, x, q, s_view, layout, stream);
-    LC_CUDA_CHECK(cudaStreamEndCapture(stream.get(), &g));
-    cudaGraphExec_t exec = nullptr;
-    LC_CUDA_CHECK(cudaGraphInstantiate(&exec, g, 0));
-    LC_CUDA_CHECK(cudaGraphLaunch(exec, stream.get()));
-    stream.synchronize();
-    LC_CUDA_CHECK(cudaGraphExecDestroy(exec));
-    LC_CUDA_CHECK(cudaGraphDestroy(g));
-  } else {
-    quantize_per_token_group(gpu, x, q, s_view, layout, stream);
-  }
+  test::run_maybe_in_graph(stream, graph,
+                           [&] { quantize_per_token_group(gpu, x, q, s_view, layout, stream); });
   std::vector<std::uint8_t> got_q(std::size_t(rows * cols));
   std::vector<std::uint32_t> got_s(std::size_t(outer * ld));
   gpu.copy(got_q.data(), q.data(), q.nbytes(), stream);

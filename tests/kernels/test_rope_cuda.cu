@@ -14,6 +14,7 @@
 #include <tuple>
 #include <vector>
 
+#include "common/cuda.hpp"
 #include "convert_test_util.hpp"
 #include "kernels/rope/rope.hpp"
 #include "kernels/rope/yarn.hpp"
@@ -37,13 +38,7 @@ std::vector<float> const& host_cache() {
   return cache;
 }
 
-class RopeCudaTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (backend::cuda::device_count() == 0)
-      GTEST_SKIP() << "no CUDA device visible: the rope kernel is checked on a GPU machine";
-  }
-};
+class RopeCudaTest : public test::cuda_test {};
 
 // One case: host buffers, views into them with a row pad (0: rope 16-byte aligned; 1: every row
 // shifted by one element, the kernel's scalar path), the GPU run and the CPU run.
@@ -200,19 +195,13 @@ TEST_F(RopeCudaTest, CapturesIntoCudaGraph) {
   gpu.copy(cache.data(), host_cache().data(), cache.nbytes(), stream);
   stream.synchronize();
 
-  cudaGraph_t graph = nullptr;
-  LC_CUDA_CHECK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeThreadLocal));
-  apply_rope(gpu, run.q_rope(q.data(), gpu.where()), run.k_rope(kv.data(), gpu.where()), pos, cache,
-             stream);
-  LC_CUDA_CHECK(cudaStreamEndCapture(stream.get(), &graph));
-  cudaGraphExec_t exec = nullptr;
-  LC_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  LC_CUDA_CHECK(cudaGraphLaunch(exec, stream.get()));
+  test::run_in_graph(stream, [&] {
+    apply_rope(gpu, run.q_rope(q.data(), gpu.where()), run.k_rope(kv.data(), gpu.where()), pos,
+               cache, stream);
+  });
   std::vector<bf16> got(run.q.size());
   gpu.copy(got.data(), q.data(), q.nbytes(), stream);
   stream.synchronize();
-  LC_CUDA_CHECK(cudaGraphExecDestroy(exec));
-  LC_CUDA_CHECK(cudaGraphDestroy(graph));
 
   std::vector<bf16> want = run.q, want_kv = run.kv;
   std::vector<float> host = host_cache();
