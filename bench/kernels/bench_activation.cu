@@ -20,13 +20,11 @@ namespace {
 
 using namespace bench;
 
-constexpr std::size_t rotation_bytes = std::size_t(256) << 20;  // touched before a buffer repeats
-
 void bm_silu_and_mul(benchmark::State& state) {
   if (skip_without_gpu(state)) return;
   std::int64_t const rows = state.range(0), cols = state.range(1);
   double const bytes = double(rows * cols) * 3.0 * sizeof(bf16);
-  int const sets = std::max(2, int(double(rotation_bytes) / bytes) + 1);
+  int const sets = buffer_sets_for(bytes);
   backend::cuda gpu(0);
   auto const stream = gpu.make_stream();
   auto const host = random_bf16(std::size_t(rows * 2 * cols), 7);

@@ -31,6 +31,17 @@ inline constexpr int warmup_iterations = 2;
 // every one of more than calls_per_iteration buffer sets takes its turn.
 enum class call_numbering { per_sample, running };
 
+// Bytes touched before a buffer set recurs: five times the H100's 50 MiB L2, so that no call
+// finds its inputs in cache.
+inline constexpr std::size_t rotation_bytes = std::size_t(256) << 20;
+
+// How many buffer sets of `bytes_per_set` a benchmark rotates through: enough to touch
+// rotation_bytes per sweep, and at least 2.
+inline int buffer_sets_for(double bytes_per_set) {
+  auto const per_set = static_cast<std::size_t>(bytes_per_set);
+  return int(std::max<std::size_t>(2, (rotation_bytes + per_set - 1) / per_set));
+}
+
 // The median of v (the upper one of an even count).
 inline double median(std::vector<double> v) {
   auto const mid = v.begin() + std::ptrdiff_t(v.size() / 2);

@@ -21,7 +21,6 @@ namespace {
 
 using namespace bench;
 
-constexpr std::size_t rotation_bytes = std::size_t(256) << 20;  // touched before a set recurs
 constexpr float deepseek_eps = 1e-6f;
 
 // n random bf16 values, |x| in [2^-8, 2^8) with random sign and mantissa (splitmix64): never zero.
@@ -51,7 +50,7 @@ void bm_norm(benchmark::State& state, bool fused, std::int64_t hidden, std::int6
   std::int64_t const n = rows * hidden;
   int const tensors_per_set = fused ? 3 : 2;
   std::size_t const set_bytes = std::size_t(n) * sizeof(bf16) * std::size_t(tensors_per_set);
-  int const sets = int(std::max<std::size_t>(2, (rotation_bytes + set_bytes - 1) / set_bytes));
+  int const sets = buffer_sets_for(double(set_bytes));
   auto const host = random_bf16_wide(std::size_t(n), 100);
   auto const host_w = random_bf16_wide(std::size_t(hidden), 7);
   tensor<backend::cuda> weight(gpu, dtype::bf16, {hidden});

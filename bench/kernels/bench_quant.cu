@@ -21,8 +21,6 @@ namespace {
 
 using namespace bench;
 
-constexpr std::size_t rotation_bytes = std::size_t(256) << 20;  // touched before a buffer repeats
-
 void bm_quant(benchmark::State& state) {
   if (skip_without_gpu(state)) return;
   std::int64_t const rows = state.range(0), cols = state.range(1);
@@ -30,7 +28,7 @@ void bm_quant(benchmark::State& state) {
   std::int64_t const groups = cols / kernels::quant_group_size;
   double const bytes = double(rows * cols) * (sizeof(bf16) + sizeof(fp8_e4m3)) +
                        double(rows * groups) * sizeof(float);
-  int const sets = std::max(2, int(double(rotation_bytes) / bytes) + 1);
+  int const sets = buffer_sets_for(bytes);
   backend::cuda gpu(0);
   auto const stream = gpu.make_stream();
   auto const host = random_bf16(std::size_t(rows * cols), 11);

@@ -27,7 +27,6 @@ namespace {
 
 using namespace bench;
 
-constexpr std::size_t min_sweep_bytes = std::size_t(256) << 20;  // touched per buffer rotation
 constexpr std::int64_t max_positions = 163840;  // DeepSeek-R1's max_position_embeddings
 constexpr std::int64_t qk_head = 192, kv_row = 576;
 
@@ -56,8 +55,7 @@ void bm_rope(benchmark::State& state, std::int64_t tokens, std::int64_t heads) {
   double const bytes = double(tokens) * double(heads + 1) * 64 * 2 * 2  // rope rows, read + write
                        + double(tokens) * 4                             // positions
                        + double(tokens) * 64 * 4;                       // cache rows
-  int const sets = int(
-      std::max<std::size_t>(2, (min_sweep_bytes + std::size_t(bytes) - 1) / std::size_t(bytes)));
+  int const sets = buffer_sets_for(bytes);
 
   std::vector<float> const host_cache =
       kernels::yarn_cos_sin_cache(kernels::yarn_config{}, max_positions);
