@@ -1,9 +1,12 @@
-lightcore_kernel_family(gemm CPU gemm_cpu.cpp CUDA gemm_cublaslt.cpp)
+lightcore_kernel_family(gemm
+  CPU gemm_cpu.cpp
+  CUDA gemm_cublaslt.cpp)
 
-#The CPU path multiplies with Eigen(header - only; private to the library's own sources).
-    find_package(Eigen3 3.3 REQUIRED NO_MODULE)
-        get_target_property(lightcore_eigen_include Eigen3::Eigen INTERFACE_INCLUDE_DIRECTORIES)
-            target_include_directories(lightcore_kernels SYSTEM PRIVATE ${lightcore_eigen_include})
-#The CUDA path is cuBLASLt(bf16, strided - batched bf16, FP8 with block scales).
-                if (LIGHTCORE_WITH_CUDA)
-                    target_link_libraries(lightcore_kernels PRIVATE CUDA::cublasLt) endif()
+# The CPU path multiplies with Eigen (header-only; private to the library's own sources).
+find_package(Eigen3 3.3 REQUIRED NO_MODULE)
+get_target_property(lightcore_eigen_include Eigen3::Eigen INTERFACE_INCLUDE_DIRECTORIES)
+target_include_directories(lightcore_kernels SYSTEM PRIVATE ${lightcore_eigen_include})
+# The CUDA path is cuBLASLt (bf16, strided-batched bf16, FP8 with block scales).
+if(LIGHTCORE_WITH_CUDA)
+  target_link_libraries(lightcore_kernels PRIVATE CUDA::cublasLt)
+endif()
