@@ -143,16 +143,27 @@ inline gemm_problem check_gemm_fp8_args(device where, tensor_view const& x,
            "gemm_fp8_block shapes do not agree: x " << x.shape() << " [M, K], w " << w.shape()
                                                     << " [N, K], C " << c.shape() << " [M, N]");
   LC_CHECK(k > 0 && k % gemm_fp8_block_size == 0,
-           "gemm_fp8_block_size needs K to be a multiple of "
+           "gemm_fp8_block needs K to be a multiple of "
                << gemm_fp8_block_size << " (the activation's quantisation groups); got K = " << k);
+  LC_CHECK(m % gemm_fp8_m_multiple == 0,
+           "gemm_fp8_block needs M to be a multiple of "
+               << gemm_fp8_m_multiple
+               << " (cuBLASLt's block-scaled kernels take no other): allocate the activation, its "
+                  "scales and C with M rounded up and ignore the extra rows; got M = "
+               << m);
   std::int64_t const n_blocks = (n + gemm_fp8_block_size - 1) / gemm_fp8_block_size;
-  dims const want_xs{k / gemm_fp8_block_size, m}, want_ws{n_blocks, k / gemm_fp8_block_size};
+  std::int64_t const k_blocks = k / gemm_fp8_block_size, scale_ld = gemm_fp8_weight_scale_ld(k);
+  dims const want_xs{k_blocks, m}, want_ws{n_blocks, k_blocks};
   LC_CHECK(x_scales.shape() == want_xs && x_scales.is_contiguous(),
            "gemm_fp8_block needs x_scales contiguous "
                << want_xs << " (k_major: M contiguous); got " << x_scales);
-  LC_CHECK(w_scales.shape() == want_ws && w_scales.is_contiguous(),
-           "gemm_fp8_block needs w_scales contiguous "
-               << want_ws << " (DeepSeek's weight_scale_inv); got " << w_scales);
+  LC_CHECK(w_scales.shape() == want_ws && (k_blocks == 1 || w_scales.stride(1) == 1) &&
+               (n_blocks == 1 || w_scales.stride(0) == scale_ld),
+           "gemm_fp8_block needs w_scales " << want_ws << " (DeepSeek's weight_scale_inv) with row "
+                                            << "stride " << scale_ld
+                                            << " (K/128 padded to a multiple of 4, as cuBLASLt "
+                                               "reads them: gemm_fp8_weight_scale_ld); got "
+                                            << w_scales);
   for (tensor_view const* v : {&x, &x_scales, &w, &w_scales, &c})
     LC_CHECK(v->where() == where, "gemm_fp8_block on " << where << " needs every view there; got "
                                                        << *v << " on " << v->where());
@@ -254,8 +265,11 @@ void gemm(B& backend, gemm_context<B>& ctx, tensor_view const& a, tensor_view co
 // C[M, N] bf16 = (x . diag-block-scales) . (w . block-scales)^T: DeepSeek-V3's FP8 linear layer.
 // x [M, K] fp8_e4m3 quantised per token per 128 columns with x_scales [K/128, M] f32 contiguous
 // (quantize_per_token_group with scale_layout::k_major writes exactly this); w [N, K] fp8_e4m3 with
-// w_scales [ceil(N/128), ceil(K/128)] f32 (the checkpoint's weight_scale_inv). K a multiple of
-// 128; N any (DeepSeek's kv_a_proj_with_mqa has N = 576). fp32 accumulation and scaling.
+// w_scales [ceil(N/128), K/128] f32 (the checkpoint's weight_scale_inv) stored with row stride
+// gemm_fp8_weight_scale_ld(K). K a multiple of 128; M a multiple of 4 (gemm_fp8_m_multiple: pad
+// the token count); N need not be a multiple of 128 (DeepSeek's kv_a_proj_with_mqa has N = 576,
+// the fused q_a + kv_a 2112: the partial last block of rows has its own scale). fp32 accumulation
+// and scaling.
 template <Backend B>
 void gemm_fp8_block(B& backend, gemm_context<B>& ctx, tensor_view const& x,
                     tensor_view const& x_scales, tensor_view const& w, tensor_view const& w_scales,

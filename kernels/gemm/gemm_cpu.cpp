@@ -36,10 +36,10 @@ matrix dequantise_activation(gemm_problem const& p) {
 // B[N, K] fp8 times its 128 x 128 block scales [ceil(N/128), ceil(K/128)].
 matrix dequantise_weight(gemm_problem const& p) {
   matrix b = widen<fp8_e4m3>(p.b, p.n, p.k, p.ldb);
-  std::int64_t const k_blocks = (p.k + gemm_fp8_block_size - 1) / gemm_fp8_block_size;
+  std::int64_t const ld = gemm_fp8_weight_scale_ld(p.k);
   for (std::int64_t i = 0; i < p.n; ++i)
     for (std::int64_t j = 0; j < p.k; ++j)
-      b(i, j) *= p.b_scales[(i / gemm_fp8_block_size) * k_blocks + j / gemm_fp8_block_size];
+      b(i, j) *= p.b_scales[(i / gemm_fp8_block_size) * ld + j / gemm_fp8_block_size];
   return b;
 }
 

@@ -110,6 +110,15 @@ cublasLtMatrixLayout_t make_layout(cudaDataType_t type, std::int64_t rows, std::
 
 }  // namespace
 
+static void set_scale_pointers(plan& pl, gemm_problem const& p) {
+  void const* weight_scales = p.b_scales;
+  void const* activation_scales = p.a_scales;
+  LC_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
+                                                 &weight_scales, sizeof(weight_scales)));
+  LC_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
+                                                 &activation_scales, sizeof(activation_scales)));
+}
+
 struct gemm_state {
   int ordinal = 0;
   cublasLtHandle_t handle = nullptr;
@@ -150,6 +159,9 @@ struct gemm_state {
                                                      &weight_mode, sizeof(weight_mode)));
       LC_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl.op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE,
                                                      &activation_mode, sizeof(activation_mode)));
+      // The heuristic refuses (INVALID_VALUE) a block-scaled problem whose scale pointers are
+      // unset; each call sets its own again.
+      set_scale_pointers(pl, p);
     }
     // cuBLASLt's A: our B, stored [N, K] (K x N column-major) or [K, N] (N x K column-major).
     bool const nk = p.layout == b_layout::n_by_k;
@@ -189,7 +201,8 @@ struct gemm_state {
                  << p.c_type << " ld " << p.ldc << ", alignments (bytes) A " << align_b << " B "
                  << align_a << " C " << align_c << ", workspace " << workspace_bytes << " ("
                  << cublasLtGetStatusName(status)
-                 << "); cuBLASLt wants 16-byte aligned pointers and leading dimensions");
+                 << "); cuBLASLt wants 16-byte aligned pointers and leading dimensions"
+                 << (pl.fp8 ? " and, for FP8, M a multiple of 4" : ""));
     pl.algo = result.algo;
   }
 };
@@ -214,14 +227,7 @@ void gemm_cuda(gemm_state& s, gemm_problem const& p, void* workspace, std::int64
   backend::device_guard const guard(s.ordinal);
   std::lock_guard const lock(s.mutex);
   plan& pl = s.plan_for(p, workspace_bytes);
-  if (pl.fp8) {
-    void const* weight_scales = p.b_scales;
-    void const* activation_scales = p.a_scales;
-    LC_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
-                                                   &weight_scales, sizeof(weight_scales)));
-    LC_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
-                                                   &activation_scales, sizeof(activation_scales)));
-  }
+  if (pl.fp8) set_scale_pointers(pl, p);
   float const alpha = p.alpha, beta = p.beta;
   LC_CUBLAS_CHECK(cublasLtMatmul(s.handle, pl.op, &alpha, p.b, pl.a, p.a, pl.b, &beta, p.c, pl.c,
                                  p.c, pl.c, &pl.algo, workspace, std::size_t(workspace_bytes),

@@ -18,6 +18,21 @@ enum class b_layout : std::uint8_t {
 // one per token per 128 columns.
 inline constexpr std::int64_t gemm_fp8_block_size = 128;
 
+// cuBLASLt's block-scaled FP8 kernels (cuBLASLt 13.1, Hopper) take only M a multiple of 4 (the
+// activation scales are read as rows of M floats in 16-byte units; M = 1, 2, 3, 5, 17, 129 are
+// refused): activations for an FP8 GEMM are allocated with M rounded up to this, and the rows past
+// the real tokens are computed and ignored.
+inline constexpr std::int64_t gemm_fp8_m_multiple = 4;
+
+// The row stride, in floats, of a weight's block scales [ceil(N/128), K/128]: cuBLASLt reads them
+// with the K-blocks padded to a multiple of 4 (measured: an unpadded stride gives NaN whenever
+// K/128 is not a multiple of 4, as at R1's TP8 down projections, K = 2304 and 256). DeepSeek's
+// checkpoints store them unpadded; the loader re-strides them.
+constexpr std::int64_t gemm_fp8_weight_scale_ld(std::int64_t k) {
+  std::int64_t const k_blocks = (k + gemm_fp8_block_size - 1) / gemm_fp8_block_size;
+  return (k_blocks + 3) / 4 * 4;
+}
+
 // The workspace a GEMM is given (bytes). cuBLASLt's guidance for Hopper is 32 MiB; less restricts
 // the algorithms it may pick (split-K needs room), more is never used.
 inline constexpr std::int64_t gemm_workspace_bytes = std::int64_t(32) << 20;
@@ -44,7 +59,7 @@ struct gemm_problem {
   float alpha = 1.0f, beta = 0.0f;
   // FP8 block scaling only (batch 1, layout n_by_k, alpha 1, beta 0):
   float const* a_scales = nullptr;  // [K/128, M] contiguous: scale of A(i, 128g..) at g * M + i
-  float const* b_scales = nullptr;  // [ceil(N/128), ceil(K/128)] contiguous: B's block scales
+  float const* b_scales = nullptr;  // [ceil(N/128), K/128], row stride gemm_fp8_weight_scale_ld(K)
 };
 
 }  // namespace lightcore::kernels

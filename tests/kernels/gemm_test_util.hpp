@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -34,7 +35,8 @@ struct fp8_operand {
 
 // A weight [n, k] quantised as DeepSeek's checkpoints are: one scale per 128 x 128 block,
 // [ceil(n/128), ceil(k/128)], scale = amax / 448 (blocks differ in magnitude by up to 2^6, so a
-// block-scale mix-up shows).
+// block-scale mix-up shows), stored with the row stride the GEMM reads
+// (gemm_fp8_weight_scale_ld), the padding NaN.
 inline fp8_operand random_fp8_weight(std::int64_t n, std::int64_t k, std::mt19937_64& rng) {
   constexpr std::int64_t blk = kernels::gemm_fp8_block_size;
   std::int64_t const nb = (n + blk - 1) / blk, kb = (k + blk - 1) / blk;
@@ -48,7 +50,8 @@ inline fp8_operand random_fp8_weight(std::int64_t n, std::int64_t k, std::mt1993
       w[std::size_t(i * k + j)] = normal(rng) * magnitude[std::size_t((i / blk) * kb + j / blk)];
   fp8_operand out;
   out.codes.resize(w.size());
-  out.scales.resize(magnitude.size());
+  std::int64_t const ld = kernels::gemm_fp8_weight_scale_ld(k);
+  out.scales.assign(static_cast<std::size_t>(nb * ld), std::numeric_limits<float>::quiet_NaN());
   for (std::int64_t bi = 0; bi < nb; ++bi) {
     for (std::int64_t bj = 0; bj < kb; ++bj) {
       float amax = 0.0f;
@@ -56,7 +59,7 @@ inline fp8_operand random_fp8_weight(std::int64_t n, std::int64_t k, std::mt1993
         for (std::int64_t j = bj * blk; j < std::min(k, (bj + 1) * blk); ++j)
           amax = std::max(amax, std::fabs(w[std::size_t(i * k + j)]));
       float const scale = std::max(amax, 1e-10f) / 448.0f;
-      out.scales[std::size_t(bi * kb + bj)] = scale;
+      out.scales[std::size_t(bi * ld + bj)] = scale;
       for (std::int64_t i = bi * blk; i < std::min(n, (bi + 1) * blk); ++i)
         for (std::int64_t j = bj * blk; j < std::min(k, (bj + 1) * blk); ++j)
           out.codes[std::size_t(i * k + j)] = fp8_e4m3(w[std::size_t(i * k + j)] / scale);
@@ -96,7 +99,7 @@ inline std::vector<double> fp8_reference_row(fp8_operand const& x, fp8_operand c
                                              std::int64_t m, std::int64_t n, std::int64_t k,
                                              std::int64_t i) {
   constexpr std::int64_t blk = kernels::gemm_fp8_block_size;
-  std::int64_t const kb = (k + blk - 1) / blk;
+  std::int64_t const ld = kernels::gemm_fp8_weight_scale_ld(k);
   std::vector<double> xi(static_cast<std::size_t>(k));
   for (std::int64_t j = 0; j < k; ++j)
     xi[std::size_t(j)] = double(float(x.codes[std::size_t(i * k + j)])) *
@@ -106,7 +109,7 @@ inline std::vector<double> fp8_reference_row(fp8_operand const& x, fp8_operand c
     double sum = 0.0;
     for (std::int64_t j = 0; j < k; ++j)
       sum += xi[std::size_t(j)] * double(float(w.codes[std::size_t(c * k + j)])) *
-             double(w.scales[std::size_t((c / blk) * kb + j / blk)]);
+             double(w.scales[std::size_t((c / blk) * ld + j / blk)]);
     out[std::size_t(c)] = sum;
   }
   return out;

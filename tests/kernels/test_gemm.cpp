@@ -137,7 +137,7 @@ TEST(GemmCpu, StridedBatchAsMlaAbsorb) {
 // FP8 with block scales against the double product of the dequantised operands, N = 576 and 2112
 // as DeepSeek's kv_a_proj_with_mqa and fused q_a + kv_a have them (not multiples of 128).
 TEST(GemmCpu, Fp8BlockMatchesDequantisedProduct) {
-  for (auto [m, n, k] : {std::array<std::int64_t, 3>{3, 576, 512}, {2, 2112, 256}, {1, 128, 128}}) {
+  for (auto [m, n, k] : {std::array<std::int64_t, 3>{4, 576, 512}, {8, 2112, 256}, {4, 128, 128}}) {
     SCOPED_TRACE(::testing::Message() << "M " << m << ", N " << n << ", K " << k);
     auto rng = test::test_rng();
     auto x = test::random_fp8_activation(m, k, rng);
@@ -149,7 +149,8 @@ TEST(GemmCpu, Fp8BlockMatchesDequantisedProduct) {
     gemm_fp8_block(cpu, ctx, tensor_view(x.codes.data(), dtype::fp8_e4m3, {m, k}),
                    tensor_view(x.scales.data(), dtype::f32, {k / 128, m}),
                    tensor_view(w.codes.data(), dtype::fp8_e4m3, {n, k}),
-                   tensor_view(w.scales.data(), dtype::f32, {nb, k / 128}),
+                   tensor_view(w.scales.data(), dtype::f32, {nb, k / 128},
+                               {kernels::gemm_fp8_weight_scale_ld(k), 1}, device::cpu()),
                    tensor_view(c.data(), dtype::bf16, {m, n}), {}, cpu.make_stream());
     std::vector<double> want;
     for (std::int64_t i = 0; i < m; ++i) {
@@ -192,29 +193,38 @@ TEST(GemmCpu, RejectsBadInputs) {
   EXPECT_THROW(gemm(cpu, ctx, view(a, dtype::bf16, {4, 8}), view(b, dtype::bf16, {6, 8}),
                     view(c, dtype::bf16, {4, 6}), {}, s, gemm_options{1.0f, 0.0f, b_layout(7)}),
                error);
-  std::vector<fp8_e4m3> q(64 * 256), wq(64 * 256);
+  std::vector<fp8_e4m3> q(64 * 256), wq(256 * 256);
   std::vector<float> xs(64), ws(64);
-  // FP8: K not a multiple of 128
-  EXPECT_THROW(gemm_fp8_block(cpu, ctx, view(q, dtype::fp8_e4m3, {2, 96}),
-                              view(xs, dtype::f32, {1, 2}), view(wq, dtype::fp8_e4m3, {4, 96}),
-                              view(ws, dtype::f32, {1, 1}), view(c, dtype::bf16, {2, 4}), {}, s),
+  auto fp8 = [&](std::int64_t m, std::int64_t n, std::int64_t k, dims xs_shape,
+                 tensor_view w_scales, tensor_view c_view) {
+    gemm_fp8_block(cpu, ctx, view(q, dtype::fp8_e4m3, {m, k}), view(xs, dtype::f32, xs_shape),
+                   view(wq, dtype::fp8_e4m3, {n, k}), w_scales, c_view, {}, s);
+  };
+  // K not a multiple of 128
+  EXPECT_THROW(fp8(4, 4, 96, {1, 4}, view(ws, dtype::f32, {1, 1}), view(c, dtype::bf16, {4, 4})),
                error);
-  // FP8: activation scales row-major [M, K/128] instead of k-major [K/128, M]
-  EXPECT_THROW(gemm_fp8_block(cpu, ctx, view(q, dtype::fp8_e4m3, {3, 256}),
-                              view(xs, dtype::f32, {3, 2}), view(wq, dtype::fp8_e4m3, {4, 256}),
-                              view(ws, dtype::f32, {1, 2}), view(c, dtype::bf16, {3, 4}), {}, s),
+  // M not a multiple of 4
+  EXPECT_THROW(fp8(3, 4, 128, {1, 3}, view(ws, dtype::f32, {1, 1}), view(c, dtype::bf16, {3, 4})),
                error);
-  // FP8: weight scales missing the partial block of N = 130
-  EXPECT_THROW(gemm_fp8_block(cpu, ctx, view(q, dtype::fp8_e4m3, {2, 128}),
-                              view(xs, dtype::f32, {1, 2}), view(wq, dtype::fp8_e4m3, {130, 128}),
-                              view(ws, dtype::f32, {1, 1}), view(c, dtype::bf16, {2, 130}), {}, s),
+  // activation scales row-major [M, K/128] instead of k-major [K/128, M]
+  EXPECT_THROW(fp8(4, 4, 256, {4, 2}, view(ws, dtype::f32, {1, 2}), view(c, dtype::bf16, {4, 4})),
                error);
-  // FP8: f32 output
-  EXPECT_THROW(gemm_fp8_block(cpu, ctx, view(q, dtype::fp8_e4m3, {2, 128}),
-                              view(xs, dtype::f32, {1, 2}), view(wq, dtype::fp8_e4m3, {4, 128}),
-                              view(ws, dtype::f32, {1, 1}), view(cf, dtype::f32, {2, 4}), {}, s),
+  // weight scales missing the partial block of N = 130
+  EXPECT_THROW(
+      fp8(4, 130, 128, {1, 4}, view(ws, dtype::f32, {1, 1}), view(c, dtype::bf16, {4, 130})),
+      error);
+  // weight scales [2, 2] with row stride 2: K/128 must be padded to 4
+  EXPECT_THROW(
+      fp8(4, 256, 256, {2, 4}, view(ws, dtype::f32, {2, 2}), view(c, dtype::bf16, {4, 256})),
+      error);
+  // f32 output
+  EXPECT_THROW(fp8(4, 4, 128, {1, 4}, view(ws, dtype::f32, {1, 1}), view(cf, dtype::f32, {4, 4})),
                error);
-  EXPECT_EQ(ctx.stats().launches, 0);
+  // and the padded stride is accepted
+  EXPECT_NO_THROW(fp8(4, 256, 256, {2, 4},
+                      tensor_view(ws.data(), dtype::f32, {2, 2}, {4, 1}, device::cpu()),
+                      view(c, dtype::bf16, {4, 256})));
+  EXPECT_EQ(ctx.stats().launches, 1);
 }
 
 TEST(GemmCpu, ErrorSaysWhatWasWrong) {

@@ -219,12 +219,14 @@ void check_fp8(std::int64_t m, std::int64_t n, std::int64_t k, bool graph = fals
   auto const dx = upload(gpu, x.codes, dtype::fp8_e4m3, {m, k}, s);
   auto const dxs = upload(gpu, x.scales, dtype::f32, {k / 128, m}, s);
   auto const dw = upload(gpu, w.codes, dtype::fp8_e4m3, {n, k}, s);
-  auto const dws = upload(gpu, w.scales, dtype::f32, {nb, k / 128}, s);
+  std::int64_t const scale_ld = kernels::gemm_fp8_weight_scale_ld(k);
+  auto const dws = upload(gpu, w.scales, dtype::f32, {nb, scale_ld}, s);
+  tensor_view const dws_view = dws.view().slice(1, 0, k / 128);
   tensor<backend::cuda> dc(gpu, dtype::bf16, {m, n});
   tensor<backend::cuda> ws(gpu, dtype::u8, {gemm_workspace_bytes});
   gpu.fill(dc.data(), dc.nbytes(), 1, poison_byte, s);
   test::run_maybe_in_graph(s, graph,
-                           [&] { gemm_fp8_block(gpu, ctx, dx, dxs, dw, dws, dc, ws, s); });
+                           [&] { gemm_fp8_block(gpu, ctx, dx, dxs, dw, dws_view, dc, ws, s); });
   auto const got = download<bf16>(gpu, dc, s);
 
   backend::cpu cpu;
@@ -234,7 +236,8 @@ void check_fp8(std::int64_t m, std::int64_t n, std::int64_t k, bool graph = fals
                  tensor_view(const_cast<fp8_e4m3*>(x.codes.data()), dtype::fp8_e4m3, {m, k}),
                  tensor_view(const_cast<float*>(x.scales.data()), dtype::f32, {k / 128, m}),
                  tensor_view(const_cast<fp8_e4m3*>(w.codes.data()), dtype::fp8_e4m3, {n, k}),
-                 tensor_view(const_cast<float*>(w.scales.data()), dtype::f32, {nb, k / 128}),
+                 tensor_view(const_cast<float*>(w.scales.data()), dtype::f32, {nb, k / 128},
+                             {scale_ld, 1}, device::cpu()),
                  tensor_view(want.data(), dtype::bf16, {m, n}), {}, cpu.make_stream());
   EXPECT_LT(test::relative_l2(got, want), bf16_bound) << "against the CPU backend";
   for (std::int64_t i : {std::int64_t(0), m / 2, m - 1}) {
@@ -253,7 +256,8 @@ TEST_P(GemmFp8Cuda, MatchesCpuAndDouble) {
 }
 
 // R1's FP8 projections: fused q_a + kv_a (2112), q_b, kv_b, o_proj, a TP-sharded o_proj (4096),
-// the dense down projection at TP8 and kv_a alone (576).
+// the dense down projection at TP8, kv_a alone (576), and at TP8 the dense down (K 2304) and the
+// experts' down (K 256), whose K/128 is not a multiple of 4.
 INSTANTIATE_TEST_SUITE_P(
     R1Shapes, GemmFp8Cuda,
     ::testing::Combine(::testing::Values<std::int64_t>(1, 3, 257),
@@ -267,12 +271,12 @@ INSTANTIATE_TEST_SUITE_P(
 
 TEST_F(GemmCudaTest, Fp8OddShapes) {
   check_fp8(4096, 2112, 7168);
-  check_fp8(5, 130, 256);
-  check_fp8(2, 64, 128);
+  check_fp8(8, 64, 128);
+  check_fp8(4, 192, 384);  // K/128 = 3: the padded weight-scale stride
 }
 
 TEST_F(GemmCudaTest, CapturesIntoCudaGraph) {
-  check_fp8(33, 2112, 7168, true);
+  check_fp8(36, 2112, 7168, true);
   backend::cuda gpu(0);
   auto const s = gpu.make_stream();
   gemm_context<backend::cuda> ctx(gpu);
