@@ -257,14 +257,16 @@ TEST_P(GemmFp8Cuda, MatchesCpuAndDouble) {
 
 // R1's FP8 projections: fused q_a + kv_a (2112), q_b, kv_b, o_proj, a TP-sharded o_proj (4096),
 // the dense down projection at TP8, kv_a alone (576), and at TP8 the dense down (K 2304) and the
-// experts' down (K 256), whose K/128 is not a multiple of 4.
+// experts' down (K 256), whose K/128 is not a multiple of 4. M: decode (4, the smallest cuBLASLt
+// takes), a few rows, a prefill chunk.
 INSTANTIATE_TEST_SUITE_P(
     R1Shapes, GemmFp8Cuda,
-    ::testing::Combine(::testing::Values<std::int64_t>(1, 3, 257),
+    ::testing::Combine(::testing::Values<std::int64_t>(4, 12, 260),
                        ::testing::Values(shape_t{2112, 7168}, shape_t{24576, 1536},
                                          shape_t{32768, 512}, shape_t{7168, 16384},
                                          shape_t{4096, 7168}, shape_t{7168, 2048},
-                                         shape_t{576, 7168})),
+                                         shape_t{576, 7168}, shape_t{7168, 2304},
+                                         shape_t{4096, 256})),
     [](::testing::TestParamInfo<fp8_case> const& info) {
       return case_name(std::get<0>(info.param), std::get<1>(info.param));
     });
