@@ -1,6 +1,8 @@
 lightcore_kernel_family(gemm
   CPU gemm_cpu.cpp
-  CUDA gemm_cublaslt.cpp)
+  CUDA gemm_cublaslt.cpp fp8_small_m_cuda.cu instantiations/gemm_fp8_small_m_t1.cu
+    instantiations/gemm_fp8_small_m_t2.cu instantiations/gemm_fp8_small_m_t4.cu
+    instantiations/gemm_fp8_small_m_t8.cu instantiations/gemm_fp8_small_m_t16.cu)
 
 # The CPU path multiplies with Eigen (header-only; private to the library's own sources).
 find_package(Eigen3 3.3 REQUIRED NO_MODULE)

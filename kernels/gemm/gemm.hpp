@@ -47,6 +47,10 @@ void destroy_gemm_state(gemm_state* s) noexcept;
 gemm_stats gemm_state_stats(gemm_state const& s);
 void gemm_cuda(gemm_state& s, gemm_problem const& p, void* workspace, std::int64_t workspace_bytes,
                CUstream_st* stream);
+// The FP8 block-scaled product at M <= 128 by the weight-streaming kernel (fp8_small_m.cuh) on
+// device `ordinal`; gemm_fp8_small_m_supported (fp8_small_m_params.hpp) says which problems it
+// takes. No workspace; ordered on `stream`; capturable.
+void gemm_fp8_small_m_cuda(gemm_problem const& p, int ordinal, CUstream_st* stream);
 #endif
 
 // A [batch?, rows, cols] operand: rank 2 (batch 1) or rank 3, unit column stride, rows that do not

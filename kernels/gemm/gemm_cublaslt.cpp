@@ -16,6 +16,7 @@
 #include <memory>
 #include <mutex>
 
+#include "kernels/gemm/fp8_small_m_params.hpp"
 #include "kernels/gemm/gemm.hpp"
 #include "lightcore/backend/cuda.hpp"
 #include "lightcore/core/cuda_check.hpp"
@@ -48,6 +49,14 @@ std::int64_t alignment_of(void const* p, std::int64_t ld, std::int64_t stride, d
                              (std::uint64_t(stride) * e) | 256u;
   return std::int64_t(bits & (~bits + 1));
 }
+
+// FP8 problems this small go to the weight-streaming kernel (fp8_small_m.cuh) instead of
+// cuBLASLt: measured on the H100 (docs/perf/gemm-fp8-small-m.md), it is ahead only where a weight
+// has few 128-row blocks (N = 576: 0.13-0.19 of the HBM ceiling against cuBLASLt's 0.09, which
+// cannot spread 4.5 row blocks over 132 SMs) and few tokens; elsewhere cuBLASLt is as fast or
+// faster.
+constexpr std::int64_t small_m_dispatch_max_m = 16;
+constexpr std::int64_t small_m_dispatch_max_n = 1024;
 
 struct plan {
   cublasLtMatmulDesc_t op = nullptr;
@@ -226,6 +235,12 @@ void gemm_cuda(gemm_state& s, gemm_problem const& p, void* workspace, std::int64
                CUstream_st* stream) {
   backend::device_guard const guard(s.ordinal);
   std::lock_guard const lock(s.mutex);
+  if (p.a_scales != nullptr && p.m <= small_m_dispatch_max_m && p.n <= small_m_dispatch_max_n &&
+      gemm_fp8_small_m_supported(p)) {
+    gemm_fp8_small_m_cuda(p, s.ordinal, stream);
+    ++s.stats.launches;
+    return;
+  }
   plan& pl = s.plan_for(p, workspace_bytes);
   if (pl.fp8) set_scale_pointers(pl, p);
   float const alpha = p.alpha, beta = p.beta;
