@@ -75,8 +75,8 @@ void bm_fp8(benchmark::State& state, path which) {
     if (which == path::small_m)
       kernels::detail::gemm_fp8_small_m_cuda(problems[i], 0, stream.get());
     else
-      kernels::gemm_fp8_block(gpu, ctx, x[i], xs[i], w[i], ws[i].view().slice(1, 0, k / 128),
-                              c[i], workspace, stream);
+      kernels::gemm_fp8_block(gpu, ctx, x[i], xs[i], w[i], ws[i].view().slice(1, 0, k / 128), c[i],
+                              workspace, stream);
   };
   for (int i = 0; i < sets; ++i) enqueue(i);  // cuBLASLt plans outside the capture
   stream.synchronize();
@@ -115,8 +115,8 @@ int main(int argc, char** argv) {
       {4096, 7168}, {7168, 2048},  {576, 7168}};
   for (std::int64_t m : {4, 16, 64, 128})
     for (auto [n, k] : shapes)
-      for (auto [name, fn] : {std::pair{"BM_fp8_small_m", &bm_small_m},
-                              std::pair{"BM_fp8_cublaslt", &bm_cublaslt}})
+      for (auto [name, fn] :
+           {std::pair{"BM_fp8_small_m", &bm_small_m}, std::pair{"BM_fp8_cublaslt", &bm_cublaslt}})
         bench::timed(
             benchmark::RegisterBenchmark(name, fn)->Args({m, n, k})->ArgNames({"M", "N", "K"}));
   return bench::run_benchmarks(argc, argv);

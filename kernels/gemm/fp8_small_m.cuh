@@ -49,8 +49,8 @@ struct fp8_small_m_traits {
   // flight (4 CTAs x 4 warps x 4 blocks x 2 KiB = 128 KiB per SM) hide HBM latency; with many
   // tokens the accumulators need the registers.
   static constexpr int weight_stages = TokenTiles <= 4 ? 4 : 2;
-  static constexpr int x_stages = 4;                         // cp.async ring of token blocks
-  static constexpr int x_codes_bytes = m_pad * block_k;      // [m_pad][128] fp8, swizzled
+  static constexpr int x_stages = 4;                     // cp.async ring of token blocks
+  static constexpr int x_codes_bytes = m_pad * block_k;  // [m_pad][128] fp8, swizzled
   static constexpr int x_stage_bytes = x_codes_bytes + m_pad * int(sizeof(float));  // + scales
   // The partial tile [m_pad][rows] f32 that the cluster sums; 4 floats of padding per token row
   // put the tokens 2t and 2t + 2 that a warp stores together 8 banks apart.
@@ -267,9 +267,9 @@ fp8_small_m_device_limits fp8_small_m_limits(int ordinal) {
   using traits = fp8_small_m_traits<TokenTiles>;
   constexpr int max_devices = 64;
   static std::array<std::atomic<int>, max_devices> ctas{}, clusters{};
-  LC_CHECK(0 <= ordinal && ordinal < max_devices,
-           "gemm_fp8_small_m: CUDA device ordinal " << ordinal << " is out of range; allowed 0.."
-                                                    << max_devices - 1);
+  LC_CHECK(0 <= ordinal && ordinal < max_devices, "gemm_fp8_small_m: CUDA device ordinal "
+                                                      << ordinal << " is out of range; allowed 0.."
+                                                      << max_devices - 1);
   auto const slot = std::size_t(ordinal);
   fp8_small_m_device_limits limits{ctas[slot].load(std::memory_order_acquire),
                                    clusters[slot].load(std::memory_order_acquire)};

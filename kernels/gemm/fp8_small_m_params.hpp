@@ -2,13 +2,13 @@
 // tile constants the host and the kernel share, and which problems it takes. Host code; no CUDA
 // header.
 //
-// Where cuBLASLt's block-scaled kernels reach only 0.1-0.75 of the HBM copy ceiling on DeepSeek-R1's
-// decode shapes (M <= 128, the product is a stream of the weight), this kernel streams the weight
-// once through registers, takes the tokens from shared memory, multiplies with mma.sync e4m3 tensor
-// core instructions (m16n8k32: 16 weight rows x 8 tokens x 32 K) and applies DeepSeek's scales per
-// 128-wide K block in fp32. When N is too small to give every SM work, K is split over the CTAs
-// of a thread-block cluster, which sum their partial tiles through distributed shared memory in a
-// fixed order: one launch, no workspace, deterministic.
+// Where cuBLASLt's block-scaled kernels reach only 0.1-0.75 of the HBM copy ceiling on
+// DeepSeek-R1's decode shapes (M <= 128, the product is a stream of the weight), this kernel
+// streams the weight once through registers, takes the tokens from shared memory, multiplies with
+// mma.sync e4m3 tensor core instructions (m16n8k32: 16 weight rows x 8 tokens x 32 K) and applies
+// DeepSeek's scales per 128-wide K block in fp32. When N is too small to give every SM work, K is
+// split over the CTAs of a thread-block cluster, which sum their partial tiles through distributed
+// shared memory in a fixed order: one launch, no workspace, deterministic.
 #pragma once
 
 #include <cstdint>
@@ -26,12 +26,12 @@ inline constexpr std::int64_t gemm_fp8_small_m_row_tile = 16;
 // Plain data, passed by value to the kernel. Every pointer 16-byte aligned and every row stride a
 // multiple of 16 bytes (the kernel moves 16-byte vectors; gemm_fp8_small_m_supported checks).
 struct fp8_small_m_params {
-  std::uint8_t const* x = nullptr;     // [M, K] fp8_e4m3 codes, row stride ldx
-  float const* x_scales = nullptr;     // [K/128, M] contiguous: scale of x(i, 128g..) at g * M + i
-  std::uint8_t const* w = nullptr;     // [N, K] fp8_e4m3 codes, row stride ldw
-  float const* w_scales = nullptr;     // [ceil(N/128), K/128], row stride w_scales_ld
-  std::uint16_t* c = nullptr;          // [M, N] bf16 bits, row stride ldc
-  std::int64_t m = 0, n = 0, k = 0;    // M <= 128 a multiple of 4, N a multiple of 16, K of 128
+  std::uint8_t const* x = nullptr;   // [M, K] fp8_e4m3 codes, row stride ldx
+  float const* x_scales = nullptr;   // [K/128, M] contiguous: scale of x(i, 128g..) at g * M + i
+  std::uint8_t const* w = nullptr;   // [N, K] fp8_e4m3 codes, row stride ldw
+  float const* w_scales = nullptr;   // [ceil(N/128), K/128], row stride w_scales_ld
+  std::uint16_t* c = nullptr;        // [M, N] bf16 bits, row stride ldc
+  std::int64_t m = 0, n = 0, k = 0;  // M <= 128 a multiple of 4, N a multiple of 16, K of 128
   std::int64_t ldx = 0, ldw = 0, ldc = 0;  // elements between rows
   std::int64_t w_scales_ld = 0;            // gemm_fp8_weight_scale_ld(K)
 };

@@ -73,8 +73,17 @@ struct fp8_case {
 fp8_case make_case(backend::cuda& gpu, backend::cuda::stream_type const& s, std::int64_t m,
                    std::int64_t n, std::int64_t k, run_options const& opt) {
   auto rng = test::test_rng();
-  fp8_case c{m, n, k, test::random_fp8_activation(m, k, rng), test::random_fp8_weight(n, k, rng),
-             {}, {}, {}, {}, {}, {}};
+  fp8_case c{m,
+             n,
+             k,
+             test::random_fp8_activation(m, k, rng),
+             test::random_fp8_weight(n, k, rng),
+             {},
+             {},
+             {},
+             {},
+             {},
+             {}};
   std::int64_t const ldx = k + opt.x_pad, ldc = n + opt.c_pad, nb = (n + 127) / 128;
   std::vector<fp8_e4m3> x_strided(std::size_t(m * ldx), fp8_e4m3::from_bits(0x7F));  // NaN gaps
   for (std::int64_t i = 0; i < m; ++i)
@@ -100,17 +109,17 @@ std::vector<bf16> cpu_product(fp8_case const& c) {
       cpu, ctx, tensor_view(const_cast<fp8_e4m3*>(c.x.codes.data()), dtype::fp8_e4m3, {c.m, c.k}),
       tensor_view(const_cast<float*>(c.x.scales.data()), dtype::f32, {c.k / 128, c.m}),
       tensor_view(const_cast<fp8_e4m3*>(c.w.codes.data()), dtype::fp8_e4m3, {c.n, c.k}),
-      tensor_view(const_cast<float*>(c.w.scales.data()), dtype::f32, {nb, c.k / 128},
-                  {scale_ld, 1}, device::cpu()),
+      tensor_view(const_cast<float*>(c.w.scales.data()), dtype::f32, {nb, c.k / 128}, {scale_ld, 1},
+                  device::cpu()),
       tensor_view(want.data(), dtype::bf16, {c.m, c.n}), {}, cpu.make_stream());
   return want;
 }
 
 // Runs the kernel on a fresh case and checks it; returns C as the kernel left it ([m, ldc]).
 std::vector<bf16> check(std::int64_t m, std::int64_t n, std::int64_t k, run_options opt = {}) {
-  SCOPED_TRACE(::testing::Message() << "M " << m << ", N " << n << ", K " << k << ", x pad "
-                                    << opt.x_pad << ", C pad " << opt.c_pad
-                                    << (opt.graph ? ", in a CUDA graph" : ""));
+  SCOPED_TRACE(::testing::Message()
+               << "M " << m << ", N " << n << ", K " << k << ", x pad " << opt.x_pad << ", C pad "
+               << opt.c_pad << (opt.graph ? ", in a CUDA graph" : ""));
   backend::cuda gpu(0);
   auto const s = gpu.make_stream();
   fp8_case c = make_case(gpu, s, m, n, k, opt);
@@ -121,8 +130,10 @@ std::vector<bf16> check(std::int64_t m, std::int64_t n, std::int64_t k, run_opti
   std::vector<bf16> got(std::size_t(m * n));
   std::int64_t clobbered = 0;
   for (std::int64_t i = 0; i < m; ++i) {
-    for (std::int64_t j = 0; j < n; ++j) got[std::size_t(i * n + j)] = raw[std::size_t(i * ldc + j)];
-    for (std::int64_t j = n; j < ldc; ++j) clobbered += !std::isnan(float(raw[std::size_t(i * ldc + j)]));
+    for (std::int64_t j = 0; j < n; ++j)
+      got[std::size_t(i * n + j)] = raw[std::size_t(i * ldc + j)];
+    for (std::int64_t j = n; j < ldc; ++j)
+      clobbered += !std::isnan(float(raw[std::size_t(i * ldc + j)]));
   }
   EXPECT_EQ(clobbered, 0) << "C's padding columns written";
   EXPECT_LT(test::relative_l2(got, cpu_product(c)), cpu_bound) << "against the CPU backend";
