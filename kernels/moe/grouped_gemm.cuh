@@ -1,0 +1,317 @@
+// moe experts: the grouped GEMM kernel and its launcher. Only the files in instantiations/ include
+// this; the dispatch (moe_experts_cuda.cu) sees the declarations in moe_experts.hpp alone.
+//
+// Grid: x over the aligned row blocks (the capacity for the token count: fixed geometry), y over
+// the output column tiles. A CTA reads expert_of_block[x] and exits at once when it is -1 (past
+// the last used block), so experts without rows cost one load.
+//
+// CTA tile: block_m rows x 128 weight rows, K in stages of 128 bytes (64 bf16 or 128 fp8 values:
+// one FP8 scale block), a 4-stage cp.async ring. GEMM 1 (gate_up) takes 64 gate rows and the 64
+// up rows of the same columns, so that every thread holds gate(i, j) and up(i, j) in its own
+// accumulators and applies SiLU-and-mul in the epilogue. Warps: (block_m / 32) x 2, each 32 rows x
+// 64 weight rows: 2 x 8 MMA tiles of m16 x n8.
+//
+// Both element types are handled in bytes: an m16n8k16 bf16 MMA and an m16n8k32 e4m3 MMA read the
+// same 16 x 32-byte A and 8 x 32-byte B fragments (thread (g, t) holds bytes 4t..4t+3 of rows g
+// and g + 8 in the low and high 16 bytes), so one ldmatrix path feeds both. Shared tiles are rows
+// of 128 bytes whose 16-byte chunks are XOR-swizzled by the row (mod 8): the 8 rows an ldmatrix
+// phase reads land on 8 distinct bank groups.
+//
+// FP8: each K stage's products are summed in fp32 on their own, then added to the totals times
+// the row's activation scale (staged with the tile) and the weight block's scale, as
+// gemm_fp8_block does.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/activation/activation_params.hpp"
+#include "kernels/moe/moe_experts.hpp"
+#include "kernels/moe/moe_experts_params.hpp"
+#include "lightcore/core/bf16.hpp"
+#include "lightcore/core/cuda_check.hpp"
+
+namespace lightcore::kernels::detail {
+
+template <moe_gemm_stage Stage, bool Fp8, int BlockM>
+struct moe_gemm_traits {
+  static_assert(BlockM == 64 || BlockM == 128, "moe grouped GEMM: block_m 64 or 128");
+  static constexpr int block_m = BlockM;
+  static constexpr int warps_m = BlockM / 32;
+  static constexpr int warps_n = 2;
+  static constexpr int threads = warps_m * warps_n * 32;
+  static constexpr int tile_w = 128;  // weight rows per CTA
+  static constexpr int out_n = Stage == moe_gemm_stage::gate_up ? int(moe_gemm_gate_up_tile_n)
+                                                                : int(moe_gemm_down_tile_n);
+  static constexpr int k_bytes = int(moe_gemm_k_tile_bytes);
+  static constexpr int elem_bytes = Fp8 ? 1 : 2;
+  static constexpr int chunks = k_bytes / 16;  // 16-byte chunks per tile row
+  static constexpr int stages = 4;
+  static constexpr int a_bytes = BlockM * k_bytes;
+  static constexpr int b_bytes = tile_w * k_bytes;
+  static constexpr int scale_bytes = Fp8 ? BlockM * 4 : 0;
+  static constexpr int stage_bytes = a_bytes + b_bytes + scale_bytes;
+  static constexpr int smem_bytes = stages * stage_bytes;
+  // Each thread copies the chunks of one A row (threads = 2 x block_m) and a share of B's.
+  static_assert(threads == 2 * BlockM && chunks == 8);
+  static constexpr int a_chunks_per_thread = chunks / 2;
+  static constexpr int b_chunks_per_thread = tile_w * chunks / threads;
+};
+
+__device__ __forceinline__ std::uint32_t moe_smem_addr(void const* p) {
+  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16 (or 4) bytes global -> shared, asynchronously; src_bytes 0 writes zeros.
+__device__ __forceinline__ void moe_cp_async16(void* dst, void const* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(moe_smem_addr(dst)), "l"(src),
+               "r"(src_bytes));
+}
+__device__ __forceinline__ void moe_cp_async4(void* dst, void const* src, int src_bytes) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(moe_smem_addr(dst)), "l"(src),
+               "r"(src_bytes));
+}
+__device__ __forceinline__ void moe_cp_commit() { asm volatile("cp.async.commit_group;" ::); }
+template <int Pending>
+__device__ __forceinline__ void moe_cp_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(Pending));
+}
+
+__device__ __forceinline__ void moe_ldmatrix_x4(std::uint32_t (&r)[4], std::uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// d += A[16 x 32 bytes] . B[32 bytes x 8]: bf16 m16n8k16 or e4m3 m16n8k32, fp32 accumulation.
+template <bool Fp8>
+__device__ __forceinline__ void moe_mma(float (&d)[4], std::uint32_t const (&a)[4],
+                                        std::uint32_t b0, std::uint32_t b1) {
+  if constexpr (Fp8) {
+    asm("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+// Byte offset of 16-byte chunk `chunk` of tile row `row` (128-byte rows, swizzled).
+__device__ __forceinline__ int moe_tile_offset(int row, int chunk) {
+  return row * 128 + ((chunk ^ (row & 7)) << 4);
+}
+
+__device__ __forceinline__ std::uint32_t moe_pack_bf16(bf16 lo, bf16 hi) {
+  return std::uint32_t(lo.bits) | (std::uint32_t(hi.bits) << 16);
+}
+
+template <moe_gemm_stage Stage, bool Fp8, int BlockM>
+__global__ void __launch_bounds__(moe_gemm_traits<Stage, Fp8, BlockM>::threads)
+    moe_grouped_gemm_kernel(moe_grouped_gemm_params const p) {
+  using traits = moe_gemm_traits<Stage, Fp8, BlockM>;
+  constexpr bool gate_up = Stage == moe_gemm_stage::gate_up;
+  constexpr int stages = traits::stages;
+  extern __shared__ __align__(128) std::uint8_t smem[];
+
+  int const block = int(blockIdx.x);
+  int const expert = __ldg(p.expert_of_block + block);
+  if (expert < 0) return;  // past the last used block: the only cost of an empty slot
+
+  int const tid = int(threadIdx.x), warp = tid / 32, lane = tid % 32;
+  int const warp_m = warp / traits::warps_n, warp_n = warp % traits::warps_n;
+  int const g = lane / 4, t = lane % 4;
+  std::int64_t const row0 = std::int64_t(block) * BlockM;
+  std::int64_t const n0 = std::int64_t(blockIdx.y) * traits::out_n;
+  std::int64_t const w_rows = gate_up ? 2 * p.n : p.n;
+  std::int64_t const k_row_bytes = p.k * traits::elem_bytes;
+  int const k_tiles = int(k_row_bytes / traits::k_bytes);
+
+  // This thread's A row: its source row (or none: padding, zero-filled) and its 4 chunks.
+  int const a_row = tid / 2, a_chunk0 = (tid % 2) * traits::a_chunks_per_thread;
+  std::int32_t const a_id = __ldg(p.sorted_ids + row0 + a_row);
+  bool const a_valid = a_id < p.rows;
+  std::int64_t const a_src_row = gate_up ? a_id / p.top_k : row0 + a_row;
+  auto const* const a_bytes = static_cast<std::uint8_t const*>(p.a);
+  std::uint8_t const* const a_src =
+      a_valid ? a_bytes + a_src_row * p.lda * traits::elem_bytes : a_bytes;
+  // FP8: threads tid < block_m stage the activation scale of row tid (not of their A row).
+  std::int32_t const s_id = Fp8 && tid < BlockM ? __ldg(p.sorted_ids + row0 + tid) : p.rows;
+  bool const s_valid = s_id < p.rows;
+  std::int64_t const s_src_row = gate_up ? s_id / p.top_k : row0 + tid;
+  float const* const xs_src = s_valid ? p.a_scales + s_src_row * p.a_scales_ld : p.a_scales;
+
+  // Weight row of tile row r: GEMM 1 puts gate rows n0.. in 0..63 and up rows I + n0.. in 64..127.
+  auto const* const w_expert =
+      static_cast<std::uint8_t const*>(p.w) + std::int64_t(expert) * w_rows * k_row_bytes;
+  auto const w_row_of = [&](int r) -> std::int64_t {
+    if constexpr (gate_up) return r < 64 ? n0 + r : p.n + n0 + (r - 64);
+    return n0 + r;
+  };
+
+  auto load_stage = [&](int slot, int kt) {
+    std::uint8_t* const as = smem + slot * traits::stage_bytes;
+    std::uint8_t* const bs = as + traits::a_bytes;
+    std::int64_t const kb = std::int64_t(kt) * traits::k_bytes;
+#pragma unroll
+    for (int c = 0; c < traits::a_chunks_per_thread; ++c) {
+      int const chunk = a_chunk0 + c;
+      moe_cp_async16(as + moe_tile_offset(a_row, chunk), a_valid ? a_src + kb + chunk * 16 : a_src,
+                     a_valid ? 16 : 0);
+    }
+#pragma unroll
+    for (int i = 0; i < traits::b_chunks_per_thread; ++i) {
+      int const c = tid + i * traits::threads;
+      int const r = c / traits::chunks, chunk = c % traits::chunks;
+      moe_cp_async16(bs + moe_tile_offset(r, chunk),
+                     w_expert + w_row_of(r) * k_row_bytes + kb + chunk * 16, 16);
+    }
+    if constexpr (Fp8) {
+      auto* const xs = reinterpret_cast<float*>(bs + traits::b_bytes);
+      if (tid < BlockM) moe_cp_async4(xs + tid, s_valid ? xs_src + kt : p.a_scales, s_valid ? 4 : 0);
+    }
+  };
+
+  float total[2][8][4] = {};
+  [[maybe_unused]] float const* const ws_expert =
+      Fp8 ? p.w_scales + std::int64_t(expert) * ((w_rows + 127) / 128) * p.w_scales_ld : nullptr;
+
+  auto compute = [&](int slot, int kt) {
+    std::uint8_t const* const as = smem + slot * traits::stage_bytes;
+    std::uint8_t const* const bs = as + traits::a_bytes;
+    float part[2][8][4];
+    float(&acc)[2][8][4] = Fp8 ? part : total;
+    if constexpr (Fp8) {
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) part[mt][nt][c] = 0.0f;
+    }
+#pragma unroll
+    for (int ks = 0; ks < traits::chunks / 2; ++ks) {
+      std::uint32_t a[2][4];
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        int const r = warp_m * 32 + mt * 16 + (lane & 15);
+        moe_ldmatrix_x4(a[mt], moe_smem_addr(as + moe_tile_offset(r, ks * 2 + (lane >> 4))));
+      }
+#pragma unroll
+      for (int pair = 0; pair < 4; ++pair) {
+        int const base = gate_up ? (pair < 2 ? 32 * warp_n + 16 * pair
+                                             : 64 + 32 * warp_n + 16 * (pair - 2))
+                                 : 64 * warp_n + 16 * pair;
+        int const r = base + ((lane >> 4) << 3) + (lane & 7);
+        std::uint32_t b[4];
+        moe_ldmatrix_x4(b, moe_smem_addr(bs + moe_tile_offset(r, ks * 2 + ((lane >> 3) & 1))));
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          moe_mma<Fp8>(acc[mt][2 * pair], a[mt], b[0], b[1]);
+          moe_mma<Fp8>(acc[mt][2 * pair + 1], a[mt], b[2], b[3]);
+        }
+      }
+    }
+    if constexpr (Fp8) {
+      auto const* const xs = reinterpret_cast<float const*>(bs + traits::b_bytes);
+      // The weight block of the gate rows and of the up rows (GEMM 1), or of the tile (GEMM 2).
+      float const ws_lo = __ldg(ws_expert + (w_row_of(0) / 128) * p.w_scales_ld + kt);
+      float const ws_hi =
+          gate_up ? __ldg(ws_expert + (w_row_of(64) / 128) * p.w_scales_ld + kt) : ws_lo;
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          float const x_scale = xs[warp_m * 32 + mt * 16 + g + 8 * half];
+#pragma unroll
+          for (int nt = 0; nt < 8; ++nt) {
+            float const s = x_scale * (gate_up && nt >= 4 ? ws_hi : ws_lo);
+            total[mt][nt][2 * half] = fmaf(part[mt][nt][2 * half], s, total[mt][nt][2 * half]);
+            total[mt][nt][2 * half + 1] =
+                fmaf(part[mt][nt][2 * half + 1], s, total[mt][nt][2 * half + 1]);
+          }
+        }
+      }
+    }
+  };
+
+#pragma unroll
+  for (int s = 0; s < stages - 1; ++s) {
+    if (s < k_tiles) load_stage(s, s);
+    moe_cp_commit();  // empty groups too: the wait below counts groups
+  }
+  for (int kt = 0; kt < k_tiles; ++kt) {
+    moe_cp_wait<stages - 2>();
+    __syncthreads();  // stage kt landed; slot (kt - 1) % stages is read by no one any more
+    int const next = kt + stages - 1;
+    if (next < k_tiles) load_stage(next % stages, next);
+    moe_cp_commit();
+    compute(kt % stages, kt);
+  }
+  moe_cp_wait<0>();
+
+  // Epilogue: thread (g, t) holds rows g and g + 8 of each m16 tile, columns 2t and 2t + 1 of each
+  // n8 tile.
+  auto* const out = static_cast<std::uint16_t*>(p.out);
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      int const r = warp_m * 32 + mt * 16 + g + 8 * half;
+      std::int64_t const pos = row0 + r;
+      std::int32_t const id = __ldg(p.sorted_ids + pos);
+      bool const valid = id < p.rows;
+      if constexpr (gate_up) {
+        // a = silu(bf16(gate)) * bf16(up), as the dense MLP rounds; padding rows get zeros so
+        // that the FP8 quantisation of the intermediate reads defined values.
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+          std::int64_t const col = n0 + 32 * warp_n + 8 * nt + 2 * t;
+          std::uint32_t v = 0;
+          if (valid) {
+            bf16 const a0 = silu_and_mul_value(bf16(total[mt][nt][2 * half]),
+                                               bf16(total[mt][nt + 4][2 * half]));
+            bf16 const a1 = silu_and_mul_value(bf16(total[mt][nt][2 * half + 1]),
+                                               bf16(total[mt][nt + 4][2 * half + 1]));
+            v = moe_pack_bf16(a0, a1);
+          }
+          *reinterpret_cast<std::uint32_t*>(out + pos * p.ldo + col) = v;
+        }
+      } else {
+        if (!valid) continue;  // padding produces nothing
+        float const weight = __ldg(p.topk_weights + id);
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+          std::int64_t const col = n0 + 64 * warp_n + 8 * nt + 2 * t;
+          std::uint32_t const v = moe_pack_bf16(bf16(total[mt][nt][2 * half] * weight),
+                                                bf16(total[mt][nt][2 * half + 1] * weight));
+          *reinterpret_cast<std::uint32_t*>(out + std::int64_t(id) * p.ldo + col) = v;
+        }
+      }
+    }
+  }
+}
+
+template <moe_gemm_stage Stage, bool Fp8, int BlockM>
+void launch_moe_grouped_gemm(moe_grouped_gemm_params const& p, CUstream_st* stream) {
+  using traits = moe_gemm_traits<Stage, Fp8, BlockM>;
+  LC_CHECK(p.n % traits::out_n == 0 && (p.k * traits::elem_bytes) % traits::k_bytes == 0 &&
+               p.n / traits::out_n <= 65535 && p.blocks < (std::int64_t(1) << 31),
+           "moe grouped GEMM: N " << p.n << " must be a multiple of " << traits::out_n
+                                  << " (at most 65535 tiles) and K " << p.k << " of "
+                                  << traits::k_bytes / traits::elem_bytes);
+  if (p.blocks == 0) return;
+  auto const kernel = moe_grouped_gemm_kernel<Stage, Fp8, BlockM>;
+  // A host-side attribute, not a stream operation: allowed while a graph is being captured.
+  LC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     traits::smem_bytes));
+  dim3 const grid(unsigned(p.blocks), unsigned(p.n / traits::out_n), 1);
+  kernel<<<grid, traits::threads, traits::smem_bytes, stream>>>(p);
+  LC_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace lightcore::kernels::detail

@@ -1,0 +1,111 @@
+// moe experts: the CUDA dispatch. Builds the two grouped GEMMs' params from the workspace layout,
+// chooses the instantiation (GEMM stage x bf16 | FP8 x block_m; each in its own file under
+// instantiations/) and issues, on one stream and with a geometry fixed by the token count:
+//   [FP8: quantise hidden] -> GEMM 1 (+ SiLU-and-mul) -> [FP8: quantise the intermediate]
+//   -> GEMM 2 (x routed weight) -> combine.
+#include <cstdint>
+
+#include "kernels/moe/moe_experts.hpp"
+#include "kernels/quant/quant.hpp"
+#include "lightcore/backend/cuda.hpp"
+
+namespace lightcore::kernels::detail {
+namespace {
+
+template <moe_gemm_stage Stage>
+void launch_gemm(moe_grouped_gemm_params const& p, bool fp8, std::int64_t block_m,
+                 CUstream_st* stream) {
+  if (fp8) {
+    if (block_m == 64) return launch_moe_grouped_gemm<Stage, true, 64>(p, stream);
+    if (block_m == 128) return launch_moe_grouped_gemm<Stage, true, 128>(p, stream);
+  } else {
+    if (block_m == 64) return launch_moe_grouped_gemm<Stage, false, 64>(p, stream);
+    if (block_m == 128) return launch_moe_grouped_gemm<Stage, false, 128>(p, stream);
+  }
+  LC_THROW("moe_experts on CUDA has grouped GEMM tiles for block_m 64 and 128; got " << block_m);
+}
+
+}  // namespace
+
+void moe_experts_cuda(moe_experts_params const& p, int ordinal, CUstream_st* stream) {
+  backend::device_guard const guard(ordinal);
+  device const where = device::cuda(ordinal);
+  bool const fp8 = p.format == moe_weight_format::fp8_block;
+  std::int64_t const h = p.hidden_size, inter = p.inter, rows = p.tokens * p.top_k;
+  // The grid covers the capacity of this token count, not the (longer) buffers: the geometry is a
+  // function of the sizes, and blocks past the used ones exit at once.
+  moe_align_sizes const cap = moe_align_capacity(p.tokens, p.top_k, p.experts, p.block_m);
+  moe_experts_workspace_layout const l =
+      make_moe_experts_workspace_layout(p.tokens, p.top_k, cap.sorted_rows, h, inter, p.format);
+  auto* const ws = static_cast<std::uint8_t*>(p.workspace);
+
+  moe_grouped_gemm_params g1;
+  g1.sorted_ids = p.sorted_ids;
+  g1.expert_of_block = p.expert_of_block;
+  g1.rows = rows;
+  g1.top_k = p.top_k;
+  g1.blocks = cap.blocks;
+  moe_grouped_gemm_params g2 = g1;
+
+  g1.n = inter;
+  g1.k = h;
+  g1.w = p.gate_up;
+  g1.w_scales = p.gate_up_scales;
+  g1.w_scales_ld = p.gate_up_scales_ld;
+  g1.out = ws + l.intermediate;
+  g1.ldo = inter;
+  if (fp8) {
+    // x quantised once per token (not per routed row): top_k times less work than per row.
+    tensor_view const x(const_cast<void*>(p.hidden), dtype::bf16, {p.tokens, h}, {p.hidden_ld, 1},
+                        where);
+    tensor_view const q(ws + l.hidden_q, dtype::fp8_e4m3, {p.tokens, h}, where);
+    tensor_view const s(ws + l.hidden_scales, dtype::f32, {p.tokens, h / quant_group_size}, where);
+    quantize_per_token_group_cuda(x, q, s, scale_layout::row_major, stream);
+    g1.a = ws + l.hidden_q;
+    g1.lda = h;
+    g1.a_scales = reinterpret_cast<float const*>(ws + l.hidden_scales);
+    g1.a_scales_ld = h / quant_group_size;
+  } else {
+    g1.a = p.hidden;
+    g1.lda = p.hidden_ld;
+  }
+  launch_gemm<moe_gemm_stage::gate_up>(g1, fp8, p.block_m, stream);
+
+  g2.n = h;
+  g2.k = inter;
+  g2.w = p.down;
+  g2.w_scales = p.down_scales;
+  g2.w_scales_ld = p.down_scales_ld;
+  g2.topk_weights = p.topk_weights;
+  g2.out = ws + l.routed_out;
+  g2.ldo = h;
+  if (fp8) {
+    // Every row of the capacity: rows past the used blocks hold stale values whose codes are
+    // never read (their blocks exit), and the count of used rows is known only on the device.
+    tensor_view const a(ws + l.intermediate, dtype::bf16, {cap.sorted_rows, inter}, where);
+    tensor_view const q(ws + l.intermediate_q, dtype::fp8_e4m3, {cap.sorted_rows, inter}, where);
+    tensor_view const s(ws + l.intermediate_scales, dtype::f32,
+                        {cap.sorted_rows, inter / quant_group_size}, where);
+    quantize_per_token_group_cuda(a, q, s, scale_layout::row_major, stream);
+    g2.a = ws + l.intermediate_q;
+    g2.lda = inter;
+    g2.a_scales = reinterpret_cast<float const*>(ws + l.intermediate_scales);
+    g2.a_scales_ld = inter / quant_group_size;
+  } else {
+    g2.a = ws + l.intermediate;
+    g2.lda = inter;
+  }
+  launch_gemm<moe_gemm_stage::down>(g2, fp8, p.block_m, stream);
+
+  moe_combine_params c;
+  c.routed_out = reinterpret_cast<std::uint16_t const*>(ws + l.routed_out);
+  c.inverse = p.inverse;
+  c.out = static_cast<std::uint16_t*>(p.out);
+  c.tokens = p.tokens;
+  c.top_k = p.top_k;
+  c.hidden = h;
+  c.out_ld = p.out_ld;
+  launch_moe_combine(c, backend::multiprocessor_count(ordinal), stream);
+}
+
+}  // namespace lightcore::kernels::detail

@@ -1,0 +1,238 @@
+// moe_experts on the CUDA backend against the CPU reference: V2-Lite (E 64, top-6, H 2048,
+// I 1408), R1 (E 256, top-8, H 7168, I 2048) and R1 at TP8 (I 256), T in {1, 3, 64, 257, 4096},
+// bf16 and FP8, block_m 64 and 128; one expert taking every token, experts with none (routing to a
+// subset; the weights of the others are NaN on the device, so reading them fails), ids of other
+// ranks; outputs and workspace poisoned; alignment and experts captured together in a CUDA graph.
+// R1 at T 4096: the CPU reference runs on 64 sampled tokens (a token's output depends on its own
+// inputs alone), to keep its time reasonable.
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "common/cuda.hpp"
+#include "common/seed.hpp"
+#include "kernels/moe/moe.hpp"
+#include "kernels/moe/moe_experts.hpp"
+#include "lightcore/backend/cuda.hpp"
+#include "lightcore/core/tensor.hpp"
+#include "moe_experts_test_util.hpp"
+
+namespace lightcore {
+namespace {
+
+using kernels::moe_weight_format;
+
+// 0xFF bytes: bf16 and fp8 NaN, f32 NaN, i32 -1.
+constexpr std::uint64_t poison = 0xFF;
+
+// GPU against CPU: both accumulate in fp32 in different orders (~1e-6 relative), so a bf16
+// rounding of gate/up/y flips now and then (one bf16 ulp, 0.4%), and in FP8 such a flip can move
+// one fp8 code of the intermediate (an eighth of that element); spread over I-term sums these stay
+// far below 1% of the rms. bf16 5e-3, FP8 1e-2 relative L2; 4% / 6% of rms per element.
+double rel_l2(moe_weight_format f) { return f == moe_weight_format::bf16 ? 5e-3 : 1e-2; }
+double elem_tol(moe_weight_format f) { return f == moe_weight_format::bf16 ? 0.04 : 0.06; }
+
+struct device_moe {
+  tensor<backend::cuda> hidden, ids, weights, gate_up, down, gu_scales, dn_scales, out, ws;
+  tensor<backend::cuda> counts, offsets, sorted, blocks, total, inverse;
+  std::int64_t tokens, k, h, block_m;
+
+  device_moe(backend::cuda& gpu, backend::cuda::stream_type const& stream, test::moe_inputs& in,
+             std::int64_t bm)
+      : tokens(in.tokens), k(in.shape.top_k), h(in.shape.hidden), block_m(bm) {
+    auto const& s = in.shape;
+    auto const cap = kernels::moe_align_capacity(tokens, k, s.experts, block_m);
+    hidden = tensor<backend::cuda>(gpu, dtype::bf16, {tokens, h});
+    ids = tensor<backend::cuda>(gpu, dtype::i32, {tokens, k});
+    weights = tensor<backend::cuda>(gpu, dtype::f32, {tokens, k});
+    out = tensor<backend::cuda>(gpu, dtype::bf16, {tokens, h});
+    ws = tensor<backend::cuda>(
+        gpu, dtype::u8,
+        {kernels::moe_experts_workspace_bytes(tokens, k, s.experts, block_m, h, s.inter, in.format)});
+    counts = tensor<backend::cuda>(gpu, dtype::i32, {s.experts});
+    offsets = tensor<backend::cuda>(gpu, dtype::i32, {s.experts + 1});
+    sorted = tensor<backend::cuda>(gpu, dtype::i32, {cap.sorted_rows + 3 * block_m});
+    blocks = tensor<backend::cuda>(gpu, dtype::i32, {cap.blocks + 3});
+    total = tensor<backend::cuda>(gpu, dtype::i32, {1});
+    inverse = tensor<backend::cuda>(gpu, dtype::i32, {tokens, k});
+    gpu.copy(hidden.data(), in.hidden.data(), hidden.nbytes(), stream);
+    gpu.copy(ids.data(), in.ids.data(), ids.nbytes(), stream);
+    gpu.copy(weights.data(), in.weights.data(), weights.nbytes(), stream);
+    // Weights: NaN everywhere, then the hit experts' slices.
+    auto upload = [&](tensor<backend::cuda>& d, tensor<backend::cpu> const& hst) {
+      d = tensor<backend::cuda>(gpu, hst.view().type(), hst.view().shape());
+      gpu.fill(d.data(), d.nbytes(), 1, poison, stream);
+      std::size_t const slice = d.nbytes() / std::size_t(s.experts);
+      for (std::int32_t e : in.hit)
+        gpu.copy(static_cast<std::uint8_t*>(d.data()) + e * slice,
+                 static_cast<std::uint8_t const*>(hst.data()) + e * slice, slice, stream);
+    };
+    upload(gate_up, in.gate_up);
+    upload(down, in.down);
+    if (in.format == moe_weight_format::fp8_block) {
+      upload(gu_scales, in.gate_up_scales);
+      upload(dn_scales, in.down_scales);
+    }
+    gpu.fill(out.data(), out.nbytes(), 1, poison, stream);
+    gpu.fill(ws.data(), ws.nbytes(), 1, poison, stream);
+    for (auto* t : {&counts, &offsets, &sorted, &blocks, &total, &inverse})
+      gpu.fill(t->data(), t->nbytes(), 1, poison, stream);
+  }
+
+  void enqueue(backend::cuda& gpu, moe_weight_format f, std::int64_t experts,
+               backend::cuda::stream_type const& stream) {
+    kernels::moe_align_outputs const a{counts, offsets, sorted, blocks, total, inverse};
+    kernels::moe_align(gpu, ids, experts, block_m, a, stream);
+    bool const fp8 = f == moe_weight_format::fp8_block;
+    kernels::moe_experts(gpu, hidden, ids, weights, a, block_m,
+                         {gate_up, down, fp8 ? gu_scales.view() : tensor_view{},
+                          fp8 ? dn_scales.view() : tensor_view{}},
+                         out, ws, stream);
+  }
+
+  std::vector<bf16> download(backend::cuda& gpu, backend::cuda::stream_type const& stream) {
+    std::vector<bf16> v(std::size_t(tokens * h));
+    gpu.copy(v.data(), out.data(), out.nbytes(), stream);
+    stream.synchronize();
+    return v;
+  }
+};
+
+// The CPU reference for `sample` tokens of `in` (all when sample >= T): their rows, routed alone.
+std::vector<double> reference_rows(test::moe_inputs const& in, std::vector<std::int64_t> const& rows,
+                                   std::int64_t block_m) {
+  backend::cpu cpu;
+  test::moe_inputs sub;
+  sub.shape = in.shape;
+  sub.tokens = std::int64_t(rows.size());
+  sub.format = in.format;
+  sub.hit = in.hit;
+  std::int64_t const h = in.shape.hidden, k = in.shape.top_k;
+  for (std::int64_t t : rows) {
+    sub.hidden.insert(sub.hidden.end(), in.hidden.begin() + t * h, in.hidden.begin() + (t + 1) * h);
+    sub.ids.insert(sub.ids.end(), in.ids.begin() + t * k, in.ids.begin() + (t + 1) * k);
+    sub.weights.insert(sub.weights.end(), in.weights.begin() + t * k,
+                       in.weights.begin() + (t + 1) * k);
+  }
+  // The weights are shared through views: moe_experts_on_cpu reads them through weight_views.
+  auto const w = test::weight_views(in);
+  std::vector<bf16> out(std::size_t(sub.tokens * h));
+  auto a = test::align_on_cpu(sub.ids, sub.tokens, k, in.shape.experts, block_m);
+  tensor<backend::cpu> ws(cpu, dtype::u8,
+                          {kernels::moe_experts_workspace_bytes(sub.tokens, k, in.shape.experts,
+                                                                block_m, h, in.shape.inter,
+                                                                in.format)});
+  kernels::moe_experts(cpu, tensor_view(sub.hidden.data(), dtype::bf16, {sub.tokens, h}),
+                       tensor_view(sub.ids.data(), dtype::i32, {sub.tokens, k}),
+                       tensor_view(sub.weights.data(), dtype::f32, {sub.tokens, k}),
+                       a.views(sub.tokens, k), block_m, w,
+                       tensor_view(out.data(), dtype::bf16, {sub.tokens, h}), ws.view(),
+                       cpu.make_stream());
+  return test::widen(out);
+}
+
+struct gpu_case {
+  int model;  // 0 V2-Lite, 1 R1, 2 R1-TP8
+  std::int64_t tokens;
+  moe_weight_format format;
+};
+
+test::moe_shape shape_of(int model) {
+  return model == 0 ? test::v2_lite_shape : model == 1 ? test::r1_shape : test::r1_tp8_shape;
+}
+
+void check(test::moe_shape shape, std::int64_t tokens, moe_weight_format f, std::int64_t hit,
+           bool all_to_one, std::int64_t block_m, bool graph, bool other_ranks = false) {
+  SCOPED_TRACE(::testing::Message() << "E " << shape.experts << ", top-" << shape.top_k << ", H "
+                                    << shape.hidden << ", I " << shape.inter << ", T " << tokens
+                                    << (f == moe_weight_format::bf16 ? ", bf16" : ", fp8")
+                                    << ", hit " << hit << ", block_m " << block_m
+                                    << (all_to_one ? ", one expert takes all" : "")
+                                    << (graph ? ", graph" : ""));
+  backend::cuda gpu(0);
+  auto const stream = gpu.make_stream();
+  auto rng = test::test_rng();
+  auto in = test::make_moe_inputs(shape, tokens, f, hit, all_to_one, rng);
+  if (other_ranks)
+    for (std::size_t r = 1; r < in.ids.size(); r += 5) in.ids[r] = -1;
+  device_moe d(gpu, stream, in, block_m);
+  test::run_maybe_in_graph(stream, graph, [&] { d.enqueue(gpu, f, shape.experts, stream); });
+  auto const got = d.download(gpu, stream);
+  // The CPU reference on at most 64 tokens for R1's full size at large T, else on all of them.
+  std::vector<std::int64_t> rows(static_cast<std::size_t>(tokens));
+  for (std::int64_t t = 0; t < tokens; ++t) rows[std::size_t(t)] = t;
+  bool const sampled = shape.inter >= 2048 && shape.hidden >= 7168 && tokens > 257;
+  if (sampled) {
+    std::shuffle(rows.begin() + 1, rows.end() - 1, rng);  // keep the first and last token
+    rows.resize(63);
+    rows.push_back(tokens - 1);
+  }
+  auto const want = reference_rows(in, rows, block_m);
+  std::vector<bf16> picked;
+  for (std::int64_t t : rows)
+    picked.insert(picked.end(), got.begin() + t * shape.hidden, got.begin() + (t + 1) * shape.hidden);
+  test::expect_close(picked, want, rel_l2(f), elem_tol(f), shape.hidden);
+  // Sampled or not, every element of the GPU's output must have been written.
+  std::int64_t unwritten = 0;
+  for (bf16 v : got) unwritten += std::isnan(float(v)) ? 1 : 0;
+  EXPECT_EQ(unwritten, 0);
+}
+
+class MoeExpertsCuda : public test::cuda_test, public ::testing::WithParamInterface<gpu_case> {};
+
+// Experts hit: all of V2-Lite's 64; 24 of R1's 256 (R1's weights are 22 GB in bf16; the
+// experts not hit stay NaN).
+TEST_P(MoeExpertsCuda, MatchesCpuReference) {
+  auto const c = GetParam();
+  auto const shape = shape_of(c.model);
+  check(shape, c.tokens, c.format, c.model == 0 ? shape.experts : 24, false, 64, false);
+}
+
+std::vector<gpu_case> gpu_cases() {
+  std::vector<gpu_case> v;
+  for (int model : {0, 1, 2})
+    for (std::int64_t t : {1, 3, 64, 257, 4096})
+      for (auto f : {moe_weight_format::bf16, moe_weight_format::fp8_block})
+        v.push_back({model, t, f});
+  return v;
+}
+
+std::string case_name(::testing::TestParamInfo<gpu_case> const& i) {
+  std::string const model = i.param.model == 0 ? "V2Lite" : i.param.model == 1 ? "R1" : "R1TP8";
+  return model + "_T" + std::to_string(i.param.tokens) +
+         (i.param.format == moe_weight_format::bf16 ? "_bf16" : "_fp8");
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, MoeExpertsCuda, ::testing::ValuesIn(gpu_cases()), case_name);
+
+class MoeExpertsCudaCases : public test::cuda_test {};
+
+TEST_F(MoeExpertsCudaCases, OneExpertTakesEveryToken) {
+  for (auto f : {moe_weight_format::bf16, moe_weight_format::fp8_block})
+    check(test::v2_lite_shape, 257, f, 64, true, 64, false);
+}
+
+TEST_F(MoeExpertsCudaCases, FewExpertsHitBlockM128) {
+  for (auto f : {moe_weight_format::bf16, moe_weight_format::fp8_block})
+    check(test::r1_tp8_shape, 257, f, 8, false, 128, false);
+}
+
+TEST_F(MoeExpertsCudaCases, OtherRanksExpertsAddNothing) {
+  check(test::v2_lite_shape, 64, moe_weight_format::bf16, 64, false, 64, false, true);
+}
+
+TEST_F(MoeExpertsCudaCases, CapturedInAGraph) {
+  for (auto f : {moe_weight_format::bf16, moe_weight_format::fp8_block}) {
+    check(test::v2_lite_shape, 64, f, 64, false, 64, true);
+    check(test::r1_tp8_shape, 3, f, 24, false, 128, true);
+  }
+}
+
+}  // namespace
+}  // namespace lightcore
