@@ -69,9 +69,9 @@ struct moe_setup {
     fill_random(gate_up);
     fill_random(down);
     if (fp8) {
-      gu_s = tensor<backend::cuda>(gpu, dtype::f32,
-                                   {s.experts, (2 * s.inter + 127) / 128,
-                                    kernels::gemm_fp8_weight_scale_ld(s.hidden)});
+      gu_s = tensor<backend::cuda>(
+          gpu, dtype::f32,
+          {s.experts, (2 * s.inter + 127) / 128, kernels::gemm_fp8_weight_scale_ld(s.hidden)});
       dn_s = tensor<backend::cuda>(
           gpu, dtype::f32,
           {s.experts, (s.hidden + 127) / 128, kernels::gemm_fp8_weight_scale_ld(s.inter)});
@@ -87,8 +87,8 @@ struct moe_setup {
     gpu.fill(weights.data(), weights.numel(), 4, 0x3E000000u, stream);  // 0.125
     out = tensor<backend::cuda>(gpu, dtype::bf16, {tokens, s.hidden});
     ws = tensor<backend::cuda>(gpu, dtype::u8,
-                               {kernels::moe_experts_workspace_bytes(tokens, s.top_k, s.experts,
-                                                                     block_m, s.hidden, s.inter, f)});
+                               {kernels::moe_experts_workspace_bytes(
+                                   tokens, s.top_k, s.experts, block_m, s.hidden, s.inter, f)});
     auto const cap = kernels::moe_align_capacity(tokens, s.top_k, s.experts, block_m);
     counts = tensor<backend::cuda>(gpu, dtype::i32, {s.experts});
     offsets = tensor<backend::cuda>(gpu, dtype::i32, {s.experts + 1});
@@ -155,12 +155,11 @@ void bm_moe_gemm_loop(benchmark::State& state) {
       if (n == 0) continue;
       auto* gu = static_cast<bf16*>(m.gate_up.data()) + e * 2 * s.inter * s.hidden;
       auto* dn = static_cast<bf16*>(m.down.data()) + e * s.hidden * s.inter;
-      kernels::gemm(gpu, ctx,
-                    tensor_view(elem(x, at, s.hidden), dtype::bf16, {n, s.hidden}, gpu.where()),
-                    tensor_view(gu, dtype::bf16, {2 * s.inter, s.hidden}, gpu.where()),
-                    tensor_view(elem(h, at, 2 * s.inter), dtype::bf16, {n, 2 * s.inter},
-                                gpu.where()),
-                    wsp, stream);
+      kernels::gemm(
+          gpu, ctx, tensor_view(elem(x, at, s.hidden), dtype::bf16, {n, s.hidden}, gpu.where()),
+          tensor_view(gu, dtype::bf16, {2 * s.inter, s.hidden}, gpu.where()),
+          tensor_view(elem(h, at, 2 * s.inter), dtype::bf16, {n, 2 * s.inter}, gpu.where()), wsp,
+          stream);
       kernels::gemm(gpu, ctx,
                     tensor_view(elem(h, at, 2 * s.inter), dtype::bf16, {n, s.inter},
                                 {2 * s.inter, 1}, gpu.where()),
@@ -183,8 +182,7 @@ void register_all() {
   for (std::int64_t model : {0, 1}) {
     for (std::int64_t t : {1, 2, 4, 8, 16, 32, 64, 4096, 8192}) {
       for (std::int64_t f : {0, 1})
-        timed(benchmark::RegisterBenchmark("BM_moe_experts", bm_moe_experts))
-            ->Args({model, t, f});
+        timed(benchmark::RegisterBenchmark("BM_moe_experts", bm_moe_experts))->Args({model, t, f});
       timed(benchmark::RegisterBenchmark("BM_moe_gemm_loop", bm_moe_gemm_loop))->Args({model, t});
     }
   }

@@ -19,8 +19,8 @@ namespace lightcore::kernels::detail {
 
 struct moe_combine_traits {
   static constexpr int threads = 256;
-  static constexpr int vector = 8;         // bf16 per 16-byte access
-  static constexpr int ctas_per_sm = 8;    // enough loads in flight to stream y
+  static constexpr int vector = 8;       // bf16 per 16-byte access
+  static constexpr int ctas_per_sm = 8;  // enough loads in flight to stream y
 };
 
 __global__ void __launch_bounds__(moe_combine_traits::threads)
@@ -46,21 +46,20 @@ __global__ void __launch_bounds__(moe_combine_traits::threads)
     std::uint32_t packed[4];
 #pragma unroll
     for (int w = 0; w < 4; ++w)
-      packed[w] = std::uint32_t(bf16(sum[2 * w]).bits) |
-                  (std::uint32_t(bf16(sum[2 * w + 1]).bits) << 16);
+      packed[w] =
+          std::uint32_t(bf16(sum[2 * w]).bits) | (std::uint32_t(bf16(sum[2 * w + 1]).bits) << 16);
     *reinterpret_cast<uint4*>(p.out + token * p.out_ld + col) =
         make_uint4(packed[0], packed[1], packed[2], packed[3]);
   }
 }
 
-inline void launch_moe_combine_impl(moe_combine_params const& p, int num_sms,
-                                    CUstream_st* stream) {
+inline void launch_moe_combine_impl(moe_combine_params const& p, int num_sms, CUstream_st* stream) {
   using traits = moe_combine_traits;
   std::int64_t const items = p.tokens * (p.hidden / traits::vector);
   if (items == 0) return;
   std::int64_t const wanted = (items + traits::threads - 1) / traits::threads;
-  auto const grid = unsigned(std::min<std::int64_t>(wanted, std::int64_t(num_sms) *
-                                                                 traits::ctas_per_sm));
+  auto const grid =
+      unsigned(std::min<std::int64_t>(wanted, std::int64_t(num_sms) * traits::ctas_per_sm));
   moe_combine_kernel<<<grid, traits::threads, 0, stream>>>(p);
   LC_CUDA_CHECK_LAUNCH();
 }

@@ -42,8 +42,8 @@ struct moe_gemm_traits {
   static constexpr int warps_n = 2;
   static constexpr int threads = warps_m * warps_n * 32;
   static constexpr int tile_w = 128;  // weight rows per CTA
-  static constexpr int out_n = Stage == moe_gemm_stage::gate_up ? int(moe_gemm_gate_up_tile_n)
-                                                                : int(moe_gemm_down_tile_n);
+  static constexpr int out_n =
+      Stage == moe_gemm_stage::gate_up ? int(moe_gemm_gate_up_tile_n) : int(moe_gemm_down_tile_n);
   static constexpr int k_bytes = int(moe_gemm_k_tile_bytes);
   static constexpr int elem_bytes = Fp8 ? 1 : 2;
   static constexpr int chunks = k_bytes / 16;  // 16-byte chunks per tile row
@@ -172,7 +172,8 @@ __global__ void __launch_bounds__(moe_gemm_traits<Stage, Fp8, BlockM>::threads)
     }
     if constexpr (Fp8) {
       auto* const xs = reinterpret_cast<float*>(bs + traits::b_bytes);
-      if (tid < BlockM) moe_cp_async4(xs + tid, s_valid ? xs_src + kt : p.a_scales, s_valid ? 4 : 0);
+      if (tid < BlockM)
+        moe_cp_async4(xs + tid, s_valid ? xs_src + kt : p.a_scales, s_valid ? 4 : 0);
     }
   };
 
@@ -203,9 +204,9 @@ __global__ void __launch_bounds__(moe_gemm_traits<Stage, Fp8, BlockM>::threads)
       }
 #pragma unroll
       for (int pair = 0; pair < 4; ++pair) {
-        int const base = gate_up ? (pair < 2 ? 32 * warp_n + 16 * pair
-                                             : 64 + 32 * warp_n + 16 * (pair - 2))
-                                 : 64 * warp_n + 16 * pair;
+        int const base =
+            gate_up ? (pair < 2 ? 32 * warp_n + 16 * pair : 64 + 32 * warp_n + 16 * (pair - 2))
+                    : 64 * warp_n + 16 * pair;
         int const r = base + ((lane >> 4) << 3) + (lane & 7);
         std::uint32_t b[4];
         moe_ldmatrix_x4(b, moe_smem_addr(bs + moe_tile_offset(r, ks * 2 + ((lane >> 3) & 1))));

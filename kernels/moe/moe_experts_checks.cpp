@@ -34,15 +34,14 @@ namespace detail {
 namespace {
 
 void check_device(device where, char const* name, tensor_view const& v) {
-  LC_CHECK(v.where() == where,
-           "moe_experts on " << where << " needs every view there; " << name << " is on "
-                             << v.where());
+  LC_CHECK(v.where() == where, "moe_experts on " << where << " needs every view there; " << name
+                                                 << " is on " << v.where());
 }
 
 void check_contiguous(char const* name, tensor_view const& v, dtype type, dims const& shape) {
-  LC_CHECK(v.type() == type && v.shape() == shape,
-           "moe_experts needs " << name << " " << type << " " << shape << "; got " << v.type()
-                                << " " << v.shape());
+  LC_CHECK(v.type() == type && v.shape() == shape, "moe_experts needs "
+                                                       << name << " " << type << " " << shape
+                                                       << "; got " << v.type() << " " << v.shape());
   LC_CHECK(v.is_contiguous(), "moe_experts needs " << name << " contiguous; got " << v);
   LC_CHECK(v.numel() == 0 || reinterpret_cast<std::uintptr_t>(v.data()) % 16 == 0,
            "moe_experts needs " << name << " 16-byte aligned; got " << v.data());
@@ -94,7 +93,7 @@ moe_experts_params make_moe_experts_params(device where, tensor_view const& hidd
 
   LC_CHECK(topk_ids.type() == dtype::i32 && topk_ids.rank() == 2,
            "moe_experts needs topk_ids [tokens, top_k] i32; got " << topk_ids.type() << " "
-                                                                 << topk_ids.shape());
+                                                                  << topk_ids.shape());
   std::int64_t const tokens = topk_ids.size(0), k = topk_ids.size(1);
   moe_align_sizes const cap = moe_align_capacity(tokens, k, experts, block_m);
   check_contiguous("topk_ids", topk_ids, dtype::i32, {tokens, k});
@@ -125,15 +124,12 @@ moe_experts_params make_moe_experts_params(device where, tensor_view const& hidd
                  weights.gate_up_scales.shape() == want_gu &&
                  weights.gate_up_scales.is_contiguous(),
              "moe_experts with FP8 weights needs gate_up_scales f32 contiguous "
-                 << want_gu
-                 << " ([E, ceil(2I/128), gemm_fp8_weight_scale_ld(H)]); got "
+                 << want_gu << " ([E, ceil(2I/128), gemm_fp8_weight_scale_ld(H)]); got "
                  << weights.gate_up_scales);
-    LC_CHECK(weights.down_scales.type() == dtype::f32 &&
-                 weights.down_scales.shape() == want_dn &&
+    LC_CHECK(weights.down_scales.type() == dtype::f32 && weights.down_scales.shape() == want_dn &&
                  weights.down_scales.is_contiguous(),
              "moe_experts with FP8 weights needs down_scales f32 contiguous "
-                 << want_dn
-                 << " ([E, ceil(H/128), gemm_fp8_weight_scale_ld(I)]); got "
+                 << want_dn << " ([E, ceil(H/128), gemm_fp8_weight_scale_ld(I)]); got "
                  << weights.down_scales);
     check_device(where, "gate_up_scales", weights.gate_up_scales);
     check_device(where, "down_scales", weights.down_scales);
@@ -147,32 +143,29 @@ moe_experts_params make_moe_experts_params(device where, tensor_view const& hidd
   }
   std::int64_t const need =
       make_moe_experts_workspace_layout(tokens, k, cap.sorted_rows, h, inter, format).bytes;
-  LC_CHECK(workspace.is_contiguous() && std::int64_t(workspace.nbytes()) >= need &&
-               reinterpret_cast<std::uintptr_t>(workspace.data()) %
-                       moe_experts_workspace_alignment ==
-                   0,
-           "moe_experts needs a contiguous, " << moe_experts_workspace_alignment
-                                              << "-byte aligned workspace of at least " << need
-                                              << " bytes (moe_experts_workspace_bytes); got "
-                                              << workspace.nbytes() << " bytes at "
-                                              << workspace.data());
-  for (auto const& [name, v] :
-       {std::pair<char const*, tensor_view const*>{"hidden", &hidden},
-        {"topk_ids", &topk_ids},
-        {"topk_weights", &topk_weights},
-        {"sorted_token_ids", &align.sorted_token_ids},
-        {"expert_of_block", &align.expert_of_block},
-        {"inverse", &align.inverse},
-        {"gate_up", &gu},
-        {"down", &dn},
-        {"out", &out},
-        {"workspace", &workspace}})
+  LC_CHECK(
+      workspace.is_contiguous() && std::int64_t(workspace.nbytes()) >= need &&
+          reinterpret_cast<std::uintptr_t>(workspace.data()) % moe_experts_workspace_alignment == 0,
+      "moe_experts needs a contiguous, "
+          << moe_experts_workspace_alignment << "-byte aligned workspace of at least " << need
+          << " bytes (moe_experts_workspace_bytes); got " << workspace.nbytes() << " bytes at "
+          << workspace.data());
+  for (auto const& [name, v] : {std::pair<char const*, tensor_view const*>{"hidden", &hidden},
+                                {"topk_ids", &topk_ids},
+                                {"topk_weights", &topk_weights},
+                                {"sorted_token_ids", &align.sorted_token_ids},
+                                {"expert_of_block", &align.expert_of_block},
+                                {"inverse", &align.inverse},
+                                {"gate_up", &gu},
+                                {"down", &dn},
+                                {"out", &out},
+                                {"workspace", &workspace}})
     check_device(where, name, *v);
   // out is written while hidden and the workspace are read: they must not share memory.
   auto const span = [](tensor_view const& v) {
     auto const a = reinterpret_cast<std::uintptr_t>(v.data());
-    std::int64_t const last = v.rank() == 2 ? (v.size(0) - 1) * v.stride(0) + v.size(1)
-                                            : std::int64_t(v.numel());
+    std::int64_t const last =
+        v.rank() == 2 ? (v.size(0) - 1) * v.stride(0) + v.size(1) : std::int64_t(v.numel());
     return std::pair{a, a + std::uintptr_t(last) * v.element_size()};
   };
   auto const [o0, o1] = span(out);

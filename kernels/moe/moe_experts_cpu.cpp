@@ -32,8 +32,7 @@ void quantise_row(matrix& m, Eigen::Index row) {
 
 // Expert e's [rows, cols] weight slice widened to fp32 (FP8: times its block scales).
 matrix expert_weight(moe_experts_params const& p, void const* stacked, float const* scales,
-                     std::int64_t scales_ld, std::int64_t e, std::int64_t rows,
-                     std::int64_t cols) {
+                     std::int64_t scales_ld, std::int64_t e, std::int64_t rows, std::int64_t cols) {
   matrix w(rows, cols);
   std::int64_t const base = e * rows * cols;
   if (p.format == moe_weight_format::bf16) {

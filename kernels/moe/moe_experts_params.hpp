@@ -20,8 +20,8 @@ namespace lightcore::kernels {
 
 // How the expert weights are stored.
 enum class moe_weight_format : std::uint8_t {
-  bf16,        // gate_up [E, 2I, H] and down [E, H, I] bf16
-  fp8_block,   // the same shapes in fp8_e4m3, with one f32 scale per 128 x 128 block
+  bf16,       // gate_up [E, 2I, H] and down [E, H, I] bf16
+  fp8_block,  // the same shapes in fp8_e4m3, with one f32 scale per 128 x 128 block
 };
 
 // The K width of one pipeline stage of the grouped GEMM, in bytes (64 bf16 or 128 fp8 values: one
@@ -40,13 +40,13 @@ inline constexpr bool moe_experts_block_m_supported(std::int64_t block_m) {
 
 // Where each buffer lies in the workspace (byte offsets, each 256-byte aligned), and its size.
 struct moe_experts_workspace_layout {
-  std::int64_t intermediate = 0;     // bf16 [sorted_rows, I]: a, by sorted position
-  std::int64_t routed_out = 0;       // bf16 [tokens * top_k, H]: y, by routed row r
-  std::int64_t hidden_q = 0;         // FP8: fp8 [tokens, H], x quantised
-  std::int64_t hidden_scales = 0;    // FP8: f32 [tokens, H / 128] row-major
-  std::int64_t intermediate_q = 0;   // FP8: fp8 [sorted_rows, I], a quantised
+  std::int64_t intermediate = 0;         // bf16 [sorted_rows, I]: a, by sorted position
+  std::int64_t routed_out = 0;           // bf16 [tokens * top_k, H]: y, by routed row r
+  std::int64_t hidden_q = 0;             // FP8: fp8 [tokens, H], x quantised
+  std::int64_t hidden_scales = 0;        // FP8: f32 [tokens, H / 128] row-major
+  std::int64_t intermediate_q = 0;       // FP8: fp8 [sorted_rows, I], a quantised
   std::int64_t intermediate_scales = 0;  // FP8: f32 [sorted_rows, I / 128] row-major
-  std::int64_t bytes = 0;            // the total
+  std::int64_t bytes = 0;                // the total
 };
 
 inline constexpr std::int64_t moe_experts_workspace_alignment = 256;
@@ -79,26 +79,26 @@ constexpr moe_experts_workspace_layout make_moe_experts_workspace_layout(
 
 // One moe_experts call, resolved from checked views. Plain data; element strides.
 struct moe_experts_params {
-  void const* hidden = nullptr;             // [tokens, H] bf16, row stride hidden_ld
-  std::int32_t const* topk_ids = nullptr;   // [tokens, top_k]
-  float const* topk_weights = nullptr;      // [tokens, top_k]
+  void const* hidden = nullptr;                   // [tokens, H] bf16, row stride hidden_ld
+  std::int32_t const* topk_ids = nullptr;         // [tokens, top_k]
+  float const* topk_weights = nullptr;            // [tokens, top_k]
   std::int32_t const* sorted_ids = nullptr;       // [sorted_capacity]: r, or rows (padding)
   std::int32_t const* expert_of_block = nullptr;  // [block_capacity]: -1 past the last block
   std::int32_t const* inverse = nullptr;          // [tokens, top_k]: sorted position or -1
-  void const* gate_up = nullptr;            // [E, 2I, H] (gate rows, then up rows)
-  float const* gate_up_scales = nullptr;    // FP8: [E, ceil(2I/128), gate_up_scales_ld]
-  void const* down = nullptr;               // [E, H, I]
-  float const* down_scales = nullptr;       // FP8: [E, ceil(H/128), down_scales_ld]
-  void* out = nullptr;                      // [tokens, H] bf16, row stride out_ld
-  void* workspace = nullptr;                // make_moe_experts_workspace_layout(...).bytes
+  void const* gate_up = nullptr;                  // [E, 2I, H] (gate rows, then up rows)
+  float const* gate_up_scales = nullptr;          // FP8: [E, ceil(2I/128), gate_up_scales_ld]
+  void const* down = nullptr;                     // [E, H, I]
+  float const* down_scales = nullptr;             // FP8: [E, ceil(H/128), down_scales_ld]
+  void* out = nullptr;                            // [tokens, H] bf16, row stride out_ld
+  void* workspace = nullptr;                      // make_moe_experts_workspace_layout(...).bytes
   std::int64_t tokens = 0, top_k = 0, experts = 0;
-  std::int64_t hidden_size = 0;             // H, a multiple of 128
-  std::int64_t inter = 0;                   // I, a multiple of 128
-  std::int64_t block_m = 0;                 // 64 or 128
+  std::int64_t hidden_size = 0;  // H, a multiple of 128
+  std::int64_t inter = 0;        // I, a multiple of 128
+  std::int64_t block_m = 0;      // 64 or 128
   std::int64_t sorted_capacity = 0, block_capacity = 0;
   std::int64_t hidden_ld = 0, out_ld = 0;
-  std::int64_t gate_up_scales_ld = 0;       // gemm_fp8_weight_scale_ld(H)
-  std::int64_t down_scales_ld = 0;          // gemm_fp8_weight_scale_ld(I)
+  std::int64_t gate_up_scales_ld = 0;  // gemm_fp8_weight_scale_ld(H)
+  std::int64_t down_scales_ld = 0;     // gemm_fp8_weight_scale_ld(I)
   moe_weight_format format = moe_weight_format::bf16;
 };
 
@@ -111,21 +111,22 @@ enum class moe_gemm_stage : std::uint8_t {
 // One grouped GEMM over the aligned row blocks: block b (block_m rows) multiplies its rows by the
 // weight of expert_of_block[b]; blocks of expert -1 exit at once. Plain data: passed by value.
 struct moe_grouped_gemm_params {
-  void const* a = nullptr;         // gate_up: [tokens, K] (row = r / top_k); down: [sorted, K]
-  float const* a_scales = nullptr; // FP8: a's per-128-column scales, row-major, row stride a_scales_ld
-  void const* w = nullptr;         // [E, w_rows, K] (w_rows = 2I or H), K contiguous
-  float const* w_scales = nullptr; // FP8: [E, ceil(w_rows/128), w_scales_ld]
-  void* out = nullptr;             // bf16: gate_up [sorted, n]; down [rows, n]
+  void const* a = nullptr;  // gate_up: [tokens, K] (row = r / top_k); down: [sorted, K]
+  float const* a_scales =
+      nullptr;              // FP8: a's per-128-column scales, row-major, row stride a_scales_ld
+  void const* w = nullptr;  // [E, w_rows, K] (w_rows = 2I or H), K contiguous
+  float const* w_scales = nullptr;                // FP8: [E, ceil(w_rows/128), w_scales_ld]
+  void* out = nullptr;                            // bf16: gate_up [sorted, n]; down [rows, n]
   std::int32_t const* sorted_ids = nullptr;       // [blocks * block_m]
   std::int32_t const* expert_of_block = nullptr;  // [blocks]
   float const* topk_weights = nullptr;            // down: [rows]
-  std::int64_t rows = 0;           // tokens * top_k: sorted_ids holds it for padding
+  std::int64_t rows = 0;                          // tokens * top_k: sorted_ids holds it for padding
   std::int64_t top_k = 0;
-  std::int64_t n = 0;              // output columns: I (gate_up) or H (down)
-  std::int64_t k = 0;              // H (gate_up) or I (down)
+  std::int64_t n = 0;                              // output columns: I (gate_up) or H (down)
+  std::int64_t k = 0;                              // H (gate_up) or I (down)
   std::int64_t lda = 0, ldo = 0, a_scales_ld = 0;  // elements
-  std::int64_t w_scales_ld = 0;    // floats between scale rows
-  std::int64_t blocks = 0;         // grid size over row blocks (block capacity)
+  std::int64_t w_scales_ld = 0;                    // floats between scale rows
+  std::int64_t blocks = 0;                         // grid size over row blocks (block capacity)
 };
 
 // The combine: out[t] = bf16(sum of y[t * top_k + slot] over slots with inverse >= 0).

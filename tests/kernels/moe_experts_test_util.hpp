@@ -112,8 +112,8 @@ inline moe_inputs make_moe_inputs(moe_shape shape, std::int64_t tokens,
   if (fp8) {
     in.gate_up_scales = tensor<backend::cpu>(
         cpu, dtype::f32, {e, (2 * i + 127) / 128, kernels::gemm_fp8_weight_scale_ld(h)});
-    in.down_scales = tensor<backend::cpu>(cpu, dtype::f32,
-                                          {e, (h + 127) / 128, kernels::gemm_fp8_weight_scale_ld(i)});
+    in.down_scales = tensor<backend::cpu>(
+        cpu, dtype::f32, {e, (h + 127) / 128, kernels::gemm_fp8_weight_scale_ld(i)});
   }
   std::uint64_t const seed = rng();
   for (std::int32_t x : in.hit) {
@@ -163,8 +163,8 @@ inline std::vector<bf16> moe_experts_on_cpu(moe_inputs& in, std::int64_t block_m
   std::int64_t const t = in.tokens, k = in.shape.top_k, h = in.shape.hidden;
   host_align a = align_on_cpu(in.ids, t, k, in.shape.experts, block_m);
   std::vector<bf16> out(std::size_t(t * h), bf16::quiet_nan());
-  std::int64_t const bytes = kernels::moe_experts_workspace_bytes(
-      t, k, in.shape.experts, block_m, h, in.shape.inter, in.format);
+  std::int64_t const bytes = kernels::moe_experts_workspace_bytes(t, k, in.shape.experts, block_m,
+                                                                  h, in.shape.inter, in.format);
   tensor<backend::cpu> ws(cpu, dtype::u8, {std::max<std::int64_t>(bytes, 1)});
   kernels::moe_experts(cpu, tensor_view(in.hidden.data(), dtype::bf16, {t, h}),
                        tensor_view(in.ids.data(), dtype::i32, {t, k}),

@@ -37,7 +37,8 @@ double weight_at(test::moe_inputs const& in, tensor<backend::cpu> const& w,
   std::int64_t const at = (e * rows + row) * cols + col;
   if (in.format == moe_weight_format::bf16) return float(static_cast<bf16 const*>(w.data())[at]);
   std::int64_t const ld = s.view().size(2), blocks = (rows + 127) / 128;
-  float const scale = static_cast<float const*>(s.data())[(e * blocks + row / 128) * ld + col / 128];
+  float const scale =
+      static_cast<float const*>(s.data())[(e * blocks + row / 128) * ld + col / 128];
   return double(float(static_cast<fp8_e4m3 const*>(w.data())[at])) * double(scale);
 }
 
@@ -49,7 +50,8 @@ std::vector<double> reference(test::moe_inputs const& in) {
   std::vector<double> out(std::size_t(t_count * h));
   for (std::int64_t t = 0; t < t_count; ++t) {
     std::vector<double> x(static_cast<std::size_t>(h)), sum(static_cast<std::size_t>(h), 0.0);
-    for (std::int64_t j = 0; j < h; ++j) x[std::size_t(j)] = float(in.hidden[std::size_t(t * h + j)]);
+    for (std::int64_t j = 0; j < h; ++j)
+      x[std::size_t(j)] = float(in.hidden[std::size_t(t * h + j)]);
     if (fp8) quantise(x);
     for (std::int64_t s = 0; s < k; ++s) {
       std::int32_t const e = in.ids[std::size_t(t * k + s)];
@@ -120,14 +122,14 @@ TEST(MoeExpertsCpuChecks, OtherRanksExpertsAddNothing) {
 }
 
 TEST(MoeExpertsCpuChecks, WorkspaceGrowsWithTokensAndFp8) {
-  auto const bf = kernels::moe_experts_workspace_bytes(64, 8, 256, 64, 7168, 2048,
-                                                       moe_weight_format::bf16);
+  auto const bf =
+      kernels::moe_experts_workspace_bytes(64, 8, 256, 64, 7168, 2048, moe_weight_format::bf16);
   auto const f8 = kernels::moe_experts_workspace_bytes(64, 8, 256, 64, 7168, 2048,
                                                        moe_weight_format::fp8_block);
   EXPECT_GT(f8, bf);
-  EXPECT_GT(kernels::moe_experts_workspace_bytes(65, 8, 256, 64, 7168, 2048,
-                                                 moe_weight_format::bf16),
-            bf);
+  EXPECT_GT(
+      kernels::moe_experts_workspace_bytes(65, 8, 256, 64, 7168, 2048, moe_weight_format::bf16),
+      bf);
 }
 
 TEST(MoeExpertsCpuChecks, BadArgumentsAreRejected) {
@@ -142,16 +144,15 @@ TEST(MoeExpertsCpuChecks, BadArgumentsAreRejected) {
   auto run = [&](std::int64_t block_m, tensor_view const& workspace, tensor_view const& o) {
     kernels::moe_experts(cpu, tensor_view(in.hidden.data(), dtype::bf16, {3, 128}),
                          tensor_view(in.ids.data(), dtype::i32, {3, 2}),
-                         tensor_view(in.weights.data(), dtype::f32, {3, 2}), a.views(3, 2),
-                         block_m, test::weight_views(in), o, workspace, cpu.make_stream());
+                         tensor_view(in.weights.data(), dtype::f32, {3, 2}), a.views(3, 2), block_m,
+                         test::weight_views(in), o, workspace, cpu.make_stream());
   };
   tensor_view const o(out.data(), dtype::bf16, {3, 128});
   EXPECT_NO_THROW(run(64, ws.view(), o));
   EXPECT_THROW(run(32, ws.view(), o), error);  // no tile for block_m 32
   EXPECT_THROW(run(64, tensor_view(ws.data(), dtype::u8, {bytes - 1}), o), error);  // too small
   EXPECT_THROW(run(64, ws.view(), tensor_view(out.data(), dtype::bf16, {3, 127})), error);
-  EXPECT_THROW(kernels::moe_experts_workspace_bytes(3, 2, 8, 64, 100, 128,
-                                                    moe_weight_format::bf16),
+  EXPECT_THROW(kernels::moe_experts_workspace_bytes(3, 2, 8, 64, 100, 128, moe_weight_format::bf16),
                error);  // H not a multiple of 128
 }
 

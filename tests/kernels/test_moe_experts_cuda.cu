@@ -52,9 +52,9 @@ struct device_moe {
     ids = tensor<backend::cuda>(gpu, dtype::i32, {tokens, k});
     weights = tensor<backend::cuda>(gpu, dtype::f32, {tokens, k});
     out = tensor<backend::cuda>(gpu, dtype::bf16, {tokens, h});
-    ws = tensor<backend::cuda>(
-        gpu, dtype::u8,
-        {kernels::moe_experts_workspace_bytes(tokens, k, s.experts, block_m, h, s.inter, in.format)});
+    ws = tensor<backend::cuda>(gpu, dtype::u8,
+                               {kernels::moe_experts_workspace_bytes(tokens, k, s.experts, block_m,
+                                                                     h, s.inter, in.format)});
     counts = tensor<backend::cuda>(gpu, dtype::i32, {s.experts});
     offsets = tensor<backend::cuda>(gpu, dtype::i32, {s.experts + 1});
     sorted = tensor<backend::cuda>(gpu, dtype::i32, {cap.sorted_rows + 3 * block_m});
@@ -105,8 +105,8 @@ struct device_moe {
 };
 
 // The CPU reference for `sample` tokens of `in` (all when sample >= T): their rows, routed alone.
-std::vector<double> reference_rows(test::moe_inputs const& in, std::vector<std::int64_t> const& rows,
-                                   std::int64_t block_m) {
+std::vector<double> reference_rows(test::moe_inputs const& in,
+                                   std::vector<std::int64_t> const& rows, std::int64_t block_m) {
   backend::cpu cpu;
   test::moe_inputs sub;
   sub.shape = in.shape;
@@ -124,16 +124,15 @@ std::vector<double> reference_rows(test::moe_inputs const& in, std::vector<std::
   auto const w = test::weight_views(in);
   std::vector<bf16> out(std::size_t(sub.tokens * h));
   auto a = test::align_on_cpu(sub.ids, sub.tokens, k, in.shape.experts, block_m);
-  tensor<backend::cpu> ws(cpu, dtype::u8,
-                          {kernels::moe_experts_workspace_bytes(sub.tokens, k, in.shape.experts,
-                                                                block_m, h, in.shape.inter,
-                                                                in.format)});
-  kernels::moe_experts(cpu, tensor_view(sub.hidden.data(), dtype::bf16, {sub.tokens, h}),
-                       tensor_view(sub.ids.data(), dtype::i32, {sub.tokens, k}),
-                       tensor_view(sub.weights.data(), dtype::f32, {sub.tokens, k}),
-                       a.views(sub.tokens, k), block_m, w,
-                       tensor_view(out.data(), dtype::bf16, {sub.tokens, h}), ws.view(),
-                       cpu.make_stream());
+  tensor<backend::cpu> ws(
+      cpu, dtype::u8,
+      {kernels::moe_experts_workspace_bytes(sub.tokens, k, in.shape.experts, block_m, h,
+                                            in.shape.inter, in.format)});
+  kernels::moe_experts(
+      cpu, tensor_view(sub.hidden.data(), dtype::bf16, {sub.tokens, h}),
+      tensor_view(sub.ids.data(), dtype::i32, {sub.tokens, k}),
+      tensor_view(sub.weights.data(), dtype::f32, {sub.tokens, k}), a.views(sub.tokens, k), block_m,
+      w, tensor_view(out.data(), dtype::bf16, {sub.tokens, h}), ws.view(), cpu.make_stream());
   return test::widen(out);
 }
 
@@ -149,12 +148,12 @@ test::moe_shape shape_of(int model) {
 
 void check(test::moe_shape shape, std::int64_t tokens, moe_weight_format f, std::int64_t hit,
            bool all_to_one, std::int64_t block_m, bool graph, bool other_ranks = false) {
-  SCOPED_TRACE(::testing::Message() << "E " << shape.experts << ", top-" << shape.top_k << ", H "
-                                    << shape.hidden << ", I " << shape.inter << ", T " << tokens
-                                    << (f == moe_weight_format::bf16 ? ", bf16" : ", fp8")
-                                    << ", hit " << hit << ", block_m " << block_m
-                                    << (all_to_one ? ", one expert takes all" : "")
-                                    << (graph ? ", graph" : ""));
+  SCOPED_TRACE(::testing::Message()
+               << "E " << shape.experts << ", top-" << shape.top_k << ", H " << shape.hidden
+               << ", I " << shape.inter << ", T " << tokens
+               << (f == moe_weight_format::bf16 ? ", bf16" : ", fp8") << ", hit " << hit
+               << ", block_m " << block_m << (all_to_one ? ", one expert takes all" : "")
+               << (graph ? ", graph" : ""));
   backend::cuda gpu(0);
   auto const stream = gpu.make_stream();
   auto rng = test::test_rng();
@@ -176,7 +175,8 @@ void check(test::moe_shape shape, std::int64_t tokens, moe_weight_format f, std:
   auto const want = reference_rows(in, rows, block_m);
   std::vector<bf16> picked;
   for (std::int64_t t : rows)
-    picked.insert(picked.end(), got.begin() + t * shape.hidden, got.begin() + (t + 1) * shape.hidden);
+    picked.insert(picked.end(), got.begin() + t * shape.hidden,
+                  got.begin() + (t + 1) * shape.hidden);
   test::expect_close(picked, want, rel_l2(f), elem_tol(f), shape.hidden);
   // Sampled or not, every element of the GPU's output must have been written.
   std::int64_t unwritten = 0;
