@@ -1,0 +1,4 @@
+lightcore_kernel_family(attention
+  CPU attention_cpu.cpp
+  CUDA attention_cuda.cu instantiations/prefill_d192_v128.cu instantiations/prefill_d128_v128.cu
+       instantiations/prefill_d64_v64.cu instantiations/latent_gather_p1.cu)
