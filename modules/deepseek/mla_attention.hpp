@@ -1,0 +1,147 @@
+// DeepSeek MLA attention of one layer over a ragged batch: the prefill rows (new tokens of
+// requests with a prompt chunk) first, then the decode rows (one new token after a cached
+// prefix). Prefill decompresses the latent cache (mla_prefill); decode absorbs W_UK into q and
+// W_UV into the output and attends over the 576-wide latent rows (mla_decode).
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/attention/attention.hpp"
+#include "kernels/mla/mla.hpp"
+#include "kernels/norm/norm.hpp"
+#include "kernels/rope/rope.hpp"
+#include "lightcore/io/hf_config.hpp"
+#include "modules/deepseek/linear.hpp"
+
+namespace lightcore::modules::deepseek {
+
+// The batch's layout on the device, shared by every layer (i32 views).
+struct attention_batch {
+  std::int64_t tokens = 0;             // T: prefill tokens, then one per decode row
+  std::int64_t prefill_tokens = 0;     // Tp: rows [0, Tp) of the activations
+  std::int64_t prefill_kv_tokens = 0;  // sum of the prefill requests' whole lengths
+  tensor_view positions;               // [T] position of each token in its request
+  tensor_view token_req_rows;          // [T] req_to_token row of each token
+  tensor_view req_to_token;            // [requests, columns]
+  tensor_view prefill_req_rows;        // [Bp]
+  tensor_view cu_seqlens_q;            // [Bp + 1]
+  tensor_view cu_seqlens_k;            // [Bp + 1]
+  tensor_view decode_req_rows;         // [Bd]
+  tensor_view decode_seq_lens;         // [Bd], the new token included
+  tensor_view cos_sin;                 // [max_positions, 64] f32
+  float softmax_scale = 0;
+};
+
+// mla_decode works on head tiles of 16: a narrower rank's heads are padded with zero queries
+// whose outputs are dropped.
+inline constexpr std::int64_t mla_decode_head_multiple = 16;
+
+// out [T, H] bf16 = o_proj(attention(x)); writes the new tokens' latent rows into kv_cache.
+template <Backend B>
+void mla_attention(forward_context<B>& ctx, io::model_config const& c,
+                   models::deepseek_v3::attention_weights const& w, attention_batch const& b,
+                   tensor_view const& x, tensor_view const& kv_cache, tensor_view const& out) {
+  std::int64_t const t = b.tokens, tp = b.prefill_tokens, td = t - tp;
+  std::int64_t const heads = w.w_uk.size(0), nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim,
+                     qk = nope + rope, lora = c.kv_lora_rank, vdim = c.v_head_dim;
+  LC_CHECK(nope == 128 && rope == 64 && vdim == 128 && lora == 512,
+           "mla_attention supports qk_nope_head_dim 128, qk_rope_head_dim 64, v_head_dim 128 and "
+           "kv_lora_rank 512 (DeepSeek-V2/V3's MLA); got "
+               << nope << ", " << rope << ", " << vdim << ", " << lora);
+  float const eps = float(c.rms_norm_eps);
+  std::int64_t const hp = round_up(heads, mla_decode_head_multiple);
+
+  // q [T, Hp, 192] (heads past `heads` zero, for the decode tiles) and kv_a [T, 576].
+  auto q = ctx.acquire("attn.q", dtype::bf16, {t, hp, qk});
+  if (hp != heads) ctx.zero(q.view());
+  tensor_view const q_rows = q.view().reshape({t, hp * qk}).slice(1, 0, heads * qk);
+  typename forward_context<B>::lease fused, qa_norm, kva;
+  tensor_view kv_a;
+  if (c.q_lora_rank) {
+    std::int64_t const ql = *c.q_lora_rank;
+    fused = ctx.acquire("attn.q_a_kv_a", dtype::bf16, {t, ql + lora + rope});
+    linear(ctx, x, w.q_a_kv_a, fused.view());
+    qa_norm = ctx.acquire("attn.q_a_norm", dtype::bf16, {t, ql});
+    kernels::rmsnorm(ctx.backend, fused.view().slice(1, 0, ql), w.q_a_norm, qa_norm.view(), eps,
+                     ctx.stream);
+    linear(ctx, qa_norm.view(), w.q_b, q_rows);
+    qa_norm.reset();
+    kv_a = fused.view().slice(1, ql, ql + lora + rope);
+  } else {
+    linear(ctx, x, w.q, q_rows);
+    kva = ctx.acquire("attn.kv_a", dtype::bf16, {t, lora + rope});
+    linear(ctx, x, w.kv_a, kva.view());
+    kv_a = kva.view();
+  }
+  auto latent = ctx.acquire("attn.latent", dtype::bf16, {t, lora});
+  kernels::rmsnorm(ctx.backend, kv_a.slice(1, 0, lora), w.kv_a_norm, latent.view(), eps,
+                   ctx.stream);
+  tensor_view const k_rope = kv_a.slice(1, lora, lora + rope);
+  kernels::apply_rope(ctx.backend, q.view().slice(1, 0, heads).slice(2, nope, qk), k_rope,
+                      b.positions, b.cos_sin, ctx.stream);
+  kernels::mla_write_kv(ctx.backend, latent.view(), k_rope,
+                        kernels::kv_slots::table(b.req_to_token, b.token_req_rows, b.positions),
+                        kv_cache, ctx.stream);
+  latent.reset();
+
+  auto attn = ctx.acquire("attn.out", dtype::bf16, {t, heads, vdim});
+  if (tp > 0) {
+    auto const layout = kernels::mla_prefill_workspace_layout(b.prefill_kv_tokens, heads);
+    auto ws = ctx.acquire("attn.prefill_workspace", dtype::u8, {layout.bytes});
+    kernels::mla_prefill_args a;
+    a.q = q.view().slice(0, 0, tp).slice(1, 0, heads);
+    a.kv_cache = kv_cache;
+    a.req_to_token = b.req_to_token;
+    a.req_rows = b.prefill_req_rows;
+    a.cu_seqlens_q = b.cu_seqlens_q;
+    a.cu_seqlens_k = b.cu_seqlens_k;
+    a.w_uk = w.w_uk;
+    a.w_uv = w.w_uv;
+    a.out = attn.view().slice(0, 0, tp);
+    a.kv_tokens = b.prefill_kv_tokens;
+    a.softmax_scale = b.softmax_scale;
+    kernels::mla_prefill(ctx.backend, ctx.gemm, a, ws.view(), ctx.stream);
+  }
+  if (td > 0) {
+    // q_abs[:, h] = q_nope[:, h] . W_UK[h]: [heads] x [Td, 128] . [128, 512].
+    auto q_abs = ctx.acquire("attn.q_absorbed", dtype::bf16, {td, hp, lora});
+    if (hp != heads) ctx.zero(q_abs.view());
+    tensor_view const qd = q.view().slice(0, tp, t);
+    {
+      auto ws = ctx.gemm_workspace();
+      kernels::gemm_options opt;
+      opt.layout = kernels::b_layout::k_by_n;
+      kernels::gemm(ctx.backend, ctx.gemm, qd.slice(1, 0, heads).slice(2, 0, nope).transpose(0, 1),
+                    w.w_uk, q_abs.view().slice(1, 0, heads).transpose(0, 1), ws.view(), ctx.stream,
+                    opt);
+    }
+    auto o_lat = ctx.acquire("attn.decode_latent_out", dtype::bf16, {td, hp, lora});
+    auto const plan = kernels::plan_mla_decode(ctx.backend, td, hp);
+    typename forward_context<B>::lease dws;
+    tensor_view dws_view;
+    if (plan.workspace_bytes > 0) {
+      dws = ctx.acquire("attn.decode_workspace", dtype::u8, {plan.workspace_bytes});
+      dws_view = dws.view();
+    }
+    kernels::mla_decode_args a;
+    a.q_nope = q_abs.view();
+    a.q_rope = qd.slice(2, nope, qk);
+    a.kv_cache = kv_cache;
+    a.req_to_token = b.req_to_token;
+    a.req_rows = b.decode_req_rows;
+    a.seq_lens = b.decode_seq_lens;
+    a.out = o_lat.view();
+    a.softmax_scale = b.softmax_scale;
+    kernels::mla_decode(ctx.backend, a, plan, dws_view, ctx.stream);
+    // attn[:, h] = o_lat[:, h] . W_UV[h]^T: [heads] x [Td, 512] . [512, 128].
+    auto ws = ctx.gemm_workspace();
+    kernels::gemm(ctx.backend, ctx.gemm, o_lat.view().slice(1, 0, heads).transpose(0, 1), w.w_uv,
+                  attn.view().slice(0, tp, t).transpose(0, 1), ws.view(), ctx.stream);
+  }
+  q.reset();
+  fused.reset();
+  kva.reset();
+  linear(ctx, attn.view().reshape({t, heads * vdim}), w.o, out);
+}
+
+}  // namespace lightcore::modules::deepseek

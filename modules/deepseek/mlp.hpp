@@ -1,0 +1,137 @@
+// DeepSeek's feed-forward blocks: the dense gated MLP (first_k_dense_replace layers, and the
+// shared experts) and the MoE block (route -> align -> routed experts, plus the shared experts).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "kernels/activation/activation.hpp"
+#include "kernels/moe/moe.hpp"
+#include "kernels/moe/moe_experts.hpp"
+#include "lightcore/core/tensor.hpp"
+#include "lightcore/io/hf_config.hpp"
+#include "modules/deepseek/linear.hpp"
+
+namespace lightcore::modules::deepseek {
+
+// out [T, H] = down(silu(gate(x)) * up(x)); `accumulate` adds to out (bf16 down weights only).
+template <Backend B>
+void dense_mlp(forward_context<B>& ctx, tensor_view const& x,
+               models::deepseek_v3::mlp_weights const& w, tensor_view const& out,
+               bool accumulate = false) {
+  std::int64_t const t = x.size(0), inter = w.down.w.size(1);
+  if (t == 0) return;
+  auto gu = ctx.acquire("mlp.gate_up", dtype::bf16, {t, 2 * inter});
+  linear(ctx, x, w.gate_up, gu.view());
+  auto act = ctx.acquire("mlp.act", dtype::bf16, {t, inter});
+  kernels::silu_and_mul(ctx.backend, gu.view(), act.view(), ctx.stream);
+  gu.reset();
+  linear(ctx, act.view(), w.down, out, accumulate);
+}
+
+inline kernels::moe_routing_config routing_config(io::model_config const& c) {
+  kernels::moe_routing_config r;
+  r.num_experts = c.n_routed_experts;
+  r.top_k = c.num_experts_per_tok;
+  r.n_group = c.n_group;
+  r.topk_group = c.topk_group;
+  r.scoring = c.scoring == io::scoring_func::sigmoid ? kernels::moe_scoring::sigmoid
+                                                     : kernels::moe_scoring::softmax;
+  r.group_select = c.topk == io::topk_method::noaux_tc ? kernels::moe_group_select::top2_sum
+                   : c.topk == io::topk_method::group_limited_greedy
+                       ? kernels::moe_group_select::max
+                       : kernels::moe_group_select::none;
+  r.norm_topk_prob = c.norm_topk_prob;
+  r.routed_scaling_factor = float(c.routed_scaling_factor);
+  return r;
+}
+
+// Rows per expert block of the grouped GEMMs (the kernel has 64 and 128).
+inline constexpr std::int64_t moe_block_m = 64;
+
+// The routed experts' weights as moe_experts takes them. The grouped GEMM needs the expert width
+// I to be a multiple of 128; a narrower one (the tiny test models: 192) is padded once, at
+// construction, with zero gate/up rows and zero down columns: silu(0) * 0 = 0, so the padded
+// columns add exactly nothing. FP8 experts never need it (the loader dequantises those shapes).
+template <Backend B>
+class moe_experts_weights {
+ public:
+  moe_experts_weights(B& backend, models::deepseek_v3::moe_weights const& w) {
+    std::int64_t const e = w.gate_up.w.size(0), inter = w.down.w.size(2), hidden = w.down.w.size(1);
+    std::int64_t const padded = round_up(inter, kernels::moe_experts_dim_multiple);
+    if (padded == inter || w.gate_up.fp8()) {
+      weights_ = {w.gate_up.w, w.down.w, w.gate_up.scales, w.down.scales};
+      return;
+    }
+    gate_up_ = tensor<B>(backend, dtype::bf16, {e, 2 * padded, hidden});
+    down_ = tensor<B>(backend, dtype::bf16, {e, hidden, padded});
+    auto stream = backend.make_stream();
+    backend.fill(gate_up_.data(), gate_up_.nbytes(), 1, 0, stream);
+    backend.fill(down_.data(), down_.nbytes(), 1, 0, stream);
+    std::size_t const row = std::size_t(hidden) * 2;
+    for (std::int64_t x = 0; x < e; ++x) {
+      // gate rows [0, I) -> [0, I), up rows [I, 2I) -> [P, P + I): contiguous blocks.
+      auto const* src = static_cast<std::byte const*>(w.gate_up.w.select(0, x).data());
+      auto* dst = static_cast<std::byte*>(gate_up_.view().select(0, x).data());
+      backend.copy(dst, src, row * std::size_t(inter), stream);
+      backend.copy(dst + row * std::size_t(padded), src + row * std::size_t(inter),
+                   row * std::size_t(inter), stream);
+      for (std::int64_t h = 0; h < hidden; ++h)
+        backend.copy(down_.view().select(0, x).select(0, h).data(),
+                     w.down.w.select(0, x).select(0, h).data(), std::size_t(inter) * 2, stream);
+    }
+    stream.synchronize();
+    weights_ = {gate_up_.view(), down_.view(), {}, {}};
+  }
+  kernels::moe_expert_weights const& get() const noexcept { return weights_; }
+  std::int64_t inter() const noexcept { return weights_.down.size(2); }
+
+ private:
+  tensor<B> gate_up_, down_;
+  kernels::moe_expert_weights weights_;
+};
+
+// The MoE block of one layer: out [T, H] = routed experts' weighted sum + shared experts.
+// When the shared experts' down projection is FP8 (it cannot accumulate), their output goes to
+// `shared_out` instead, for the caller to add; else shared_out is left untouched.
+template <Backend B>
+void moe_block(forward_context<B>& ctx, io::model_config const& c,
+               models::deepseek_v3::moe_weights const& w, moe_experts_weights<B> const& experts,
+               tensor_view const& x, tensor_view const& out, tensor_view const& shared_out) {
+  std::int64_t const t = x.size(0), e = c.n_routed_experts, k = c.num_experts_per_tok;
+  if (t == 0) return;
+  auto logits = ctx.acquire("moe.logits", dtype::f32, {t, e});
+  {
+    auto ws = ctx.gemm_workspace();
+    kernels::gemm(ctx.backend, ctx.gemm, x, w.router, logits.view(), ws.view(), ctx.stream);
+  }
+  auto ids = ctx.acquire("moe.topk_ids", dtype::i32, {t, k});
+  auto weights = ctx.acquire("moe.topk_weights", dtype::f32, {t, k});
+  kernels::moe_route(ctx.backend, logits.view(), w.router_bias, routing_config(c), ids.view(),
+                     weights.view(), ctx.stream);
+  logits.reset();
+  auto const cap = kernels::moe_align_capacity(t, k, e, moe_block_m);
+  auto counts = ctx.acquire("moe.expert_counts", dtype::i32, {e});
+  auto offsets = ctx.acquire("moe.expert_offsets", dtype::i32, {e + 1});
+  auto sorted = ctx.acquire("moe.sorted_token_ids", dtype::i32, {cap.sorted_rows});
+  auto blocks = ctx.acquire("moe.expert_of_block", dtype::i32, {cap.blocks});
+  auto total = ctx.acquire("moe.total_padded", dtype::i32, {1});
+  auto inverse = ctx.acquire("moe.inverse", dtype::i32, {t, k});
+  kernels::moe_align_outputs const align{counts.view(), offsets.view(), sorted.view(),
+                                         blocks.view(), total.view(),   inverse.view()};
+  kernels::moe_align(ctx.backend, ids.view(), e, moe_block_m, align, ctx.stream);
+  auto const format = experts.get().gate_up.type() == dtype::fp8_e4m3
+                          ? kernels::moe_weight_format::fp8_block
+                          : kernels::moe_weight_format::bf16;
+  auto ws = ctx.acquire("moe.workspace", dtype::u8,
+                        {kernels::moe_experts_workspace_bytes(t, k, e, moe_block_m, x.size(1),
+                                                              experts.inter(), format)});
+  kernels::moe_experts(ctx.backend, x, ids.view(), weights.view(), align, moe_block_m,
+                       experts.get(), out, ws.view(), ctx.stream);
+  if (!w.shared) return;
+  bool const fold = !w.shared->down.fp8();
+  dense_mlp(ctx, x, *w.shared, fold ? out : shared_out, fold);
+}
+
+}  // namespace lightcore::modules::deepseek
