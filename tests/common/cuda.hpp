@@ -6,9 +6,11 @@
 #include <gtest/gtest.h>
 
 #include <utility>
+#include <vector>
 
 #include "lightcore/backend/cuda.hpp"
 #include "lightcore/core/cuda_check.hpp"
+#include "lightcore/core/tensor.hpp"
 
 namespace lightcore::test {
 
@@ -47,6 +49,25 @@ void run_maybe_in_graph(backend::cuda::stream_type const& stream, bool graph, En
     run_in_graph(stream, std::forward<Enqueue>(enqueue));
   else
     std::forward<Enqueue>(enqueue)();
+}
+
+// A device tensor of `shape` holding the host values `v` (copied on `s`, not waited for).
+template <class T>
+tensor<backend::cuda> upload(backend::cuda& gpu, std::vector<T> const& v, dtype t, dims shape,
+                             backend::cuda::stream_type const& s) {
+  tensor<backend::cuda> out(gpu, t, shape);
+  gpu.copy(out.data(), v.data(), out.nbytes(), s);
+  return out;
+}
+
+// The bytes of a device tensor as host values of T, after the work on `s` is done.
+template <class T>
+std::vector<T> download(backend::cuda& gpu, tensor<backend::cuda> const& t,
+                        backend::cuda::stream_type const& s) {
+  std::vector<T> v(t.nbytes() / sizeof(T));
+  gpu.copy(v.data(), t.data(), t.nbytes(), s);
+  s.synchronize();
+  return v;
 }
 
 }  // namespace lightcore::test

@@ -41,23 +41,8 @@ constexpr std::uint64_t poison_byte = 0xFF;  // bf16 and f32 NaN
 
 class GemmCudaTest : public test::cuda_test {};
 
-// Device copy of a host vector.
-template <class T>
-tensor<backend::cuda> upload(backend::cuda& gpu, std::vector<T> const& v, dtype t, dims shape,
-                             backend::cuda::stream_type const& s) {
-  tensor<backend::cuda> out(gpu, t, shape);
-  gpu.copy(out.data(), v.data(), out.nbytes(), s);
-  return out;
-}
-
-template <class T>
-std::vector<T> download(backend::cuda& gpu, tensor<backend::cuda> const& t,
-                        backend::cuda::stream_type const& s) {
-  std::vector<T> v(t.nbytes() / sizeof(T));
-  gpu.copy(v.data(), t.data(), t.nbytes(), s);
-  s.synchronize();
-  return v;
-}
+using test::download;
+using test::upload;
 
 // C [M, N] (row stride N + pad) = A [M, K] . B^T with B [N, K] bf16, on both backends.
 void check_bf16(std::int64_t m, std::int64_t n, std::int64_t k, dtype out, std::int64_t pad = 0) {

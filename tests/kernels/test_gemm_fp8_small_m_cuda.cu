@@ -39,22 +39,8 @@ constexpr std::uint64_t poison_byte = 0xFF;  // bf16 NaN
 
 class GemmFp8SmallMCuda : public test::cuda_test {};
 
-template <class T>
-tensor<backend::cuda> upload(backend::cuda& gpu, std::vector<T> const& v, dtype t, dims shape,
-                             backend::cuda::stream_type const& s) {
-  tensor<backend::cuda> out(gpu, t, shape);
-  gpu.copy(out.data(), v.data(), out.nbytes(), s);
-  return out;
-}
-
-template <class T>
-std::vector<T> download(backend::cuda& gpu, tensor<backend::cuda> const& t,
-                        backend::cuda::stream_type const& s) {
-  std::vector<T> v(t.nbytes() / sizeof(T));
-  gpu.copy(v.data(), t.data(), t.nbytes(), s);
-  s.synchronize();
-  return v;
-}
+using test::download;
+using test::upload;
 
 // How a case runs: x's row stride is K + x_pad, C's N + c_pad.
 struct run_options {
