@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "lightcore/core/macros.hpp"
+#include "lightcore/core/rounding.hpp"
 
 namespace lightcore::kernels {
 
@@ -35,24 +36,6 @@ constexpr std::uint64_t init_tensor_id(std::string_view name) noexcept {
   return h;
 }
 
-// fp32 products and sums rounded on their own: nvcc would otherwise contract a * b + c into one
-// fused multiply-add on the device, which the host (no contraction in ISO C++ mode) does not do,
-// and the two would differ in the last bit.
-LC_HOST_DEVICE inline float init_mul(float a, float b) noexcept {
-#if LC_DEVICE_PASS
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-LC_HOST_DEVICE inline float init_add(float a, float b) noexcept {
-#if LC_DEVICE_PASS
-  return __fadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-
 // sqrt(3) rounded to fp32: scales the Irwin-Hall sum below to unit variance.
 inline constexpr float init_sqrt3 = 1.7320508f;
 
@@ -65,13 +48,13 @@ LC_HOST_DEVICE inline float init_normalish(std::uint64_t key, std::uint64_t inde
   std::uint32_t sum = 0;
   for (int i = 0; i < 4; ++i) sum += std::uint32_t((r >> (16 * i)) & 0xFFFFu);
   float const u = (float(sum) + 2.0f) * 0x1p-16f;  // sum of four (k + 0.5) / 65536, in (0, 4)
-  return init_mul(u - 2.0f, init_sqrt3);
+  return mul_rn(u - 2.0f, init_sqrt3);
 }
 
 // mean + stddev * normalish, each operation rounded once.
 LC_HOST_DEVICE inline float init_value(std::uint64_t key, std::uint64_t index, float mean,
                                        float stddev) noexcept {
-  return init_add(init_mul(init_normalish(key, index), stddev), mean);
+  return add_rn(mul_rn(init_normalish(key, index), stddev), mean);
 }
 
 // out[i] = T(init_value(key, i, mean, stddev)) for i in [0, numel). Plain data: passed by value to

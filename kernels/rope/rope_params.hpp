@@ -7,6 +7,7 @@
 
 #include "lightcore/core/bf16.hpp"
 #include "lightcore/core/macros.hpp"
+#include "lightcore/core/rounding.hpp"
 
 namespace lightcore::kernels {
 
@@ -37,26 +38,18 @@ struct rope_params {
 //   out[i]      = x[2i] c - x[2i+1] s    (written to dim i)
 //   out[32 + i] = x[2i+1] c + x[2i] s    (written to dim 32 + i)
 // and the result stays in that de-interleaved order. Here in fp32, each output one fma over one
-// rounded product, then rounded to bf16 once: explicit fmaf so that no compiler contracts it
+// rounded product, then rounded to bf16 once: an explicit fma so that no compiler contracts it
 // differently on the host and on the device.
 struct rope_pair_result {
   float re;  // out[i]
   float im;  // out[32 + i]
 };
 
-LC_HOST_DEVICE inline float rope_mul_rn(float a, float b) noexcept {
-#if LC_DEVICE_PASS
-  return __fmul_rn(a, b);  // a product ptxas may not fuse into a neighbouring add
-#else
-  return a * b;
-#endif
-}
-
 LC_HOST_DEVICE inline rope_pair_result rope_rotate_pair(float x_even, float x_odd, float c,
                                                         float s) noexcept {
-  float const odd_s = rope_mul_rn(x_odd, s);
-  float const even_s = rope_mul_rn(x_even, s);
-  return {fmaf(x_even, c, -odd_s), fmaf(x_odd, c, even_s)};
+  float const odd_s = mul_rn(x_odd, s);
+  float const even_s = mul_rn(x_even, s);
+  return {fma_rn(x_even, c, -odd_s), fma_rn(x_odd, c, even_s)};
 }
 
 }  // namespace lightcore::kernels

@@ -4,9 +4,8 @@
 // only (the libraries' expf/logf differ between host and device by an ulp or two), and the
 // order-preserving integer key of a float that the threshold searches sort by.
 //
-// Every multiply and add goes through mul_rn/add_rn or an explicit fma_rn: nvcc would otherwise
-// contract a * b + c into one fma on the device and not on the host, and the results would drift
-// apart in the last bit.
+// Every multiply and add goes through mul_rn/add_rn or an explicit fma_rn
+// (lightcore/core/rounding.hpp), so that the host and the device round alike.
 #pragma once
 
 #include <cmath>
@@ -14,32 +13,13 @@
 #include <cstring>
 
 #include "lightcore/core/macros.hpp"
+#include "lightcore/core/rounding.hpp"
 
 namespace lightcore::kernels::sampling_math {
 
-LC_HOST_DEVICE inline float mul_rn(float a, float b) noexcept {
-#if LC_DEVICE_PASS
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-
-LC_HOST_DEVICE inline float add_rn(float a, float b) noexcept {
-#if LC_DEVICE_PASS
-  return __fadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-
-LC_HOST_DEVICE inline float fma_rn(float a, float b, float c) noexcept {
-#if LC_DEVICE_PASS
-  return __fmaf_rn(a, b, c);
-#else
-  return std::fma(a, b, c);
-#endif
-}
+using ::lightcore::add_rn;
+using ::lightcore::fma_rn;
+using ::lightcore::mul_rn;
 
 // Round to the nearest integer, ties to even (the default rounding mode on both sides).
 LC_HOST_DEVICE inline float round_even(float x) noexcept {
