@@ -38,8 +38,9 @@ inline std::int64_t round_up(std::int64_t x, std::int64_t m) { return (x + m - 1
 // out [M, N] = x [M, K] . w^T for an nn.Linear weight w [N, K]. bf16 weights: one GEMM with fp32
 // accumulation, out bf16 or f32, any row stride; `accumulate` adds to out (beta = 1, one rounding).
 // FP8 weights: x is quantised per token per 128 columns (DeepSeek's dynamic activation scheme)
-// and the block-scaled GEMM runs over M rounded up to gemm_fp8_m_multiple, its padding rows zero;
-// out is bf16 and `accumulate` is not available (the FP8 GEMM has no beta).
+// and the block-scaled GEMM runs over M rounded up to gemm_fp8_m_multiple (the padding rows are
+// not initialised: a GEMM row depends on its own row only, and theirs are dropped); out is bf16 and
+// `accumulate` is not available (the FP8 GEMM has no beta).
 template <Backend B>
 void linear(forward_context<B>& ctx, tensor_view const& x,
             models::deepseek_v3::linear_weight const& w, tensor_view const& out,
@@ -62,10 +63,6 @@ void linear(forward_context<B>& ctx, tensor_view const& x,
   std::int64_t const mp = round_up(m, kernels::gemm_fp8_m_multiple);
   auto xq = ctx.acquire("linear.x_fp8", dtype::fp8_e4m3, {mp, k});
   auto xs = ctx.acquire("linear.x_scales", dtype::f32, {k / 128, mp});
-  if (mp != m) {
-    ctx.zero(xq.view());
-    ctx.zero(xs.view());
-  }
   kernels::quantize_per_token_group(ctx.backend, x, xq.view().slice(0, 0, m),
                                     xs.view().slice(1, 0, m), kernels::scale_layout::k_major,
                                     ctx.stream);
