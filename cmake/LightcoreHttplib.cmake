@@ -1,0 +1,28 @@
+# lightcore::httplib: cpp-httplib (header-only HTTP server and client) for the reference server
+# and the serving load generator. Found through pkg-config (Debian's libcpp-httplib-dev), with a
+# plain header search as the fallback. Sets LIGHTCORE_HAVE_HTTPLIB.
+if(TARGET lightcore::httplib)
+  return()
+endif()
+find_package(Threads REQUIRED)
+find_package(PkgConfig QUIET)
+if(PkgConfig_FOUND)
+  pkg_check_modules(LIGHTCORE_HTTPLIB QUIET IMPORTED_TARGET cpp-httplib)
+endif()
+add_library(lightcore_httplib INTERFACE)
+add_library(lightcore::httplib ALIAS lightcore_httplib)
+if(LIGHTCORE_HTTPLIB_FOUND)
+  target_link_libraries(lightcore_httplib INTERFACE PkgConfig::LIGHTCORE_HTTPLIB Threads::Threads)
+  set(LIGHTCORE_HAVE_HTTPLIB ON)
+else()
+  find_path(LIGHTCORE_HTTPLIB_INCLUDE_DIR httplib.h)
+  if(LIGHTCORE_HTTPLIB_INCLUDE_DIR)
+    target_include_directories(lightcore_httplib SYSTEM INTERFACE ${LIGHTCORE_HTTPLIB_INCLUDE_DIR})
+    target_link_libraries(lightcore_httplib INTERFACE Threads::Threads)
+    set(LIGHTCORE_HAVE_HTTPLIB ON)
+  else()
+    set(LIGHTCORE_HAVE_HTTPLIB OFF)
+    message(WARNING "cpp-httplib not found (Debian: libcpp-httplib-dev): the server and the "
+                    "load generator are not built")
+  endif()
+endif()
