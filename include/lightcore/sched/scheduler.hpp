@@ -1,0 +1,417 @@
+// scheduler: continuous batching over a token-level KV pool. Once per step the engine's host
+// thread asks schedule(memory) for a step_plan (one mixed batch of prefill chunks and decode
+// rows), carries it out, and reports the sampled tokens through complete(plan, results).
+//
+//   sched::scheduler<admit::optimistic, order::fcfs_skip_head, chunk::fixed<4096>> s(config);
+//   s.add({.id = 7, .prompt_tokens = 900, .max_new_tokens = 256});
+//   for (;;) {
+//     step_plan plan = s.schedule(pool);           // pool satisfies kv_memory
+//     std::vector<token_result> out = engine.run(plan);
+//     s.complete(plan, out);
+//   }
+//
+// Decisions, in order, each step: release what finished or was aborted; if the decode rows do
+// not fit the available slots, pause the newest running requests until they do; decode every
+// decoding request (one token of the budget each); continue running prefills with what is left;
+// then admit queued requests (paused first) whose peak estimate fits the capacity and whose first
+// chunk fits the available slots now. A step that pauses admits nothing, so a request is never
+// paused and scheduled in one step. Not thread-safe: it belongs to the engine's host thread.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include "lightcore/core/error.hpp"
+#include "lightcore/sched/kv_memory.hpp"
+#include "lightcore/sched/peak.hpp"
+#include "lightcore/sched/policies.hpp"
+#include "lightcore/sched/request.hpp"
+#include "lightcore/sched/step_plan.hpp"
+
+namespace lightcore::sched {
+
+struct scheduler_config {
+  std::int64_t max_running_requests = 0;  // requests prefilling or decoding at once; at most the
+                                          // per-step token budget, so that every running request
+                                          // decodes in every step; 0: the budget
+  std::int64_t max_tokens_per_step = 0;   // tokens per forward pass (decode rows + prefill
+                                          // chunks); 0: the chunk policy's tokens_per_step
+  std::int64_t max_prefill_tokens_while_decoding = 0;  // tokens; prefill admitted in a step that
+                                                       // also decodes, so that a burst of long
+                                                       // prompts does not stretch the latency of
+                                                       // every decoding request; 0: no cap
+  std::int64_t max_seq_len = 32768;  // tokens; prompt + max_new_tokens of one request
+};
+
+struct scheduler_stats {
+  std::uint64_t steps = 0;     // completed steps
+  std::uint64_t admitted = 0;  // first admissions
+  std::uint64_t resumed = 0;   // admissions of paused requests
+  std::uint64_t paused = 0;    // pauses under memory pressure
+  std::uint64_t finished = 0;
+  std::uint64_t aborted = 0;
+  std::int64_t prefill_tokens = 0;     // tokens computed by prefill chunks (recomputation too)
+  std::int64_t decode_tokens = 0;      // decode rows run
+  std::int64_t admitted_tokens = 0;    // sequence tokens at admission/resumption
+  std::int64_t prefix_hit_tokens = 0;  // of which found in the prefix cache
+
+  double prefix_hit_rate() const noexcept {
+    return admitted_tokens == 0
+               ? 0.0
+               : static_cast<double>(prefix_hit_tokens) / static_cast<double>(admitted_tokens);
+  }
+};
+
+template <class Admission, class Order = order::strict_fcfs, class Chunk = chunk::fixed<4096>>
+class scheduler {
+  static_assert(admission_policy<Admission>,
+                "scheduler<Admission, Order, Chunk>: Admission must be an admission policy "
+                "(remaining(request) -> int64, record_finished(request)), "
+                "e.g. admit::conservative or admit::optimistic");
+  static_assert(order_policy<Order>,
+                "scheduler<Admission, Order, Chunk>: Order must be an ordering policy "
+                "(static bool skip_head), e.g. order::strict_fcfs or order::fcfs_skip_head");
+  static_assert(chunk_policy<Chunk>,
+                "scheduler<Admission, Order, Chunk>: Chunk must be a chunking policy "
+                "(static int64 tokens_per_step), e.g. chunk::fixed<4096>");
+
+ public:
+  using admission_type = Admission;
+  using order_type = Order;
+  using chunk_type = Chunk;
+
+  explicit scheduler(scheduler_config const& config = {}, Admission admission = Admission{})
+      : config_(config), admission_(std::move(admission)) {
+    if (config_.max_tokens_per_step == 0) config_.max_tokens_per_step = Chunk::tokens_per_step;
+    LC_CHECK(config_.max_tokens_per_step > 0, "scheduler: max_tokens_per_step is "
+                                                  << config.max_tokens_per_step
+                                                  << "; allowed: > 0, or 0 for the chunk "
+                                                     "policy's default");
+    if (config_.max_running_requests == 0)
+      config_.max_running_requests = config_.max_tokens_per_step;
+    LC_CHECK(config_.max_running_requests >= 1 &&
+                 config_.max_running_requests <= config_.max_tokens_per_step,
+             "scheduler: max_running_requests is "
+                 << config_.max_running_requests << "; allowed: 1.." << config_.max_tokens_per_step
+                 << ", or 0 for the budget (every running request decodes in every step)");
+    LC_CHECK(config_.max_prefill_tokens_while_decoding >= 0,
+             "scheduler: max_prefill_tokens_while_decoding is "
+                 << config_.max_prefill_tokens_while_decoding << "; allowed: >= 0 (0: no cap)");
+    LC_CHECK(config_.max_seq_len >= 2, "scheduler: max_seq_len is "
+                                           << config_.max_seq_len
+                                           << "; allowed: >= 2 (one prompt and one new token)");
+  }
+
+  // Queues a fresh request (counts zero, state waiting). Throws lightcore::error for an empty
+  // prompt, max_new_tokens < 1, prompt + max_new_tokens > max_seq_len, or a live duplicate id.
+  void add(request r) {
+    LC_CHECK(r.prompt_tokens > 0, "add: request " << r.id << " has a prompt of " << r.prompt_tokens
+                                                  << " tokens; a prompt needs at least 1 token");
+    LC_CHECK(r.max_new_tokens > 0, "add: request " << r.id << " asks for max_new_tokens = "
+                                                   << r.max_new_tokens << "; allowed: >= 1");
+    LC_CHECK(r.prompt_tokens <= config_.max_seq_len &&
+                 r.max_new_tokens <= config_.max_seq_len - r.prompt_tokens,
+             "add: request " << r.id << " needs prompt " << r.prompt_tokens << " + max_new_tokens "
+                             << r.max_new_tokens << " tokens, more than max_seq_len "
+                             << config_.max_seq_len
+                             << "; shorten the prompt or lower max_new_tokens");
+    LC_CHECK(
+        r.generated == 0 && r.computed == 0 && r.cached == 0 && r.state == request_state::waiting,
+        "add: request " << r.id << " is not fresh (generated " << r.generated << ", computed "
+                        << r.computed << ", cached " << r.cached << ", state " << to_string(r.state)
+                        << "); allowed: all counts 0 and state waiting");
+    LC_CHECK(!table_.contains(r.id), "add: request id " << r.id
+                                                        << " is already in use; ids must be "
+                                                           "unique among live requests");
+    r.arrival = next_arrival_++;
+    table_.emplace(r.id, r);
+    queue_.push_back(r.id);  // the newest arrival sorts last among waiting requests
+  }
+
+  // Aborts a request in any live state. Returns false when the id is unknown or the request has
+  // already finished or been aborted. Its KV (if any) is listed in the next plan's `release`; if
+  // the abort lands between schedule() and complete(), that step's rows for it are ignored.
+  bool abort(std::uint64_t id) {
+    auto const it = table_.find(id);
+    if (it == table_.end() || is_done(it->second.state)) return false;
+    request& r = it->second;
+    if (is_queued(r.state)) erase_id(queue_, id);
+    if (is_running(r.state)) erase_id(running_, id);
+    r.state = request_state::aborted;
+    to_release_.push_back(id);
+    ++stats_.aborted;
+    return true;
+  }
+
+  // Decides the next step. Must alternate with complete(): the plan's decisions assume the
+  // previous step's tokens have been counted.
+  template <class Memory>
+  step_plan schedule(Memory const& memory) {
+    static_assert(kv_memory<Memory>,
+                  "scheduler::schedule(memory): memory must satisfy sched::kv_memory "
+                  "(available_tokens(), prefix_hit(request), capacity(), each -> int64)");
+    LC_CHECK(!in_flight_, "schedule: the plan of step "
+                              << step_
+                              << " has not been completed; call complete(plan, results) "
+                                 "before scheduling the next step");
+    std::int64_t const capacity = memory.capacity();
+    LC_CHECK(capacity >= config_.max_seq_len, "schedule: the KV pool holds "
+                                                  << capacity << " tokens, fewer than max_seq_len "
+                                                  << config_.max_seq_len
+                                                  << "; a request of max_seq_len could never run; "
+                                                     "allowed: max_seq_len <= capacity");
+    std::int64_t const reported = memory.available_tokens();
+    LC_CHECK(0 <= reported && reported <= capacity,
+             "schedule: memory reports " << reported << " available tokens; allowed: 0.."
+                                         << capacity << " (its capacity)");
+
+    step_plan plan;
+    plan.step = step_;
+    // Slots the engine frees before allocating. A request's prefix hits may be shared with
+    // other requests, so only the slots it computed itself are sure to come back.
+    std::int64_t avail = reported;
+    for (std::uint64_t const id : to_release_) {
+      auto const it = table_.find(id);
+      avail += it->second.computed - it->second.cached;
+      plan.release.push_back(id);
+      table_.erase(it);
+    }
+    to_release_.clear();
+
+    std::int64_t decode_rows = 0;
+    for (std::uint64_t const id : running_)
+      decode_rows += table_.at(id).state == request_state::decoding ? 1 : 0;
+    // Memory pressure: pause the newest running requests until the others' decode rows fit.
+    while (decode_rows > avail && !running_.empty()) {
+      std::uint64_t const id = running_.back();
+      running_.pop_back();
+      request& r = table_.at(id);
+      if (r.state == request_state::decoding) --decode_rows;
+      avail += r.computed - r.cached;
+      r.state = request_state::paused;
+      r.computed = 0;
+      r.cached = 0;
+      plan.paused.push_back(id);
+      enqueue_paused(id);
+      ++stats_.paused;
+    }
+
+    for (std::uint64_t const id : running_)
+      if (table_.at(id).state == request_state::decoding) plan.decode.push_back(id);
+    avail -= decode_rows;
+    std::int64_t prefill_budget = config_.max_tokens_per_step - decode_rows;
+    if (decode_rows > 0 && config_.max_prefill_tokens_while_decoding > 0)
+      prefill_budget = std::min(prefill_budget, config_.max_prefill_tokens_while_decoding);
+
+    // Running prefills go on first, oldest first: finishing a prompt frees the budget sooner
+    // than starting another one would.
+    for (std::uint64_t const id : running_) {
+      request const& r = table_.at(id);
+      if (r.state != request_state::prefilling) continue;
+      std::int64_t const n = std::min({r.to_compute(), prefill_budget, avail});
+      if (n <= 0) continue;
+      plan.prefill.push_back({id, r.computed, n, n == r.to_compute(), false});
+      prefill_budget -= n;
+      avail -= n;
+    }
+
+    if (plan.paused.empty()) admit(memory, capacity, plan, avail, prefill_budget);
+    in_flight_ = true;
+    return plan;
+  }
+
+  // Advances the requests of `plan` by the engine's results: one per sampling row (decode rows
+  // and last chunks), in any order. Rows of requests aborted since schedule() are ignored. The
+  // plan and the results are checked before anything changes, so a rejected call can be retried.
+  void complete(step_plan const& plan, std::span<token_result const> results) {
+    LC_CHECK(in_flight_ && plan.step == step_, "complete: got the plan of step "
+                                                   << plan.step << " but the step in flight is "
+                                                   << (in_flight_ ? std::to_string(step_) : "none")
+                                                   << "; each plan is completed once, in order");
+    std::unordered_map<std::uint64_t, token_result const*> by_id;
+    for (token_result const& t : results)
+      LC_CHECK(by_id.emplace(t.id, &t).second,
+               "complete: two results for request " << t.id << "; one per sampling row");
+    std::unordered_set<std::uint64_t> sampling;  // ids whose rows sample, aborted ones included
+    auto expect_result = [&](std::uint64_t id, request const* r) {
+      sampling.insert(id);
+      LC_CHECK(r == nullptr || by_id.contains(id), "complete: no result for request "
+                                                       << id << ", which sampled a token in step "
+                                                       << step_);
+    };
+    for (prefill_chunk const& c : plan.prefill) {
+      request const* r = live(c.id, request_state::prefilling);
+      LC_CHECK(r == nullptr || (c.start == r->computed && c.length <= r->to_compute()),
+               "complete: chunk [" << c.start << ", " << c.start + c.length << ") of request "
+                                   << c.id << " does not continue its " << r->computed
+                                   << " computed tokens; the plan was altered");
+      if (c.is_last) expect_result(c.id, r);
+    }
+    for (std::uint64_t const id : plan.decode) expect_result(id, live(id, request_state::decoding));
+    for (token_result const& t : results)
+      LC_CHECK(sampling.contains(t.id), "complete: result for request "
+                                            << t.id << ", which has no sampling row in step "
+                                            << step_
+                                            << " (only decode rows and last chunks sample)");
+
+    // The rows of a request aborted in flight still filled their slots: count them, so that its
+    // release gives back exactly what the engine frees.
+    for (prefill_chunk const& c : plan.prefill) {
+      if (request* a = aborted_in_flight(c.id)) a->computed += c.length;
+      request* r = live(c.id, request_state::prefilling);
+      if (r == nullptr) continue;
+      r->computed += c.length;
+      stats_.prefill_tokens += c.length;
+      if (!c.is_last) continue;
+      r->state = request_state::decoding;
+      emit(*r, *by_id.at(c.id));
+    }
+    for (std::uint64_t const id : plan.decode) {
+      if (request* a = aborted_in_flight(id)) ++a->computed;
+      request* r = live(id, request_state::decoding);
+      if (r == nullptr) continue;
+      ++r->computed;
+      ++stats_.decode_tokens;
+      emit(*r, *by_id.at(id));
+    }
+    in_flight_ = false;
+    ++step_;
+    ++stats_.steps;
+  }
+
+  // The request record, or nullptr once it has been released (or was never added).
+  request const* find(std::uint64_t id) const {
+    auto const it = table_.find(id);
+    return it == table_.end() ? nullptr : &it->second;
+  }
+  // Prefilling and decoding requests, oldest arrival first.
+  std::span<std::uint64_t const> running() const noexcept { return running_; }
+  // Paused requests (oldest first), then waiting ones (oldest first): the admission order.
+  std::span<std::uint64_t const> queued() const noexcept { return queue_; }
+  // Requests not yet released (queued, running, or done and awaiting the next plan's release).
+  std::size_t size() const noexcept { return table_.size(); }
+  bool idle() const noexcept { return table_.empty(); }
+  std::uint64_t step() const noexcept { return step_; }
+  scheduler_config const& config() const noexcept { return config_; }
+  scheduler_stats const& stats() const noexcept { return stats_; }
+  Admission const& admission() const noexcept { return admission_; }
+
+ private:
+  template <class Memory>
+  void admit(Memory const& memory, std::int64_t capacity, step_plan& plan, std::int64_t& avail,
+             std::int64_t& prefill_budget) {
+    std::vector<token_need> base;
+    base.reserve(running_.size() + 1);
+    for (std::uint64_t const id : running_) {
+      request const& r = table_.at(id);
+      base.push_back({r.total_len(), admission_.remaining(r)});
+    }
+    std::vector<token_need> scratch;
+    auto it = queue_.begin();
+    while (it != queue_.end()) {
+      if (static_cast<std::int64_t>(running_.size()) >= config_.max_running_requests) break;
+      if (prefill_budget <= 0) break;
+      request& c = table_.at(*it);
+      std::int64_t const reported_hit = memory.prefix_hit(c);
+      LC_CHECK(reported_hit >= 0, "schedule: memory reports a prefix hit of "
+                                      << reported_hit << " tokens for request " << c.id
+                                      << "; allowed: >= 0");
+      // At least one token is computed: the last one's logits give the next token.
+      std::int64_t const hit = std::min(reported_hit, c.total_len() - 1);
+      std::int64_t const first = std::min(c.total_len() - hit, prefill_budget);
+      token_need const need{c.total_len(), admission_.remaining(c)};
+      scratch = base;
+      scratch.push_back(need);  // peak_tokens sorts its scratch
+      bool const fits = hit + first <= avail && peak_tokens(scratch) <= capacity;
+      if (!fits) {
+        if (Order::skip_head && c.state == request_state::waiting) {
+          ++it;
+          continue;
+        }
+        break;
+      }
+      if (c.state == request_state::paused) {
+        plan.resumed.push_back(c.id);
+        ++stats_.resumed;
+      } else {
+        ++stats_.admitted;
+      }
+      stats_.admitted_tokens += c.total_len();
+      stats_.prefix_hit_tokens += hit;
+      c.state = request_state::prefilling;
+      c.cached = hit;
+      c.computed = hit;
+      plan.prefill.push_back({c.id, hit, first, hit + first == c.total_len(), true});
+      avail -= hit + first;
+      prefill_budget -= first;
+      base.push_back(need);
+      insert_by_arrival(running_, c.id);
+      it = queue_.erase(it);
+    }
+  }
+
+  void emit(request& r, token_result const& t) {
+    ++r.generated;
+    if (!t.finished && r.generated < r.max_new_tokens) return;
+    r.state = request_state::finished;
+    admission_.record_finished(r);
+    erase_id(running_, r.id);
+    to_release_.push_back(r.id);
+    ++stats_.finished;
+  }
+
+  request* live(std::uint64_t id, request_state expected) {
+    auto const it = table_.find(id);
+    if (it == table_.end() || it->second.state == request_state::aborted) return nullptr;
+    LC_CHECK(it->second.state == expected, "complete: request "
+                                               << id << " is " << to_string(it->second.state)
+                                               << " but its row expects it " << to_string(expected)
+                                               << "; the plan was altered");
+    return &it->second;
+  }
+
+  request* aborted_in_flight(std::uint64_t id) {
+    auto const it = table_.find(id);
+    return it != table_.end() && it->second.state == request_state::aborted ? &it->second : nullptr;
+  }
+
+  // Paused requests go back to the head of the queue, ordered among themselves by arrival.
+  void enqueue_paused(std::uint64_t id) {
+    std::uint64_t const arrival = table_.at(id).arrival;
+    auto pos = std::find_if(queue_.begin(), queue_.end(), [&](std::uint64_t q) {
+      request const& o = table_.at(q);
+      return o.state != request_state::paused || o.arrival > arrival;
+    });
+    queue_.insert(pos, id);
+  }
+
+  void insert_by_arrival(std::vector<std::uint64_t>& ids, std::uint64_t id) {
+    std::uint64_t const arrival = table_.at(id).arrival;
+    auto pos = std::find_if(ids.begin(), ids.end(),
+                            [&](std::uint64_t q) { return table_.at(q).arrival > arrival; });
+    ids.insert(pos, id);
+  }
+
+  static void erase_id(std::vector<std::uint64_t>& ids, std::uint64_t id) {
+    ids.erase(std::find(ids.begin(), ids.end(), id));
+  }
+
+  scheduler_config config_;
+  Admission admission_;
+  std::unordered_map<std::uint64_t, request> table_;
+  std::vector<std::uint64_t> queue_;    // paused (by arrival), then waiting (by arrival)
+  std::vector<std::uint64_t> running_;  // prefilling and decoding, by arrival
+  std::vector<std::uint64_t> to_release_;
+  std::uint64_t next_arrival_ = 0;
+  std::uint64_t step_ = 0;
+  bool in_flight_ = false;
+  scheduler_stats stats_;
+};
+
+}  // namespace lightcore::sched
