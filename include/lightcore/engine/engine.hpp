@@ -1,0 +1,333 @@
+// engine: continuous batching over one executor. The host side of every step: the scheduler's
+// plan, KV slots from the token pool (evicting from the radix prefix cache when the pool runs
+// short), the req_to_token rows, the rows of the mixed batch, and the bookkeeping of each
+// request's tokens and finish condition. The device side is the executor's (step.hpp).
+//
+//   engine::engine<backend::cuda, ds::executor<backend::cuda>> e(gpu, exec, config);
+//   e.submit({.id = 1, .prompt = ids, .sampling = {...}, .max_new_tokens = 64});
+//   while (!e.idle())
+//     for (token_event const& t : e.step()) deliver(t);
+//
+// Not thread-safe: it belongs to one host thread (the engine process's loop).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "lightcore/backend/backend.hpp"
+#include "lightcore/core/error.hpp"
+#include "lightcore/engine/step.hpp"
+#include "lightcore/memory/kv_pool.hpp"
+#include "lightcore/memory/radix_cache.hpp"
+#include "lightcore/sched/scheduler.hpp"
+
+namespace lightcore::engine {
+
+// Why a request ended.
+enum class finish_reason : std::uint8_t {
+  none,    // still running
+  stop,    // sampled one of its stop token ids (EOS among them unless the client ignores it)
+  length,  // reached max_new_tokens
+  abort,   // aborted by the client
+};
+
+// A generation request as the engine takes it.
+template <class Params>
+struct request {
+  std::uint64_t id = 0;                      // unique among live requests; chosen by the caller
+  std::vector<std::int32_t> prompt;          // token ids; not empty
+  Params sampling{};                         // the executor's per-request sampling record
+  std::int64_t max_new_tokens = 16;          // tokens; >= 1
+  std::vector<std::int32_t> stop_token_ids;  // sampling one of these ends the request (it is kept
+                                             // as the last output token)
+};
+
+// One sampled token of one request, in the order the step produced them.
+struct token_event {
+  std::uint64_t id = 0;
+  std::int32_t token = 0;
+  float logprob = 0.0f;    // NaN where the request asked for no logprobs
+  std::int64_t index = 0;  // 0-based position of the token in the request's output
+  finish_reason finished = finish_reason::none;
+};
+
+struct engine_config {
+  memory::kv_pool_config kv;          // the token pool (layers, capacity, width, rows, ...)
+  bool prefix_cache = true;           // radix prefix cache over finished/paused sequences
+  sched::scheduler_config scheduler;  // budgets and limits; max_seq_len <= kv.max_tokens
+};
+
+struct engine_stats {
+  std::uint64_t steps = 0;
+  std::int64_t forward_tokens = 0;  // tokens through the forward (prefill and decode)
+  std::int64_t sampled_tokens = 0;
+  memory::kv_pool_stats kv;
+  std::int64_t cached_tokens = 0;     // held by the prefix cache
+  std::int64_t evictable_tokens = 0;  // of those, unreferenced
+  memory::radix_cache_stats prefix;
+  sched::scheduler_stats scheduler;
+};
+
+template <Backend B, executor Exec,
+          class Scheduler = sched::scheduler<sched::admit::conservative, sched::order::strict_fcfs>>
+class engine {
+ public:
+  using params_type = typename Exec::params_type;
+  using request_type = request<params_type>;
+
+  engine(B& backend, Exec& exec, engine_config const& config)
+      : exec_(&exec),
+        config_(config),
+        pool_(backend, config.kv),
+        prefix_({config.prefix_cache, config.kv.capacity}),
+        sched_(checked_scheduler_config(config)) {}
+
+  engine(engine const&) = delete;
+  engine& operator=(engine const&) = delete;
+
+  // Queues a request. Throws lightcore::error, saying what is allowed, for an empty prompt,
+  // max_new_tokens < 1, a sequence longer than max_seq_len, or a live duplicate id.
+  void submit(request_type r) {
+    LC_CHECK(!r.prompt.empty(), "engine::submit: request " << r.id << " has an empty prompt");
+    LC_CHECK(!live_.contains(r.id), "engine::submit: request id " << r.id << " is live already");
+    sched_.add({.id = r.id,
+                .prompt_tokens = std::int64_t(r.prompt.size()),
+                .max_new_tokens = r.max_new_tokens});
+    record rec;
+    rec.tokens = std::move(r.prompt);
+    rec.prompt_len = std::int64_t(rec.tokens.size());
+    rec.sampling = r.sampling;
+    rec.max_new_tokens = r.max_new_tokens;
+    rec.stop_ids = std::move(r.stop_token_ids);
+    live_.emplace(r.id, std::move(rec));
+  }
+
+  // Aborts a live request; its KV is freed with the next step. Returns false for an unknown or
+  // already finished id.
+  bool abort(std::uint64_t id) {
+    auto it = live_.find(id);
+    if (it == live_.end() || it->second.finished != finish_reason::none) return false;
+    if (!sched_.abort(id)) return false;
+    it->second.finished = finish_reason::abort;
+    return true;
+  }
+
+  // Runs one step (nothing when idle) and returns the tokens it sampled.
+  std::vector<token_event> step() {
+    std::vector<token_event> events;
+    if (sched_.idle()) return events;
+    memory_view const mem{this};
+    sched::step_plan const plan = sched_.schedule(mem);
+    for (std::uint64_t const id : plan.release) release(id);
+    for (std::uint64_t const id : plan.paused) free_into_cache(live_.at(id));
+    for (sched::prefill_chunk const& c : plan.prefill)
+      if (c.is_first) pin_prefix(c.id, live_.at(c.id), c.start);
+
+    // Slots for every new token, then one forward over the mixed batch.
+    rows_.clear();
+    sampled_ids_.clear();
+    auto const& stream = exec_->stream();
+    for (sched::prefill_chunk const& c : plan.prefill) {
+      record& r = live_.at(c.id);
+      LC_CHECK(std::int64_t(r.slots.size()) == c.start,
+               "engine: request " << c.id << " holds " << r.slots.size()
+                                  << " slots but its chunk starts at " << c.start);
+      extend(r, c.length, stream);
+      step_row<params_type> row;
+      row.tokens = std::span<std::int32_t const>(r.tokens).subspan(std::size_t(c.start),
+                                                                   std::size_t(c.length));
+      row.cached = c.start;
+      row.req_row = *r.row;
+      row.sample = c.is_last;
+      fill_sampling(row, r);
+      rows_.push_back(row);
+      if (c.is_last) sampled_ids_.push_back(c.id);
+    }
+    for (std::uint64_t const id : plan.decode) {
+      record& r = live_.at(id);
+      std::int64_t const pos = std::int64_t(r.tokens.size()) - 1;
+      LC_CHECK(std::int64_t(r.slots.size()) == pos,
+               "engine: decoding request " << id << " holds " << r.slots.size() << " slots for "
+                                           << r.tokens.size() << " tokens");
+      extend(r, 1, stream);
+      step_row<params_type> row;
+      row.tokens = std::span<std::int32_t const>(r.tokens).subspan(std::size_t(pos), 1);
+      row.cached = pos;
+      row.req_row = *r.row;
+      row.sample = true;
+      fill_sampling(row, r);
+      rows_.push_back(row);
+      sampled_ids_.push_back(id);
+    }
+    step_output out;
+    if (!rows_.empty()) out = exec_->run(rows_, pool_.layers(), pool_.req_to_token());
+    LC_CHECK(out.tokens.size() == sampled_ids_.size(),
+             "engine: the executor returned " << out.tokens.size() << " tokens for "
+                                              << sampled_ids_.size() << " sampling rows");
+
+    results_.clear();
+    for (std::size_t i = 0; i < sampled_ids_.size(); ++i) {
+      std::uint64_t const id = sampled_ids_[i];
+      record& r = live_.at(id);
+      if (r.finished == finish_reason::abort) continue;  // aborted while the step ran
+      std::int32_t const tok = out.tokens[i];
+      r.tokens.push_back(tok);
+      std::int64_t const generated = std::int64_t(r.tokens.size()) - r.prompt_len;
+      if (std::find(r.stop_ids.begin(), r.stop_ids.end(), tok) != r.stop_ids.end())
+        r.finished = finish_reason::stop;
+      else if (generated >= r.max_new_tokens)
+        r.finished = finish_reason::length;
+      results_.push_back({id, tok, r.finished != finish_reason::none});
+      events.push_back(
+          {id, tok, out.logprobs.empty() ? 0.0f : out.logprobs[i], generated - 1, r.finished});
+    }
+    sched_.complete(plan, results_);
+    ++stats_.steps;
+    stats_.forward_tokens += plan.forward_tokens();
+    stats_.sampled_tokens += std::int64_t(results_.size());
+    return events;
+  }
+
+  // No request is queued, running, or waiting for its KV to be released.
+  bool idle() const noexcept { return sched_.idle(); }
+  std::size_t live_requests() const noexcept { return live_.size(); }
+
+  engine_stats stats() const {
+    engine_stats s = stats_;
+    s.kv = pool_.stats();
+    s.cached_tokens = prefix_.cached_tokens();
+    s.evictable_tokens = prefix_.evictable_tokens();
+    s.prefix = prefix_.stats();
+    s.scheduler = sched_.stats();
+    return s;
+  }
+
+  memory::kv_pool<B> const& pool() const noexcept { return pool_; }
+  Scheduler const& scheduler() const noexcept { return sched_; }
+
+ private:
+  struct record {
+    std::vector<std::int32_t> tokens;  // prompt, then generated ids
+    std::int64_t prompt_len = 0;
+    params_type sampling{};
+    std::int64_t max_new_tokens = 0;
+    std::vector<std::int32_t> stop_ids;
+    std::optional<std::int32_t> row;  // req_to_token row while it holds KV
+    std::vector<std::int32_t> slots;  // slot of each position whose KV is computed or queued
+    std::int64_t pinned = 0;          // slots[0, pinned) belong to the prefix cache
+    std::optional<memory::radix_cache::handle> lock;
+    finish_reason finished = finish_reason::none;
+  };
+
+  // The scheduler's view of the pool and the prefix cache.
+  struct memory_view {
+    engine* e;
+    std::int64_t available_tokens() const {
+      return e->pool_.slots().available() + e->prefix_.evictable_tokens();
+    }
+    std::int64_t capacity() const { return e->pool_.slots().capacity(); }
+    std::int64_t prefix_hit(sched::request const& r) const {
+      record const& rec = e->live_.at(r.id);
+      auto const tokens =
+          std::span<std::int32_t const>(rec.tokens).first(std::size_t(r.total_len()));
+      return e->prefix_.match(tokens).length;
+    }
+  };
+
+  static sched::scheduler_config checked_scheduler_config(engine_config const& c) {
+    sched::scheduler_config s = c.scheduler;
+    LC_CHECK(s.max_seq_len <= c.kv.max_tokens,
+             "engine: max_seq_len " << s.max_seq_len << " exceeds the positions a req_to_token "
+                                    << "row holds (" << c.kv.max_tokens << ")");
+    s.max_running_requests = std::min<std::int64_t>(s.max_running_requests, c.kv.max_requests);
+    return s;
+  }
+
+  void fill_sampling(step_row<params_type>& row, record const& r) const {
+    row.sampling = r.sampling;
+    std::int64_t const generated = std::int64_t(r.tokens.size()) - r.prompt_len;
+    row.generated = std::int32_t(generated);
+    row.history = std::span<std::int32_t const>(r.tokens).subspan(std::size_t(r.prompt_len));
+  }
+
+  // Pins the first `start` tokens of the request's sequence, which the prefix cache holds (the
+  // scheduler counted them as computed), and gives the request a req_to_token row.
+  void pin_prefix(std::uint64_t id, record& r, std::int64_t start) {
+    if (!r.row) {
+      r.row = pool_.table().acquire_row();
+      LC_CHECK(r.row, "engine: no free req_to_token row for request "
+                          << id << " (rows: " << config_.kv.max_requests << ")");
+    }
+    r.slots.clear();
+    r.pinned = 0;
+    if (start == 0) return;
+    auto const m = prefix_.match(std::span<std::int32_t const>(r.tokens).first(std::size_t(start)));
+    LC_CHECK(m.length == start, "engine: request " << id << " was admitted with " << start
+                                                   << " cached tokens but the prefix cache holds "
+                                                   << m.length);
+    prefix_.lock(m.node);
+    r.lock = m.node;
+    r.slots.assign(m.slots.begin(), m.slots.end());
+    r.pinned = start;
+    pool_.write_slots(*r.row, 0, r.slots, exec_->stream());
+  }
+
+  // n more slots for the request, from the free list or, when it runs short, by evicting the
+  // least recently used unreferenced prefixes.
+  void extend(record& r, std::int64_t n, typename B::stream_type const& stream) {
+    std::int64_t const short_by = n - pool_.slots().available();
+    if (short_by > 0)
+      prefix_.evict(short_by, [&](std::span<std::int32_t const> s) { pool_.slots().free(s); });
+    std::size_t const pos = r.slots.size();
+    LC_CHECK(pool_.slots().try_alloc(n, r.slots),
+             "engine: the KV pool has " << pool_.slots().available() << " free slots for " << n
+                                        << " new tokens after eviction; the scheduler "
+                                           "over-committed the pool");
+    pool_.write_slots(*r.row, std::int64_t(pos),
+                      std::span<std::int32_t const>(r.slots).subspan(pos), stream);
+  }
+
+  // Gives the request's computed KV to the prefix cache (which keeps what it did not hold yet),
+  // frees the duplicates, drops the pin and the row.
+  void free_into_cache(record& r) {
+    if (!r.row) return;
+    std::int64_t const n = std::int64_t(r.slots.size());
+    auto const ins =
+        prefix_.insert(std::span<std::int32_t const>(r.tokens).first(std::size_t(n)), r.slots);
+    std::int64_t const existing = std::min(ins.existing, n);
+    if (existing > r.pinned)
+      pool_.slots().free(std::span<std::int32_t const>(r.slots).subspan(
+          std::size_t(r.pinned), std::size_t(existing - r.pinned)));
+    if (r.lock) prefix_.unlock(*r.lock);
+    r.lock.reset();
+    pool_.table().release_row(*r.row);
+    r.row.reset();
+    r.slots.clear();
+    r.pinned = 0;
+  }
+
+  void release(std::uint64_t id) {
+    auto it = live_.find(id);
+    if (it == live_.end()) return;
+    free_into_cache(it->second);
+    live_.erase(it);
+  }
+
+  Exec* exec_;
+  engine_config config_;
+  memory::kv_pool<B> pool_;
+  mutable memory::radix_cache prefix_;
+  Scheduler sched_;
+  std::unordered_map<std::uint64_t, record> live_;
+  engine_stats stats_;
+  std::vector<step_row<params_type>> rows_;
+  std::vector<std::uint64_t> sampled_ids_;
+  std::vector<sched::token_result> results_;
+};
+
+}  // namespace lightcore::engine
