@@ -1,0 +1,189 @@
+// The engine process: the request table on one side, the engine over the DeepSeek executor on the
+// other.
+#include "engine_process.hpp"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <exception>
+#include <iostream>
+#include <unordered_map>
+#include <vector>
+
+#include "lightcore/backend/cpu.hpp"
+#include "lightcore/engine/engine.hpp"
+#include "lightcore/ipc/request_table.hpp"
+#include "models/deepseek_v3/executor.hpp"
+#include "models/deepseek_v3/weights_loader.hpp"
+#include "wire.hpp"
+#if defined(LIGHTCORE_WITH_CUDA)
+#include "lightcore/backend/cuda.hpp"
+#endif
+
+namespace lightcore::server {
+namespace {
+
+namespace ds = models::deepseek_v3;
+using table_type = ipc::request_table<wire_params>;
+
+ipc::finish_reason to_table(engine::finish_reason r) {
+  switch (r) {
+    case engine::finish_reason::stop: return ipc::finish_reason::stop;
+    case engine::finish_reason::length: return ipc::finish_reason::length;
+    case engine::finish_reason::abort: return ipc::finish_reason::abort;
+    case engine::finish_reason::none: break;
+  }
+  return ipc::finish_reason::error;
+}
+
+// Free memory of the current CUDA device, bytes (0 without CUDA).
+std::size_t free_device_bytes() {
+#if defined(LIGHTCORE_WITH_CUDA)
+  std::size_t free_bytes = 0, total = 0;
+  LC_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total));
+  return free_bytes;
+#else
+  return 0;
+#endif
+}
+
+template <Backend B>
+std::int64_t kv_capacity(B& backend, engine_options const& o, std::size_t bytes_per_token) {
+  if (o.kv_tokens > 0) return o.kv_tokens;
+  if constexpr (B::kind == device_kind::cpu) {
+    (void)backend;
+    (void)bytes_per_token;
+    return 65536;
+  } else {
+    return memory::kv_pool<B>::tokens_for_budget(free_device_bytes(), o.kv_memory_fraction,
+                                                 bytes_per_token);
+  }
+}
+
+template <Backend B>
+int serve(B& backend, engine_options const& o) {
+  table_type table = table_type::open(o.table_name);
+  auto const t0 = std::chrono::steady_clock::now();
+  ds::model_weights<B> weights =
+      o.model.empty()
+          ? ds::dummy_weights(backend,
+                              o.config_text.empty()
+                                  ? io::load_model_config(o.config)
+                                  : io::parse_model_config(o.config_text, "the built-in model"),
+                              {.shard = {}, .seed = o.seed})
+          : ds::load_weights(backend, o.model);
+  io::model_config const& c = weights.config();
+  ds::executor<B> exec(backend, weights, ds::model_options{o.max_seq_len}, o.max_running);
+
+  engine::engine_config ec;
+  ec.kv.layers = std::int32_t(c.num_hidden_layers);
+  ec.kv.width = c.kv_lora_rank + c.qk_rope_head_dim;
+  ec.kv.max_requests = o.max_running;
+  ec.kv.max_tokens = o.max_seq_len;
+  ec.kv.capacity = kv_capacity(
+      backend, o, memory::kv_pool<B>::bytes_per_token(ec.kv.layers, ec.kv.width, dtype::bf16));
+  ec.prefix_cache = o.prefix_cache;
+  ec.scheduler.max_running_requests = o.max_running;
+  ec.scheduler.max_seq_len = o.max_seq_len;
+  ec.scheduler.max_tokens_per_step = std::max<std::int64_t>(o.max_tokens_per_step, o.max_running);
+  engine::engine<B, ds::executor<B>> eng(backend, exec, ec);
+  double const load_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::cerr << "engine: " << c.num_hidden_layers << " layers, vocab " << c.vocab_size << ", on "
+            << backend.where() << ", KV pool " << ec.kv.capacity << " tokens, ready in " << load_s
+            << " s\n";
+
+  if (o.ready_fd >= 0) {
+    char const byte = 1;
+    LC_CHECK(::write(o.ready_fd, &byte, 1) == 1, "cannot report readiness to the front end");
+    ::close(o.ready_fd);
+  }
+
+  std::unordered_map<std::uint64_t, ipc::slot_handle> slots;  // request id -> its record
+  auto end_request = [&](std::uint64_t id, ipc::finish_reason why) {
+    auto it = slots.find(id);
+    if (it == slots.end()) return;
+    table.finish(it->second, why);
+    table.release(it->second);
+    slots.erase(it);
+  };
+  auto on_event = [&](ipc::table_event const& ev) {
+    ipc::slot_handle const h = ev.slot;
+    if (ev.what == ipc::table_event::kind::abort_requested) {
+      std::uint64_t const id = table.request_id(h);
+      if (slots.contains(id) && eng.abort(id)) end_request(id, ipc::finish_reason::abort);
+      return;
+    }
+    std::uint64_t const id = table.request_id(h);
+    wire_params const p = table.params(h);
+    engine::request<kernels::sampling_request> r;
+    r.id = id;
+    auto const prompt = table.prompt(h);
+    r.prompt.assign(prompt.begin(), prompt.end());
+    r.sampling = p.sampling;
+    r.max_new_tokens = p.max_new_tokens;
+    r.stop_token_ids.assign(p.stop_ids,
+                            p.stop_ids + std::clamp(p.stop_count, 0, max_stop_token_ids));
+    try {
+      eng.submit(std::move(r));
+    } catch (std::exception const& e) {
+      table.fail(h, e.what());
+      table.release(h);
+      return;
+    }
+    table.start(h);
+    slots.emplace(id, h);
+    if (table.abort_requested(h) && eng.abort(id)) end_request(id, ipc::finish_reason::abort);
+  };
+
+  std::vector<std::int32_t> one(1);
+  std::vector<float> one_lp(1);
+  for (;;) {
+    // Block while idle; otherwise take what has arrived and step.
+    auto first = table.next_event(eng.idle() ? ipc::no_timeout : std::chrono::nanoseconds(0));
+    for (auto ev = first; ev; ev = table.next_event(std::chrono::nanoseconds(0))) on_event(*ev);
+    if (eng.idle()) continue;
+    try {
+      for (engine::token_event const& t : eng.step()) {
+        auto it = slots.find(t.id);
+        if (it == slots.end()) continue;
+        one[0] = t.token;
+        one_lp[0] = t.logprob;
+        table.append_output(it->second, one, one_lp);
+        if (t.finished != engine::finish_reason::none) end_request(t.id, to_table(t.finished));
+      }
+    } catch (std::exception const& e) {
+      std::cerr << "engine: a step failed: " << e.what() << "\n";
+      for (auto const& [id, h] : slots) {
+        table.fail(h, std::string("the engine failed: ") + e.what());
+        table.release(h);
+      }
+      return 1;
+    }
+  }
+}
+
+}  // namespace
+
+int run_engine(engine_options const& o) {
+  try {
+    bool use_cuda = o.device == "cuda";
+#if defined(LIGHTCORE_WITH_CUDA)
+    if (o.device == "auto") use_cuda = backend::cuda::device_count() > 0;
+    if (use_cuda) {
+      backend::cuda gpu(0);
+      return serve(gpu, o);
+    }
+#else
+    LC_CHECK(!use_cuda, "--device cuda: this build has no CUDA backend; allowed: cpu, auto");
+#endif
+    backend::cpu cpu;
+    return serve(cpu, o);
+  } catch (std::exception const& e) {
+    std::cerr << "engine: " << e.what() << "\n";
+    return 1;
+  }
+}
+
+}  // namespace lightcore::server

@@ -1,0 +1,34 @@
+// The engine process of the reference server: it opens the front end's request table, loads the
+// model on its device, and runs the engine loop: take submissions and aborts from the table,
+// step, publish each sampled token into its request's record. It blocks on the table's futex
+// when there is no work, and never spins.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+namespace lightcore::server {
+
+struct engine_options {
+  std::string table_name;            // the request table's shm name (from the front end)
+  std::string device = "auto";       // "cpu", "cuda" or "auto" (cuda when a GPU is visible)
+  std::filesystem::path model;       // a checkpoint directory; empty: dummy weights of config
+  std::filesystem::path config;      // config.json for dummy weights
+  std::string config_text;           // or its text (the built-in model)
+  int ready_fd = -1;                 // written one byte once the model is loaded; -1: none
+  std::uint64_t seed = 0;            // dummy weights' seed
+  std::int64_t kv_tokens = 0;        // token slots of the KV pool; 0: from kv_memory_fraction
+                                     // on the GPU, 65536 on the CPU
+  double kv_memory_fraction = 0.85;  // share of the free GPU memory after the weights
+  std::int32_t max_running = 64;     // requests in one step, at most
+  std::int64_t max_seq_len = 4096;   // tokens: prompt + output of one request
+  std::int64_t max_tokens_per_step = 2048;  // tokens of one forward pass (chunked prefill)
+  bool prefix_cache = true;
+};
+
+// Runs until the process is told to stop (SIGTERM / SIGINT) or the loop fails; returns the exit
+// status (0 after a signal, 1 after a failure, which every request in flight is told about).
+int run_engine(engine_options const& options);
+
+}  // namespace lightcore::server
