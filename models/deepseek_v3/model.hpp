@@ -2,18 +2,24 @@
 // decoder layers (MLA attention, dense MLP or MoE block), final norm and lm head. Each request
 // brings the token ids of this step, how many of its tokens the token pool already holds, and
 // its req_to_token row; the forward writes the new tokens' KV and returns f32 logits.
+// Tensor parallelism: give the model a Communicator and the weights of its rank (weights.hpp);
+// the forward sums the row-parallel partial products over the ranks (see `model` below).
 #pragma once
 
+#include <concepts>
 #include <cstdint>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
+#include "kernels/convert/convert.hpp"
 #include "kernels/embedding/embedding.hpp"
 #include "kernels/rope/yarn.hpp"
 #include "lightcore/core/tensor.hpp"
 #include "models/deepseek_v3/weights.hpp"
 #include "modules/deepseek/mla_attention.hpp"
 #include "modules/deepseek/mlp.hpp"
+#include "modules/deepseek/moe_dispatch.hpp"
 
 namespace lightcore::models::deepseek_v3 {
 
@@ -24,8 +30,20 @@ struct request_step {
   std::int32_t req_row = 0;          // its row in req_to_token
 };
 
+// What a tensor-parallel forward returns as logits.
+enum class logits_layout : std::uint8_t {
+  full,         // every rank: [rows, vocab_size], the shards all-gathered (the default)
+  vocab_shard,  // each rank its own columns [rows, vocab().size()] (a sampler that reduces them)
+};
+
 struct model_options {
-  std::int64_t max_positions = 4096;  // rows of the rope cos/sin cache (longest sequence)
+  std::int64_t max_positions = 4096;           // rows of the rope cos/sin cache (longest sequence)
+  logits_layout logits = logits_layout::full;  // tensor parallelism only; default full
+  // Tensor parallelism only: o_proj's and the dense MLPs' partial products (bf16 weights) are
+  // written and all-reduced in f32 and rounded to bf16 once, as at world 1, instead of rounded
+  // per rank and all-reduced in bf16 (half the bytes). Default false (bf16). The MoE block's
+  // partials are bf16 either way (moe_experts writes bf16).
+  bool reduce_f32 = false;
 };
 
 // The YaRN parameters of a config (no rope_scaling: factor 1, which is plain RoPE).
@@ -47,12 +65,57 @@ inline kernels::yarn_config yarn_of(io::model_config const& c, std::int64_t max_
   return y;
 }
 
-template <Backend B>
+// The forward of one rank. C: the tensor-parallel communicator (dist::Communicator on backend B),
+// or no_communicator (the default: world 1, no collective compiled in). Dispatch: the MoE
+// placement (moe_dispatch.hpp); by default local at world 1, tensor_parallel over a group.
+//
+// Under tensor parallelism (weights of rank r of W, communicator of the same rank and world):
+//  - embedding: each rank writes its vocabulary rows and zeros for the others; an all-reduce
+//    assembles the rows (exact: one non-zero term per element).
+//  - attention: local heads; o_proj's partial product all-reduced (bf16, or f32 with
+//    model_options::reduce_f32 and bf16 weights).
+//  - dense MLP: intermediate split; the down projection's partial all-reduced likewise.
+//  - MoE: routing replicated; the routed experts' and the shared experts' partials summed by the
+//    dispatch policy in one all-reduce (bf16).
+//  - lm head: vocabulary-sharded logits, all-gathered to [rows, vocab] (model_options::logits).
+// Every all-reduce sums a buffer that holds this rank's partial product only; the residual is
+// added after the sum (fused_add_rmsnorm), so that it is counted once.
+// Rounding against world 1 (where each projection rounds its fp32 sum to bf16 once): a bf16
+// all-reduce rounds each rank's partial to bf16 and then the sum (the in-process communicator sums
+// in fp32 and rounds once; NCCL may round at every step of its ring), so the delta added to the
+// residual moves by up to about 2^-8 of the partials' magnitude; later layers carry it on.
+template <Backend B,
+          modules::deepseek::forward_communicator<B> C = modules::deepseek::no_communicator,
+          class Dispatch = modules::deepseek::default_moe_dispatch<C>>
 class model {
  public:
   using context = modules::deepseek::forward_context<B>;
+  static constexpr bool distributed = !std::same_as<C, modules::deepseek::no_communicator>;
 
-  model(B& backend, model_weights<B> const& w, model_options const& o = {})
+  // World 1: the weights must be unsharded.
+  model(B& backend, model_weights<B> const& w, model_options const& o = {}) requires(!distributed)
+      : model(backend, w, o, 0) {
+    LC_CHECK(w.shard().world == 1, "model: the weights are rank "
+                                       << w.shard().rank << " of a tensor-parallel world of "
+                                       << w.shard().world
+                                       << "; a sharded model needs a communicator");
+  }
+
+  // Tensor parallelism: comm's rank and world must be the weights' shard.
+  model(B& backend, model_weights<B> const& w, C& comm,
+        model_options const& o = {}) requires distributed : model(backend, w, o, 0) {
+    comm_ = &comm;
+    LC_CHECK(comm.world_size() == w.shard().world && comm.rank() == w.shard().rank,
+             "model: the communicator is rank " << comm.rank() << " of world " << comm.world_size()
+                                                << " but the weights are rank " << w.shard().rank
+                                                << " of world " << w.shard().world
+                                                << "; load the weights with the communicator's "
+                                                   "rank and world (load_options::shard)");
+    dispatch_.emplace(comm);
+  }
+
+ private:
+  model(B& backend, model_weights<B> const& w, model_options const& o, int /*delegated*/)
       : backend_(&backend), w_(&w), options_(o) {
     io::model_config const& c = w.config();
     auto const y = yarn_of(c, o.max_positions);
@@ -69,15 +132,18 @@ class model {
       else
         experts_.emplace_back(std::nullopt);
     }
+    if constexpr (!distributed) dispatch_.emplace();
   }
 
+ public:
   io::model_config const& config() const noexcept { return w_->config(); }
 
   // Runs one step. kv: one [slots, 576] bf16 pool per layer; req_to_token [rows, columns] i32 on
   // the device, holding every position of every request up to cached + new tokens. Returns
-  // logits [R, vocab shard] f32 (R = requests: each one's last token) or, with all_positions,
-  // [T, vocab] for every new token in request order. The view lives in `ctx.mem` until the next
-  // forward.
+  // logits [R, vocab] f32 (R = requests: each one's last token) or, with all_positions,
+  // [T, vocab] for every new token in request order; under tensor parallelism with
+  // logits_layout::vocab_shard, the rank's columns [R or T, vocab().size()]. The view lives in
+  // `ctx.mem` until the next forward. Every rank calls it with the same requests.
   tensor_view forward(context& ctx, std::vector<request_step> const& reqs,
                       std::vector<tensor_view> const& kv, tensor_view const& req_to_token,
                       bool all_positions = false) {
@@ -149,18 +215,38 @@ class model {
     auto residual = ctx.acquire("fwd.residual", dtype::bf16, {t, hidden});
     kernels::embedding(*backend_, d_ids.view(), v.embed, residual.view(),
                        {w_->vocab().start, c.vocab_size}, ctx.stream);
+    if constexpr (distributed) comm_->all_reduce_sum(residual.view(), ctx.stream);
     auto xn = ctx.acquire("fwd.normed", dtype::bf16, {t, hidden});
-    auto delta = ctx.acquire("fwd.delta", dtype::bf16, {t, hidden});
-    auto extra = ctx.acquire("fwd.delta_shared", dtype::bf16, {t, hidden});
+    // The layer's output (delta) and, when it comes separately, the shared experts' (extra), one
+    // after the other so that one all-reduce sums both.
+    auto deltas = ctx.acquire("fwd.delta", dtype::bf16, {2, t, hidden});
+    tensor_view const delta = deltas.view().select(0, 0), extra = deltas.view().select(0, 1);
     bool has_extra = false;
+    typename context::lease delta_f32;
+    if (distributed && options_.reduce_f32)
+      delta_f32 = ctx.acquire("fwd.delta_f32", dtype::f32, {t, hidden});
+    // delta = the sum over ranks of run(partial): run writes this rank's partial product of a
+    // row-parallel projection (bf16, or f32 when reduce_f32 and `f32_ok`: a bf16 weight).
+    auto row_parallel = [&](bool f32_ok, auto&& run) {
+      if constexpr (!distributed) {
+        run(delta);
+      } else if (options_.reduce_f32 && f32_ok) {
+        run(delta_f32.view());
+        comm_->all_reduce_sum(delta_f32.view(), ctx.stream);
+        kernels::convert(*backend_, delta_f32.view(), delta, ctx.stream);
+      } else {
+        run(delta);
+        comm_->all_reduce_sum(delta, ctx.stream);
+      }
+    };
     float const eps = float(c.rms_norm_eps);
     // residual += delta (and the shared experts' part when it came separately); xn = norm.
     auto add_norm = [&](tensor_view const& weight) {
       if (has_extra)
-        kernels::fused_add_rmsnorm(*backend_, residual.view(), extra.view(), weight, xn.view(), eps,
+        kernels::fused_add_rmsnorm(*backend_, residual.view(), extra, weight, xn.view(), eps,
                                    ctx.stream);
       has_extra = false;
-      kernels::fused_add_rmsnorm(*backend_, residual.view(), delta.view(), weight, xn.view(), eps,
+      kernels::fused_add_rmsnorm(*backend_, residual.view(), delta, weight, xn.view(), eps,
                                  ctx.stream);
     };
     for (std::int64_t i = 0; i < c.num_hidden_layers; ++i) {
@@ -169,22 +255,27 @@ class model {
         kernels::rmsnorm(*backend_, residual.view(), l.input_norm, xn.view(), eps, ctx.stream);
       else
         add_norm(l.input_norm);
-      modules::deepseek::mla_attention(ctx, c, l.attn, b, xn.view(), kv[std::size_t(i)],
-                                       delta.view());
+      row_parallel(!l.attn.o.fp8(), [&](tensor_view const& out) {
+        modules::deepseek::mla_attention(ctx, c, l.attn, b, xn.view(), kv[std::size_t(i)], out);
+      });
       add_norm(l.post_attention_norm);
       if (l.moe) {
-        modules::deepseek::moe_block(ctx, c, *l.moe, *experts_[std::size_t(i)], xn.view(),
-                                     delta.view(), extra.view());
+        // The dispatch policy sums the ranks' partials (routed and shared) itself.
+        modules::deepseek::moe_block(ctx, c, *l.moe, *experts_[std::size_t(i)], xn.view(), delta,
+                                     extra, *dispatch_);
         has_extra = l.moe->shared && l.moe->shared->down.fp8();
       } else {
-        modules::deepseek::dense_mlp(ctx, xn.view(), *l.mlp, delta.view());
+        row_parallel(!l.mlp->down.fp8(), [&](tensor_view const& out) {
+          modules::deepseek::dense_mlp(ctx, xn.view(), *l.mlp, out);
+        });
       }
     }
     add_norm(v.norm);
 
     std::int64_t const rows_out = all_positions ? t : std::int64_t(reqs.size());
-    tensor_view const logits =
-        ctx.mem.persistent("fwd.logits", dtype::f32, {rows_out, w_->vocab().size()});
+    bool const gather = distributed && options_.logits == logits_layout::full;
+    tensor_view const logits = ctx.mem.persistent(
+        "fwd.logits", dtype::f32, {rows_out, gather ? c.vocab_size : w_->vocab().size()});
     typename context::lease gathered;
     tensor_view head_in = xn.view();
     if (all_positions) {
@@ -204,13 +295,43 @@ class model {
                        xn.view().select(0, last[r]).data(), std::size_t(hidden) * 2, ctx.stream);
     }
     head_in = gathered.view();
-    auto ws = ctx.gemm_workspace();
-    kernels::gemm(*backend_, ctx.gemm, head_in, v.lm_head, logits, ws.view(), ctx.stream);
+    if (!gather) {
+      auto ws = ctx.gemm_workspace();
+      kernels::gemm(*backend_, ctx.gemm, head_in, v.lm_head, logits, ws.view(), ctx.stream);
+      return logits;
+    }
+    if constexpr (distributed) gather_logits(ctx, head_in, logits);
     return logits;
   }
 
  private:
   static bool is_decode(request_step const& r) { return r.tokens.size() == 1 && r.cached > 0; }
+
+  // logits [rows, vocab] = the ranks' vocab-sharded products, all-gathered. The shards are
+  // ceil(vocab / world) columns but the last one (weights.hpp), so each rank writes its product
+  // into a [rows, ceil(vocab / world)] block (columns past its shard unset, never read) and the
+  // gathered blocks are copied to their columns, a row at a time.
+  void gather_logits(context& ctx, tensor_view const& head_in,
+                     tensor_view const& logits) requires distributed {
+    io::model_config const& c = config();
+    int const world = comm_->world_size();
+    std::int64_t const rows = head_in.size(0), per = (c.vocab_size + world - 1) / world;
+    auto part = ctx.acquire("fwd.logits_shard", dtype::f32, {rows, per});
+    {
+      auto ws = ctx.gemm_workspace();
+      kernels::gemm(*backend_, ctx.gemm, head_in, w_->views().lm_head,
+                    part.view().slice(1, 0, w_->vocab().size()), ws.view(), ctx.stream);
+    }
+    auto all = ctx.acquire("fwd.logits_gathered", dtype::f32, {world * rows, per});
+    comm_->all_gather(part.view(), all.view(), ctx.stream);
+    for (int r = 0; r < world; ++r) {
+      vocab_range const shard = vocab_shard(c, {r, world});
+      for (std::int64_t i = 0; i < rows; ++i)
+        backend_->copy(logits.select(0, i).slice(0, shard.start, shard.end).data(),
+                       all.view().select(0, r * rows + i).data(), std::size_t(shard.size()) * 4,
+                       ctx.stream);
+    }
+  }
 
   B* backend_;
   model_weights<B> const* w_;
@@ -218,6 +339,8 @@ class model {
   tensor<B> cos_sin_;
   float softmax_scale_ = 0;
   std::vector<std::optional<modules::deepseek::moe_experts_weights<B>>> experts_;
+  C* comm_ = nullptr;                 // distributed only
+  std::optional<Dispatch> dispatch_;  // built with the communicator (local: without one)
 };
 
 }  // namespace lightcore::models::deepseek_v3

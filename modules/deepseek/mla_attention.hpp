@@ -37,6 +37,10 @@ struct attention_batch {
 inline constexpr std::int64_t mla_decode_head_multiple = 16;
 
 // out [T, H] bf16 = o_proj(attention(x)); writes the new tokens' latent rows into kv_cache.
+// Under tensor parallelism the weights hold this rank's heads (weights.hpp): the latent and
+// k_rope are replicated (every rank writes the same KV rows), attention runs over the local heads,
+// and o_proj's columns give a partial product for the caller to all-reduce. out may then be f32
+// (bf16 o_proj weights only), so that the partials are summed before any rounding to bf16.
 template <Backend B>
 void mla_attention(forward_context<B>& ctx, io::model_config const& c,
                    models::deepseek_v3::attention_weights const& w, attention_batch const& b,

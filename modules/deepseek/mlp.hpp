@@ -12,10 +12,13 @@
 #include "lightcore/core/tensor.hpp"
 #include "lightcore/io/hf_config.hpp"
 #include "modules/deepseek/linear.hpp"
+#include "modules/deepseek/moe_dispatch.hpp"
 
 namespace lightcore::modules::deepseek {
 
 // out [T, H] = down(silu(gate(x)) * up(x)); `accumulate` adds to out (bf16 down weights only).
+// Under tensor parallelism (gate_up rows and down columns split) out is this rank's partial
+// product, for the caller to all-reduce; it may be f32 when the down weight is bf16.
 template <Backend B>
 void dense_mlp(forward_context<B>& ctx, tensor_view const& x,
                models::deepseek_v3::mlp_weights const& w, tensor_view const& out,
@@ -53,7 +56,8 @@ inline constexpr std::int64_t moe_block_m = 64;
 // The routed experts' weights as moe_experts takes them. The grouped GEMM needs the expert width
 // I to be a multiple of 128; a narrower one (the tiny test models: 192) is padded once, at
 // construction, with zero gate/up rows and zero down columns: silu(0) * 0 = 0, so the padded
-// columns add exactly nothing. FP8 experts never need it (the loader dequantises those shapes).
+// columns add exactly nothing. FP8 experts never need it (the loader dequantises those shapes);
+// their block scales are handed over with the padded row width moe_experts expects.
 template <Backend B>
 class moe_experts_weights {
  public:
@@ -61,7 +65,7 @@ class moe_experts_weights {
     std::int64_t const e = w.gate_up.w.size(0), inter = w.down.w.size(2), hidden = w.down.w.size(1);
     std::int64_t const padded = round_up(inter, kernels::moe_experts_dim_multiple);
     if (padded == inter || w.gate_up.fp8()) {
-      weights_ = {w.gate_up.w, w.down.w, w.gate_up.scales, w.down.scales};
+      weights_ = {w.gate_up.w, w.down.w, moe_scales(w.gate_up.scales), moe_scales(w.down.scales)};
       return;
     }
     gate_up_ = tensor<B>(backend, dtype::bf16, {e, 2 * padded, hidden});
@@ -88,6 +92,20 @@ class moe_experts_weights {
   std::int64_t inter() const noexcept { return weights_.down.size(2); }
 
  private:
+  // The loader's block scales [E, n, K/128] with row stride gemm_fp8_weight_scale_ld(K)
+  // (weights.hpp) as moe_experts takes them: [E, n, ld] contiguous over the same memory (it reads
+  // the first K/128 columns only). Empty for bf16.
+  static tensor_view moe_scales(tensor_view const& s) {
+    if (s.data() == nullptr) return s;
+    std::int64_t const ld = kernels::gemm_fp8_weight_scale_ld(s.size(2) * 128);
+    LC_CHECK(
+        s.stride(2) == 1 && (s.size(1) == 1 || s.stride(1) == ld) && s.stride(0) == s.size(1) * ld,
+        "moe_experts_weights: expert block scales " << s << " are not [E, n, K/128] with rows "
+                                                    << ld << " apart, as weights.hpp lays "
+                                                    << "them out");
+    return tensor_view(s.data(), s.type(), {s.size(0), s.size(1), ld}, s.where());
+  }
+
   tensor<B> gate_up_, down_;
   kernels::moe_expert_weights weights_;
 };
@@ -95,10 +113,16 @@ class moe_experts_weights {
 // The MoE block of one layer: out [T, H] = routed experts' weighted sum + shared experts.
 // When the shared experts' down projection is FP8 (it cannot accumulate), their output goes to
 // `shared_out` instead, for the caller to add; else shared_out is left untouched.
-template <Backend B>
+// `dispatch` (moe_dispatch.hpp) places the routed experts: it moves the routed rows to their
+// experts before them, brings the sums back after them, and sums the ranks' partial products once
+// the shared experts are in (tensor_parallel: out and shared_out hold the full sums on return).
+// Under tensor parallelism out holds this rank's partial products only until that reduce: nothing
+// else (the residual above all) may be in it.
+template <Backend B, class Dispatch = moe_dispatch::local>
 void moe_block(forward_context<B>& ctx, io::model_config const& c,
                models::deepseek_v3::moe_weights const& w, moe_experts_weights<B> const& experts,
-               tensor_view const& x, tensor_view const& out, tensor_view const& shared_out) {
+               tensor_view const& x, tensor_view const& out, tensor_view const& shared_out,
+               Dispatch&& dispatch = Dispatch{}) {
   std::int64_t const t = x.size(0), e = c.n_routed_experts, k = c.num_experts_per_tok;
   if (t == 0) return;
   auto logits = ctx.acquire("moe.logits", dtype::f32, {t, e});
@@ -111,27 +135,35 @@ void moe_block(forward_context<B>& ctx, io::model_config const& c,
   kernels::moe_route(ctx.backend, logits.view(), w.router_bias, routing_config(c), ids.view(),
                      weights.view(), ctx.stream);
   logits.reset();
-  auto const cap = kernels::moe_align_capacity(t, k, e, moe_block_m);
-  auto counts = ctx.acquire("moe.expert_counts", dtype::i32, {e});
-  auto offsets = ctx.acquire("moe.expert_offsets", dtype::i32, {e + 1});
-  auto sorted = ctx.acquire("moe.sorted_token_ids", dtype::i32, {cap.sorted_rows});
-  auto blocks = ctx.acquire("moe.expert_of_block", dtype::i32, {cap.blocks});
-  auto total = ctx.acquire("moe.total_padded", dtype::i32, {1});
-  auto inverse = ctx.acquire("moe.inverse", dtype::i32, {t, k});
-  kernels::moe_align_outputs const align{counts.view(), offsets.view(), sorted.view(),
-                                         blocks.view(), total.view(),   inverse.view()};
-  kernels::moe_align(ctx.backend, ids.view(), e, moe_block_m, align, ctx.stream);
-  auto const format = experts.get().gate_up.type() == dtype::fp8_e4m3
-                          ? kernels::moe_weight_format::fp8_block
-                          : kernels::moe_weight_format::bf16;
-  auto ws = ctx.acquire("moe.workspace", dtype::u8,
-                        {kernels::moe_experts_workspace_bytes(t, k, e, moe_block_m, x.size(1),
-                                                              experts.inter(), format)});
-  kernels::moe_experts(ctx.backend, x, ids.view(), weights.view(), align, moe_block_m,
-                       experts.get(), out, ws.view(), ctx.stream);
-  if (!w.shared) return;
-  bool const fold = !w.shared->down.fp8();
-  dense_mlp(ctx, x, *w.shared, fold ? out : shared_out, fold);
+  moe_dispatched const d = dispatch.dispatch(ctx, x, ids.view(), weights.view(), out, c);
+  std::int64_t const n = d.x.size(0), el = d.experts;
+  LC_CHECK(el == experts.get().gate_up.size(0), "moe_block: the dispatch hands the experts "
+                                                    << el << " experts but this rank's stack "
+                                                    << "holds " << experts.get().gate_up.size(0));
+  if (n > 0) {
+    auto const cap = kernels::moe_align_capacity(n, k, el, moe_block_m);
+    auto counts = ctx.acquire("moe.expert_counts", dtype::i32, {el});
+    auto offsets = ctx.acquire("moe.expert_offsets", dtype::i32, {el + 1});
+    auto sorted = ctx.acquire("moe.sorted_token_ids", dtype::i32, {cap.sorted_rows});
+    auto blocks = ctx.acquire("moe.expert_of_block", dtype::i32, {cap.blocks});
+    auto total = ctx.acquire("moe.total_padded", dtype::i32, {1});
+    auto inverse = ctx.acquire("moe.inverse", dtype::i32, {n, k});
+    kernels::moe_align_outputs const align{counts.view(), offsets.view(), sorted.view(),
+                                           blocks.view(), total.view(),   inverse.view()};
+    kernels::moe_align(ctx.backend, d.ids, el, moe_block_m, align, ctx.stream);
+    auto const format = experts.get().gate_up.type() == dtype::fp8_e4m3
+                            ? kernels::moe_weight_format::fp8_block
+                            : kernels::moe_weight_format::bf16;
+    auto ws = ctx.acquire("moe.workspace", dtype::u8,
+                          {kernels::moe_experts_workspace_bytes(n, k, el, moe_block_m, x.size(1),
+                                                                experts.inter(), format)});
+    kernels::moe_experts(ctx.backend, d.x, d.ids, d.weights, align, moe_block_m, experts.get(),
+                         d.out, ws.view(), ctx.stream);
+  }
+  dispatch.combine(ctx, d, out);
+  bool const fold = !w.shared || !w.shared->down.fp8();
+  if (w.shared) dense_mlp(ctx, x, *w.shared, fold ? out : shared_out, fold);
+  dispatch.reduce(ctx, out, fold ? tensor_view{} : shared_out);
 }
 
 }  // namespace lightcore::modules::deepseek
