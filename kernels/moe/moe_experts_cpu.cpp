@@ -1,12 +1,14 @@
 // moe experts: the CPU reference. Expert by expert, the rows routed to it are gathered and
-// multiplied in fp32 by Eigen (FP8: both operands dequantised, the activations quantised at the
-// same points as on the GPU), with the rounding points of moe_experts_params.hpp; then every token
-// sums its slots in slot order.
+// multiplied in fp32 (FP8: both operands dequantised, the activations quantised at the same
+// points as on the GPU), each element summed in an order that does not depend on how many rows
+// the expert got, with the rounding points of moe_experts_params.hpp; then every token sums its
+// slots in slot order.
 #include <Eigen/Core>
 #include <cstdint>
 #include <vector>
 
 #include "kernels/activation/activation_params.hpp"
+#include "kernels/common/cpu_matmul.hpp"
 #include "kernels/moe/moe_experts.hpp"
 #include "kernels/quant/quant_params.hpp"
 #include "lightcore/core/bf16.hpp"
@@ -30,24 +32,39 @@ void quantise_row(matrix& m, Eigen::Index row) {
   }
 }
 
-// Expert e's [rows, cols] weight slice widened to fp32 (FP8: times its block scales).
-matrix expert_weight(moe_experts_params const& p, void const* stacked, float const* scales,
-                     std::int64_t scales_ld, std::int64_t e, std::int64_t rows, std::int64_t cols) {
-  matrix w(rows, cols);
+// Rows [j0, j1) of expert e's [rows, cols] weight slice widened to fp32 (FP8: times its block
+// scales), into dst ([j1 - j0, cols]).
+void expert_weight_rows(moe_experts_params const& p, void const* stacked, float const* scales,
+                        std::int64_t scales_ld, std::int64_t e, std::int64_t rows,
+                        std::int64_t cols, std::int64_t j0, std::int64_t j1, float* dst) {
   std::int64_t const base = e * rows * cols;
   if (p.format == moe_weight_format::bf16) {
     auto const* src = static_cast<bf16 const*>(stacked) + base;
-    for (std::int64_t i = 0; i < rows; ++i)
-      for (std::int64_t j = 0; j < cols; ++j) w(i, j) = float(src[i * cols + j]);
+    for (std::int64_t i = j0; i < j1; ++i)
+      for (std::int64_t j = 0; j < cols; ++j) dst[(i - j0) * cols + j] = float(src[i * cols + j]);
   } else {
     auto const* src = static_cast<fp8_e4m3 const*>(stacked) + base;
     std::int64_t const blocks = (rows + 127) / 128;
     float const* s = scales + e * blocks * scales_ld;
-    for (std::int64_t i = 0; i < rows; ++i)
+    for (std::int64_t i = j0; i < j1; ++i)
       for (std::int64_t j = 0; j < cols; ++j)
-        w(i, j) = float(src[i * cols + j]) * s[(i / 128) * scales_ld + j / 128];
+        dst[(i - j0) * cols + j] = float(src[i * cols + j]) * s[(i / 128) * scales_ld + j / 128];
   }
-  return w;
+}
+
+// out [n, rows] = x [n, cols] . (expert e's [rows, cols] slice)^T, each element summed in a fixed
+// order (kernels/common/cpu_matmul.hpp): a token's result does not depend on the other tokens
+// routed to the same expert.
+matrix expert_product(moe_experts_params const& p, matrix const& x, void const* stacked,
+                      float const* scales, std::int64_t scales_ld, std::int64_t e,
+                      std::int64_t rows, std::int64_t cols) {
+  matrix out(x.rows(), rows);
+  matmul_nt_fixed_order(x.data(), cols, x.rows(), rows, cols, out.data(), rows,
+                        [&](std::int64_t j0, std::int64_t j1, float* dst) {
+                          expert_weight_rows(p, stacked, scales, scales_ld, e, rows, cols, j0, j1,
+                                             dst);
+                        });
+  return out;
 }
 
 }  // namespace
@@ -81,17 +98,16 @@ void moe_experts_cpu(moe_experts_params const& p) {
       for (std::int64_t j = 0; j < h; ++j) x(i, j) = float(src[j]);
       if (fp8) quantise_row(x, i);
     }
-    matrix const w1 =
-        expert_weight(p, p.gate_up, p.gate_up_scales, p.gate_up_scales_ld, e, 2 * inter, h);
-    matrix const gate_up = x * w1.transpose();  // [n, 2I]
+    matrix const gate_up =  // [n, 2I]
+        expert_product(p, x, p.gate_up, p.gate_up_scales, p.gate_up_scales_ld, e, 2 * inter, h);
     matrix a(n, inter);
     for (Eigen::Index i = 0; i < n; ++i) {
       for (std::int64_t j = 0; j < inter; ++j)
         a(i, j) = float(silu_and_mul_value(bf16(gate_up(i, j)), bf16(gate_up(i, inter + j))));
       if (fp8) quantise_row(a, i);
     }
-    matrix const w2 = expert_weight(p, p.down, p.down_scales, p.down_scales_ld, e, h, inter);
-    matrix const down = a * w2.transpose();  // [n, H]
+    matrix const down =  // [n, H]
+        expert_product(p, a, p.down, p.down_scales, p.down_scales_ld, e, h, inter);
     for (Eigen::Index i = 0; i < n; ++i) {
       std::int64_t const r = list[std::size_t(i)];
       float const weight = p.topk_weights[r];
