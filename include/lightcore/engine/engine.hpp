@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <span>
 #include <unordered_map>
@@ -80,12 +81,15 @@ class engine {
   using params_type = typename Exec::params_type;
   using request_type = request<params_type>;
 
-  engine(B& backend, Exec& exec, engine_config const& config)
+  // scheduler_args: what the scheduler takes after its config (its admission policy object, e.g.
+  // sched::admit::optimistic(initial_output_tokens)).
+  template <class... SchedulerArgs>
+  engine(B& backend, Exec& exec, engine_config const& config, SchedulerArgs&&... scheduler_args)
       : exec_(&exec),
         config_(config),
         pool_(backend, config.kv),
         prefix_({config.prefix_cache, config.kv.capacity}),
-        sched_(checked_scheduler_config(config)) {}
+        sched_(checked_scheduler_config(config), std::forward<SchedulerArgs>(scheduler_args)...) {}
 
   engine(engine const&) = delete;
   engine& operator=(engine const&) = delete;
