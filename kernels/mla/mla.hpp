@@ -160,7 +160,8 @@ inline void fill_slot_source(kv_write_params& p, device where, kv_slots const& t
 }
 
 template <Backend B>
-void run_kv_write(B& backend, kv_write_params const& p, [[maybe_unused]] int page_size,
+void run_kv_write([[maybe_unused]] B& backend, kv_write_params const& p,
+                  [[maybe_unused]] int page_size,
                   [[maybe_unused]] typename B::stream_type const& stream) {
   if (p.tokens == 0) return;
   if constexpr (B::kind == device_kind::cpu) {

@@ -243,6 +243,29 @@ TEST(Engine, SeededSamplingIsReproducible) {
   EXPECT_NE(sampled(5), sampled(6));
 }
 
+TEST(Engine, GenerateStreamsTokensAndHonoursAbortsFromTheCallback) {
+  fixture f;
+  engine_t e(f.backend, f.exec, f.engine_config(512, 4));
+  auto const prompt = prompt_of(12, 8);
+  auto const ref = reference_greedy(f, prompt, 6);
+  std::map<std::uint64_t, int> seen;
+  auto const out = e.generate({greedy(1, prompt, 6), greedy(2, prompt_of(20, 9), 50)},
+                              [&](engine::token_event const& t) {
+                                if (++seen[t.id] == 3 && t.id == 2) e.abort(2);
+                              });
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_EQ(out[0].id, 1u);
+  EXPECT_EQ(out[0].tokens, ref);
+  EXPECT_EQ(out[0].finished, engine::finish_reason::length);
+  EXPECT_EQ(seen[1], 6);
+  EXPECT_EQ(out[1].finished, engine::finish_reason::abort);
+  EXPECT_EQ(out[1].tokens.size(), 3u);
+  EXPECT_EQ(out[0].logprobs.size(), 6u);
+  EXPECT_TRUE(std::isnan(out[0].logprobs[0])) << "no logprobs were asked for";
+  while (!e.idle()) e.step();
+  expect_all_slots_back(e);
+}
+
 TEST(Engine, RefusesBadRequests) {
   fixture f;
   engine_t e(f.backend, f.exec, f.engine_config(512, 4));

@@ -57,6 +57,14 @@ struct token_event {
   finish_reason finished = finish_reason::none;
 };
 
+// What generate() returns for one request.
+struct generation {
+  std::uint64_t id = 0;
+  std::vector<std::int32_t> tokens;  // the sampled ids, the last one included
+  std::vector<float> logprobs;       // one per token (NaN where none were asked for)
+  finish_reason finished = finish_reason::none;
+};
+
 struct engine_config {
   memory::kv_pool_config kv;          // the token pool (layers, capacity, width, rows, ...)
   bool prefix_cache = true;           // radix prefix cache over finished/paused sequences
@@ -195,6 +203,49 @@ class engine {
     stats_.forward_tokens += plan.forward_tokens();
     stats_.sampled_tokens += std::int64_t(results_.size());
     return events;
+  }
+
+  // The offline API: submits `requests` (on top of any already queued), steps until every one of
+  // them has finished, calling on_token(token_event const&) for each sampled token as it comes
+  // (the streaming callback; it may call abort()), and returns their generations in the order
+  // given. Requests submitted earlier run alongside; their tokens reach on_token too.
+  template <class OnToken>
+  std::vector<generation> generate(std::vector<request_type> requests, OnToken&& on_token) {
+    std::unordered_map<std::uint64_t, std::size_t> index;
+    std::vector<generation> out(requests.size());
+    for (std::size_t i = 0; i < requests.size(); ++i) {
+      out[i].id = requests[i].id;
+      index.emplace(requests[i].id, i);
+    }
+    for (request_type& r : requests) submit(std::move(r));
+    std::size_t open = out.size();
+    while (open > 0 && !idle()) {
+      for (token_event const& t : step()) {
+        on_token(t);
+        auto it = index.find(t.id);
+        if (it == index.end()) continue;
+        generation& g = out[it->second];
+        g.tokens.push_back(t.token);
+        g.logprobs.push_back(t.logprob);
+        if (t.finished != finish_reason::none) {
+          g.finished = t.finished;
+          --open;
+        }
+      }
+      // Requests aborted from the callback end without a final token.
+      for (generation& g : out)
+        if (g.finished == finish_reason::none) {
+          auto const rec = live_.find(g.id);
+          if (rec != live_.end() && rec->second.finished == finish_reason::abort) {
+            g.finished = finish_reason::abort;
+            --open;
+          }
+        }
+    }
+    return out;
+  }
+  std::vector<generation> generate(std::vector<request_type> requests) {
+    return generate(std::move(requests), [](token_event const&) {});
   }
 
   // No request is queued, running, or waiting for its KV to be released.
