@@ -1,11 +1,15 @@
-// Decode step time of the DeepSeek forward on the GPU (eager, no CUDA graph) against the
+// Decode step time of the DeepSeek forward on the GPU (through the decode CUDA graphs, eagerly,
+// or both) against the
 // weight-streaming floor: the bytes of every weight a decode step must read (attention and dense
 // layers whole, the routed experts that a batch of B tokens is expected to touch, the lm head),
 // divided by the HBM copy bandwidth measured in the same run. Dummy weights, so any config runs;
 // --layers keeps the first N layers of a config that does not fit the GPU whole.
 //
 //   lightcore_bench_decode --config deepseek_v2_lite.json [--layers N] [--ctx 1024]
-//                          [--batches 1,64,256] [--steps 20] [--json out.json]
+//                          [--batches 1,64,256] [--steps 20] [--graphs on|off|both]
+//                          [--json out.json]
+// --graphs on (default): decode_graphs (model.hpp), the host's metadata copy and one graph launch
+// per step; off: model::forward eagerly; both: each batch both ways.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -37,13 +41,14 @@ struct options {
   std::int64_t ctx = 1024;  // cached tokens per request before the measured step
   std::vector<std::int64_t> batches = {1, 64, 256};
   int steps = 20;
+  std::vector<bool> graphs = {true};  // modes to time: true = CUDA graphs, false = eager
   std::string json;
 };
 
 [[noreturn]] void usage(char const* what) {
   std::cerr << "bench_decode: " << what
             << "\nusage: lightcore_bench_decode --config FILE [--layers N] [--ctx TOKENS] "
-               "[--batches 1,64,256] [--steps N] [--json FILE]\n";
+               "[--batches 1,64,256] [--steps N] [--graphs on|off|both] [--json FILE]\n";
   std::exit(2);
 }
 
@@ -61,6 +66,15 @@ options parse(int argc, char** argv) {
       o.ctx = std::stoll(v);
     } else if (a == "--steps") {
       o.steps = std::stoi(v);
+    } else if (a == "--graphs") {
+      if (v == "on")
+        o.graphs = {true};
+      else if (v == "off")
+        o.graphs = {false};
+      else if (v == "both")
+        o.graphs = {false, true};
+      else
+        usage(("--graphs takes on, off or both; got " + v).c_str());
     } else if (a == "--json") {
       o.json = v;
     } else if (a == "--batches") {
@@ -173,43 +187,57 @@ int main(int argc, char** argv) try {
   memory::cache_tensor_manager<backend::cuda> mem(gpu);
   kernels::gemm_context<backend::cuda> gemm(gpu);
   modules::deepseek::forward_context<backend::cuda> ctx{gpu, stream, gemm, mem};
+  model.logits_buffer(ctx, max_batch);  // the persistent logits, sized by the largest batch
+  // Padding rows repeat a batch's first row (no scratch slot): only bucket sizes are timed here.
+  ds::decode_graph_options go;
+  go.max_batch = max_batch;
+  ds::decode_graphs<> graphs(model, go);
   stream.synchronize();
 
   nlohmann::json results = nlohmann::json::array();
   std::printf("config %s, layers %lld, ctx %lld, HBM copy %.0f GB/s, dummy weights in %.1f s\n",
               o.config.c_str(), (long long)c.num_hidden_layers, (long long)o.ctx, hbm / 1e9,
               load_s);
-  std::printf("%6s %10s %12s %12s %10s %8s\n", "batch", "step ms", "tokens/s", "weight GB",
-              "floor ms", "floor/t");
-  for (std::int64_t b : o.batches) {
-    std::vector<ds::request_step> reqs;
-    for (std::int64_t r = 0; r < b; ++r)
-      reqs.push_back({{std::int32_t((r * 7919) % c.vocab_size)}, o.ctx, std::int32_t(r)});
-    for (int w = 0; w < 3; ++w) model.forward(ctx, reqs, kv, table.view());
-    stream.synchronize();
-    std::vector<double> ms;
-    for (int s = 0; s < o.steps; ++s) {
-      auto const a = std::chrono::steady_clock::now();
-      model.forward(ctx, reqs, kv, table.view());
+  std::printf("%6s %6s %10s %12s %12s %10s %8s\n", "batch", "mode", "step ms", "tokens/s",
+              "weight GB", "floor ms", "floor/t");
+  for (std::int64_t b : o.batches)
+    for (bool const graphed : o.graphs) {
+      std::vector<ds::request_step> reqs;
+      for (std::int64_t r = 0; r < b; ++r)
+        reqs.push_back({{std::int32_t((r * 7919) % c.vocab_size)}, o.ctx, std::int32_t(r)});
+      auto step = [&] {
+        if (graphed)
+          graphs.forward(ctx, reqs, kv, table.view());
+        else
+          model.forward(ctx, reqs, kv, table.view());
+      };
+      for (int w = 0; w < 3; ++w) step();  // the first graph step captures every bucket
       stream.synchronize();
-      ms.push_back(
-          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count());
+      std::vector<double> ms;
+      for (int s = 0; s < o.steps; ++s) {
+        auto const a = std::chrono::steady_clock::now();
+        step();
+        stream.synchronize();
+        ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a)
+                         .count());
+      }
+      std::sort(ms.begin(), ms.end());
+      double const step_ms = ms[ms.size() / 2];
+      double const bytes = step_weight_bytes(c, b);
+      // The copy's bandwidth counts its reads and writes; a stream of reads alone is taken to run
+      // at the same bytes per second.
+      double const floor_ms = bytes / hbm * 1e3;
+      std::printf("%6lld %6s %10.3f %12.0f %12.2f %10.3f %8.2f\n", (long long)b,
+                  graphed ? "graph" : "eager", step_ms, double(b) / step_ms * 1e3, bytes / 1e9,
+                  floor_ms, floor_ms / step_ms);
+      results.push_back({{"batch", b},
+                         {"mode", graphed ? "graph" : "eager"},
+                         {"step_ms_median", step_ms},
+                         {"tokens_per_s", double(b) / step_ms * 1e3},
+                         {"weight_bytes", bytes},
+                         {"floor_ms", floor_ms},
+                         {"floor_over_step", floor_ms / step_ms}});
     }
-    std::sort(ms.begin(), ms.end());
-    double const step = ms[ms.size() / 2];
-    double const bytes = step_weight_bytes(c, b);
-    // The copy's bandwidth counts its reads and writes; a stream of reads alone is taken to run
-    // at the same bytes per second.
-    double const floor_ms = bytes / hbm * 1e3;
-    std::printf("%6lld %10.3f %12.0f %12.2f %10.3f %8.2f\n", (long long)b, step,
-                double(b) / step * 1e3, bytes / 1e9, floor_ms, floor_ms / step);
-    results.push_back({{"batch", b},
-                       {"step_ms_median", step},
-                       {"tokens_per_s", double(b) / step * 1e3},
-                       {"weight_bytes", bytes},
-                       {"floor_ms", floor_ms},
-                       {"floor_over_step", floor_ms / step}});
-  }
   if (!o.json.empty())
     std::ofstream(o.json) << nlohmann::json{
         {"config", o.config},

@@ -2,12 +2,15 @@
 // (prefill chunks and decode rows), then one sampling launch over the rows that produce a token,
 // with the sampled ids, their logprobs and the top-n alternatives copied back to the host.
 // It owns what a step needs besides the weights and the KV pool: the activation manager, the
-// GEMM plans, the stream and the sampler's buffers.
+// GEMM plans, the stream, the sampler's buffers and, on CUDA, the decode graphs: a decode-only
+// step replays the graph of its batch bucket (decode_graphs in model.hpp); a step with prefill
+// rows runs eagerly. The CPU backend never captures.
 #pragma once
 
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -19,17 +22,36 @@
 
 namespace lightcore::models::deepseek_v3 {
 
+// What an executor on a backend without graphs holds in their place.
+// It takes no step.
+struct no_decode_graphs {
+  bool accepts(std::vector<request_step> const&) const noexcept { return false; }
+  template <class Context>
+  tensor_view forward(Context&, std::vector<request_step> const&, std::vector<tensor_view> const&,
+                      tensor_view const&) {
+    LC_THROW("executor: this backend runs no decode graphs");
+  }
+};
+
 template <Backend B>
 class executor {
+#if defined(LIGHTCORE_WITH_CUDA)
+  using graphs_type =
+      std::conditional_t<B::kind == device_kind::cuda, decode_graphs<>, no_decode_graphs>;
+#else
+  using graphs_type = no_decode_graphs;
+#endif
+
  public:
   using params_type = kernels::sampling_request;
   using row_type = engine::step_row<params_type>;
 
   // max_rows: the most requests one step may carry (the scheduler's max_running_requests). The
   // forward's logits live in a persistent buffer sized by its first use, so it is sized here for
-  // the largest step.
+  // the largest step. graphs: decode graphs on CUDA (on by default; their largest bucket is
+  // max_rows, whatever graphs.max_batch says); ignored by the CPU backend.
   executor(B& backend, model_weights<B> const& w, model_options const& o = {},
-           std::int64_t max_rows = 256)
+           std::int64_t max_rows = 256, decode_graph_options graphs = {})
       : backend_(&backend),
         model_(backend, w, o),
         mem_(backend),
@@ -37,7 +59,14 @@ class executor {
         stream_(backend.make_stream()) {
     LC_CHECK(max_rows >= 1, "executor: max_rows must be >= 1; got " << max_rows);
     mem_.persistent("fwd.logits", dtype::f32, {max_rows, w.config().vocab_size});
+    graphs.max_batch = max_rows;
+    if constexpr (!std::is_same_v<graphs_type, no_decode_graphs>) {
+      if (graphs.enabled) graphs_.emplace(model_, graphs);
+    }
   }
+
+  // Whether decode-only steps replay CUDA graphs.
+  bool uses_graphs() const noexcept { return graphs_.has_value(); }
 
   io::model_config const& config() const noexcept { return model_.config(); }
   memory::cache_tensor_manager<B>& memory() noexcept { return mem_; }
@@ -55,7 +84,13 @@ class executor {
       reqs.push_back(
           {std::vector<std::int32_t>(r.tokens.begin(), r.tokens.end()), r.cached, r.req_row});
     modules::deepseek::forward_context<B> ctx{*backend_, stream_, gemm_, mem_};
-    tensor_view const logits = model_.forward(ctx, reqs, kv, req_to_token);
+    tensor_view logits;
+    bool graphed = false;
+    if (graphs_ && graphs_->accepts(reqs)) {
+      logits = graphs_->forward(ctx, reqs, kv, req_to_token);
+      graphed = true;
+    }
+    if (!graphed) logits = model_.forward(ctx, reqs, kv, req_to_token);
 
     // Sample every row (a chunk that does not end its prompt draws too and is dropped: one
     // launch over [R, vocab] costs far less than the forward that produced it).
@@ -117,6 +152,7 @@ class executor {
   memory::cache_tensor_manager<B> mem_;
   kernels::gemm_context<B> gemm_;
   typename B::stream_type stream_;
+  std::optional<graphs_type> graphs_;  // after model_, which it refers to
 };
 
 }  // namespace lightcore::models::deepseek_v3

@@ -4,8 +4,12 @@
 // its req_to_token row; the forward writes the new tokens' KV and returns f32 logits.
 // Tensor parallelism: give the model a Communicator and the weights of its rank (weights.hpp);
 // the forward sums the row-parallel partial products over the ranks (see `model` below).
+// A step is a host part (the requests as device batch metadata) and a device part
+// (forward_device: device work only), so that decode-only steps replay CUDA graphs per batch
+// bucket (decode_graphs, at the end of this file).
 #pragma once
 
+#include <algorithm>
 #include <concepts>
 #include <cstdint>
 #include <optional>
@@ -16,6 +20,7 @@
 #include "kernels/embedding/embedding.hpp"
 #include "kernels/rope/yarn.hpp"
 #include "lightcore/core/tensor.hpp"
+#include "lightcore/graph/decode_graphs.hpp"
 #include "models/deepseek_v3/weights.hpp"
 #include "modules/deepseek/mla_attention.hpp"
 #include "modules/deepseek/mlp.hpp"
@@ -44,6 +49,20 @@ struct model_options {
   // per rank and all-reduced in bf16 (half the bytes). Default false (bf16). The MoE block's
   // partials are bf16 either way (moe_experts writes bf16).
   bool reduce_f32 = false;
+};
+
+// How decode-only steps run through CUDA graphs (decode_graphs below; the executor's option).
+// A batch of n rows replays the graph of the smallest bucket >= n; its rows past n are padding:
+// with a scratch row and slot they write their KV into that slot and attend over it alone
+// (length 1); without one, each repeats the batch's first row (same token, position and row: it
+// writes the very bytes that row writes into the same slot). Their logits rows are ignored.
+struct decode_graph_options {
+  bool enabled = true;           // the executor replays graphs for decode-only steps (CUDA only)
+  std::int64_t max_batch = 256;  // rows of the largest bucket (the executor: its max_rows)
+  // A req_to_token row no request uses and a KV slot no request holds, reserved for the padding
+  // rows (the graphs write the slot's id into the row's position 0); -1 (default): none.
+  std::int32_t scratch_row = -1;
+  std::int32_t scratch_slot = -1;
 };
 
 // The YaRN parameters of a config (no rope_scaling: factor 1, which is plain RoPE).
@@ -144,13 +163,111 @@ class model {
   // [T, vocab] for every new token in request order; under tensor parallelism with
   // logits_layout::vocab_shard, the rank's columns [R or T, vocab().size()]. The view lives in
   // `ctx.mem` until the next forward. Every rank calls it with the same requests.
+  // The host part (plan_step: the requests as batch metadata, uploaded from host vectors) runs
+  // first; the rest is forward_device's device work, plus the row gather of the lm head's input
+  // when the token rows are not in request order.
   tensor_view forward(context& ctx, std::vector<request_step> const& reqs,
                       std::vector<tensor_view> const& kv, tensor_view const& req_to_token,
                       bool all_positions = false) {
-    io::model_config const& c = config();
-    LC_CHECK(std::int64_t(kv.size()) == c.num_hidden_layers, "forward needs one KV pool per layer ("
-                                                                 << c.num_hidden_layers << "); got "
-                                                                 << kv.size());
+    check_pools(kv);
+    step_plan const p = plan_step(reqs);
+    auto upload = [&](char const* role, std::vector<std::int32_t> const& v) {
+      auto l = ctx.acquire(role, dtype::i32, {std::int64_t(v.size())});
+      backend_->copy(l.view().data(), v.data(), v.size() * 4, ctx.stream);
+      return l;
+    };
+    auto d_ids = upload("fwd.ids", p.ids), d_pos = upload("fwd.positions", p.positions),
+         d_tok_rows = upload("fwd.token_req_rows", p.token_rows),
+         d_prows = upload("fwd.prefill_rows", p.prefill_rows),
+         d_cuq = upload("fwd.cu_seqlens_q", p.cu_q), d_cuk = upload("fwd.cu_seqlens_k", p.cu_k),
+         d_drows = upload("fwd.decode_rows", p.decode_rows),
+         d_dlens = upload("fwd.decode_lens", p.decode_lens);
+    device_batch d;
+    d.ids = d_ids.view();
+    d.attn.tokens = std::int64_t(p.ids.size());
+    d.attn.prefill_tokens = p.cu_q.back();
+    d.attn.prefill_kv_tokens = p.cu_k.back();
+    d.attn.positions = d_pos.view();
+    d.attn.token_req_rows = d_tok_rows.view();
+    d.attn.req_to_token = req_to_token;
+    d.attn.prefill_req_rows = d_prows.view();
+    d.attn.cu_seqlens_q = d_cuq.view();
+    d.attn.cu_seqlens_k = d_cuk.view();
+    d.attn.decode_req_rows = d_drows.view();
+    d.attn.decode_seq_lens = d_dlens.view();
+
+    std::int64_t const t = d.attn.tokens, hidden = config().hidden_size;
+    std::int64_t const rows_out = all_positions ? t : std::int64_t(reqs.size());
+    tensor_view const logits = logits_buffer(ctx, rows_out);
+    auto xn = run_layers(ctx, d, kv);
+    // The lm head reads its rows in request order: xn itself when the token rows already are
+    // (every decode-only step), else a gather (rows were laid out prefill requests first).
+    bool const direct = p.in_order && rows_out == t;
+    if (direct) {
+      lm_head(ctx, xn.view(), logits);
+      return logits;
+    }
+    auto gathered = ctx.acquire("fwd.head_in", dtype::bf16, {rows_out, hidden});
+    std::int64_t o = 0;
+    for (std::size_t r = 0; r < reqs.size(); ++r) {
+      std::int64_t const from = all_positions ? p.first[r] : p.last[r];
+      std::int64_t const n = p.last[r] - from + 1;
+      backend_->copy(gathered.view().select(0, o).data(), xn.view().select(0, from).data(),
+                     std::size_t(n * hidden) * 2, ctx.stream);
+      o += n;
+    }
+    xn.reset();
+    lm_head(ctx, gathered.view(), logits);
+    return logits;
+  }
+
+  // The device part's inputs: the batch metadata already on the device. attn's cos_sin and
+  // softmax_scale are the model's and need not be set.
+  struct device_batch {
+    tensor_view ids;                          // [T] i32 token ids
+    modules::deepseek::attention_batch attn;  // the layout every layer reads
+  };
+
+  // The device part of a step: embedding, layers, final norm and lm head for every token row of
+  // `d`, logits [T, logits_columns()] f32 in token-row order. Pure device work ordered on
+  // ctx.stream (no host data, no pageable copy, no host synchronisation; the launch geometry
+  // depends on the row counts of `d` only), so a decode-only batch can be captured in a graph.
+  void forward_device(context& ctx, device_batch const& d, std::vector<tensor_view> const& kv,
+                      tensor_view const& logits) {
+    check_pools(kv);
+    LC_CHECK(logits.rank() == 2 && logits.size(0) == d.attn.tokens &&
+                 logits.size(1) == logits_columns() && logits.type() == dtype::f32,
+             "forward_device: logits must be [" << d.attn.tokens << ", " << logits_columns()
+                                                << "] f32; got " << logits);
+    auto xn = run_layers(ctx, d, kv);
+    lm_head(ctx, xn.view(), logits);
+  }
+
+  // Columns of the logits: the vocabulary, or this rank's shard with logits_layout::vocab_shard.
+  std::int64_t logits_columns() const noexcept {
+    return distributed && options_.logits == logits_layout::vocab_shard ? w_->vocab().size()
+                                                                        : config().vocab_size;
+  }
+  model_options const& options() const noexcept { return options_; }
+  B& backend() const noexcept { return *backend_; }
+
+  // The persistent logits buffer ("fwd.logits") viewed as [rows, logits_columns()]: its first
+  // request sizes it, so make the largest first.
+  tensor_view logits_buffer(context& ctx, std::int64_t rows) const {
+    return ctx.mem.persistent("fwd.logits", dtype::f32, {rows, logits_columns()});
+  }
+
+ private:
+  // The host part of a step: the requests as batch metadata, token rows laid out prefill
+  // requests first, then decode rows.
+  struct step_plan {
+    std::vector<std::int32_t> ids, positions, token_rows, prefill_rows, cu_q{0}, cu_k{0},
+        decode_rows, decode_lens;
+    std::vector<std::int64_t> first, last;  // each request's first and last token row
+    bool in_order = true;                   // token rows follow the requests' order
+  };
+
+  step_plan plan_step(std::vector<request_step> const& reqs) const {
     // Prefill requests first, then decode rows; `order` maps rows back to requests.
     std::vector<std::size_t> order;
     for (std::size_t r = 0; r < reqs.size(); ++r)
@@ -158,9 +275,9 @@ class model {
     std::size_t const n_prefill = order.size();
     for (std::size_t r = 0; r < reqs.size(); ++r)
       if (is_decode(reqs[r])) order.push_back(r);
-
-    std::vector<std::int32_t> ids, pos, rows, p_rows, cu_q{0}, cu_k{0}, d_rows, d_lens;
-    std::vector<std::int64_t> first(reqs.size()), last(reqs.size());
+    step_plan p;
+    p.first.resize(reqs.size());
+    p.last.resize(reqs.size());
     for (std::size_t i = 0; i < order.size(); ++i) {
       request_step const& r = reqs[order[i]];
       LC_CHECK(!r.tokens.empty(), "forward: request " << order[i] << " has no new tokens");
@@ -168,52 +285,45 @@ class model {
                "forward: request " << order[i] << " reaches position "
                                    << r.cached + std::int64_t(r.tokens.size()) - 1
                                    << "; allowed below max_positions " << options_.max_positions);
-      first[order[i]] = std::int64_t(ids.size());
+      p.in_order = p.in_order && order[i] == i;
+      p.first[order[i]] = std::int64_t(p.ids.size());
       for (std::size_t j = 0; j < r.tokens.size(); ++j) {
-        ids.push_back(r.tokens[j]);
-        pos.push_back(std::int32_t(r.cached + std::int64_t(j)));
-        rows.push_back(r.req_row);
+        p.ids.push_back(r.tokens[j]);
+        p.positions.push_back(std::int32_t(r.cached + std::int64_t(j)));
+        p.token_rows.push_back(r.req_row);
       }
-      last[order[i]] = std::int64_t(ids.size()) - 1;
+      p.last[order[i]] = std::int64_t(p.ids.size()) - 1;
       std::int32_t const len = std::int32_t(r.cached + std::int64_t(r.tokens.size()));
       if (i < n_prefill) {
-        p_rows.push_back(r.req_row);
-        cu_q.push_back(std::int32_t(ids.size()));
-        cu_k.push_back(cu_k.back() + len);
+        p.prefill_rows.push_back(r.req_row);
+        p.cu_q.push_back(std::int32_t(p.ids.size()));
+        p.cu_k.push_back(p.cu_k.back() + len);
       } else {
-        d_rows.push_back(r.req_row);
-        d_lens.push_back(len);
+        p.decode_rows.push_back(r.req_row);
+        p.decode_lens.push_back(len);
       }
     }
-    std::int64_t const t = std::int64_t(ids.size()), hidden = c.hidden_size;
-    auto upload = [&](char const* role, std::vector<std::int32_t> const& v) {
-      auto l = ctx.acquire(role, dtype::i32, {std::int64_t(v.size())});
-      backend_->copy(l.view().data(), v.data(), v.size() * 4, ctx.stream);
-      return l;
-    };
-    auto d_ids = upload("fwd.ids", ids), d_pos = upload("fwd.positions", pos),
-         d_tok_rows = upload("fwd.token_req_rows", rows),
-         d_prows = upload("fwd.prefill_rows", p_rows), d_cuq = upload("fwd.cu_seqlens_q", cu_q),
-         d_cuk = upload("fwd.cu_seqlens_k", cu_k), d_drows = upload("fwd.decode_rows", d_rows),
-         d_dlens = upload("fwd.decode_lens", d_lens);
-    modules::deepseek::attention_batch b;
-    b.tokens = t;
-    b.prefill_tokens = cu_q.back();
-    b.prefill_kv_tokens = cu_k.back();
-    b.positions = d_pos.view();
-    b.token_req_rows = d_tok_rows.view();
-    b.req_to_token = req_to_token;
-    b.prefill_req_rows = d_prows.view();
-    b.cu_seqlens_q = d_cuq.view();
-    b.cu_seqlens_k = d_cuk.view();
-    b.decode_req_rows = d_drows.view();
-    b.decode_seq_lens = d_dlens.view();
+    return p;
+  }
+
+  void check_pools(std::vector<tensor_view> const& kv) const {
+    LC_CHECK(std::int64_t(kv.size()) == config().num_hidden_layers,
+             "forward needs one KV pool per layer (" << config().num_hidden_layers << "); got "
+                                                     << kv.size());
+  }
+
+  // Embedding, decoder layers and final norm: the normed hidden states [T, hidden] bf16.
+  typename context::lease run_layers(context& ctx, device_batch const& d,
+                                     std::vector<tensor_view> const& kv) {
+    io::model_config const& c = config();
+    modules::deepseek::attention_batch b = d.attn;
     b.cos_sin = cos_sin_.view();
     b.softmax_scale = softmax_scale_;
+    std::int64_t const t = b.tokens, hidden = c.hidden_size;
 
     model_views const& v = w_->views();
     auto residual = ctx.acquire("fwd.residual", dtype::bf16, {t, hidden});
-    kernels::embedding(*backend_, d_ids.view(), v.embed, residual.view(),
+    kernels::embedding(*backend_, d.ids, v.embed, residual.view(),
                        {w_->vocab().start, c.vocab_size}, ctx.stream);
     if constexpr (distributed) comm_->all_reduce_sum(residual.view(), ctx.stream);
     auto xn = ctx.acquire("fwd.normed", dtype::bf16, {t, hidden});
@@ -271,42 +381,27 @@ class model {
       }
     }
     add_norm(v.norm);
-
-    std::int64_t const rows_out = all_positions ? t : std::int64_t(reqs.size());
-    bool const gather = distributed && options_.logits == logits_layout::full;
-    tensor_view const logits = ctx.mem.persistent(
-        "fwd.logits", dtype::f32, {rows_out, gather ? c.vocab_size : w_->vocab().size()});
-    typename context::lease gathered;
-    tensor_view head_in = xn.view();
-    if (all_positions) {
-      // Back to request order: rows were laid out prefill requests first.
-      gathered = ctx.acquire("fwd.head_in", dtype::bf16, {t, hidden});
-      std::int64_t o = 0;
-      for (std::size_t r = 0; r < reqs.size(); ++r) {
-        std::int64_t const n = last[r] - first[r] + 1;
-        backend_->copy(gathered.view().select(0, o).data(), xn.view().select(0, first[r]).data(),
-                       std::size_t(n * hidden) * 2, ctx.stream);
-        o += n;
-      }
-    } else {
-      gathered = ctx.acquire("fwd.head_in", dtype::bf16, {rows_out, hidden});
-      for (std::size_t r = 0; r < reqs.size(); ++r)
-        backend_->copy(gathered.view().select(0, std::int64_t(r)).data(),
-                       xn.view().select(0, last[r]).data(), std::size_t(hidden) * 2, ctx.stream);
-    }
-    head_in = gathered.view();
-    if (!gather) {
-      auto ws = ctx.gemm_workspace();
-      kernels::gemm(*backend_, ctx.gemm, head_in, v.lm_head, logits, ws.view(), ctx.stream);
-      return logits;
-    }
-    if constexpr (distributed) gather_logits(ctx, head_in, logits);
-    return logits;
+    return xn;
   }
 
- private:
+  // logits [rows, logits_columns()] = lm_head(head_in); all-gathered under tensor parallelism
+  // with logits_layout::full.
+  void lm_head(context& ctx, tensor_view const& head_in, tensor_view const& logits) {
+    if constexpr (distributed) {
+      if (options_.logits == logits_layout::full) {
+        gather_logits(ctx, head_in, logits);
+        return;
+      }
+    }
+    auto ws = ctx.gemm_workspace();
+    kernels::gemm(*backend_, ctx.gemm, head_in, w_->views().lm_head, logits, ws.view(), ctx.stream);
+  }
+
+ public:
+  // A decode row: one new token after a cached prefix.
   static bool is_decode(request_step const& r) { return r.tokens.size() == 1 && r.cached > 0; }
 
+ private:
   // logits [rows, vocab] = the ranks' vocab-sharded products, all-gathered. The shards are
   // ceil(vocab / world) columns but the last one (weights.hpp), so each rank writes its product
   // into a [rows, ceil(vocab / world)] block (columns past its shard unset, never read) and the
@@ -342,5 +437,181 @@ class model {
   C* comm_ = nullptr;                 // distributed only
   std::optional<Dispatch> dispatch_;  // built with the communicator (local: without one)
 };
+
+#if defined(LIGHTCORE_WITH_CUDA)
+
+// Decode-only steps of a model through one CUDA graph per batch bucket (decode_graph_options).
+// The host part fills the bucket's metadata (ids, positions, req rows, lengths) into one
+// persistent device buffer, copied on the stream before the launch; the graph holds the device
+// part (model::forward_device) over that buffer, with the logits in the persistent "fwd.logits".
+// The graphs are captured at the first step, largest bucket first, inside the manager's
+// graph_scope, and again whenever the KV pools or req_to_token move (their addresses are in the
+// graphs). One object per model and manager; not thread-safe.
+template <modules::deepseek::forward_communicator<backend::cuda> C =
+              modules::deepseek::no_communicator,
+          class Dispatch = modules::deepseek::default_moe_dispatch<C>>
+class decode_graphs {
+ public:
+  using model_type = model<backend::cuda, C, Dispatch>;
+  using context = typename model_type::context;
+
+  decode_graphs(model_type& m, decode_graph_options const& o)
+      : model_(&m), options_(o), graphs_(o.max_batch) {
+    LC_CHECK((o.scratch_row < 0) == (o.scratch_slot < 0),
+             "decode_graphs: scratch_row " << o.scratch_row << " and scratch_slot "
+                                           << o.scratch_slot
+                                           << " must both be set (>= 0) or both be -1");
+    host_.assign(std::size_t(inputs * graphs_.max_batch()), 0);
+  }
+
+  decode_graph_options const& options() const noexcept { return options_; }
+  graph::bucket_graphs const& graphs() const noexcept { return graphs_; }
+
+  // Whether forward() takes this step: every request a decode row, 1..max_batch of them.
+  bool accepts(std::vector<request_step> const& reqs) const {
+    return !reqs.empty() && std::int64_t(reqs.size()) <= graphs_.max_batch() &&
+           std::all_of(reqs.begin(), reqs.end(), model_type::is_decode);
+  }
+
+  // The step through its bucket's graph: logits [n, logits_columns()] f32 for the n requests in
+  // their order, in "fwd.logits" (valid until the next step). Same inputs as model::forward.
+  tensor_view forward(context& ctx, std::vector<request_step> const& reqs,
+                      std::vector<tensor_view> const& kv, tensor_view const& req_to_token) {
+    check(reqs);
+    bind(ctx, kv, req_to_token);
+    std::int64_t const bucket = stage(ctx, reqs, req_to_token);
+    graphs_.replay(bucket, ctx.stream);
+    return model_->logits_buffer(ctx, std::int64_t(reqs.size()));
+  }
+
+  // The same work as forward() without a graph (same bucket, padding and kernels): what a replay
+  // must reproduce bit for bit.
+  tensor_view forward_eager(context& ctx, std::vector<request_step> const& reqs,
+                            std::vector<tensor_view> const& kv, tensor_view const& req_to_token) {
+    check(reqs);
+    prepare(ctx, req_to_token);
+    std::int64_t const bucket = stage(ctx, reqs, req_to_token);
+    model_->forward_device(ctx, batch(bucket, req_to_token), kv,
+                           model_->logits_buffer(ctx, graphs_.max_batch()).slice(0, 0, bucket));
+    return model_->logits_buffer(ctx, std::int64_t(reqs.size()));
+  }
+
+ private:
+  // Rows of the persistent input buffer [inputs, max_batch] i32.
+  static constexpr std::int64_t inputs = 4;
+  enum row : std::int64_t { ids, positions, req_rows, lengths };
+
+  void check(std::vector<request_step> const& reqs) const {
+    LC_CHECK(accepts(reqs), "decode_graphs: a step of "
+                                << reqs.size() << " requests is not decode-only or exceeds "
+                                << graphs_.max_batch()
+                                << " rows; allowed: 1..max_batch requests of one new token "
+                                   "after a cached prefix each");
+  }
+
+  // Sizes the persistent buffers (largest first) and writes the scratch row's entry.
+  void prepare(context& ctx, tensor_view const& req_to_token) {
+    LC_CHECK(mem_ == nullptr || mem_ == &ctx.mem,
+             "decode_graphs: one object serves one cache_tensor_manager");
+    if (mem_ == nullptr) {
+      mem_ = &ctx.mem;
+      model_->logits_buffer(ctx, graphs_.max_batch());
+      device_ =
+          ctx.mem.persistent("graph.decode_inputs", dtype::i32, {inputs, graphs_.max_batch()});
+    }
+    if (options_.scratch_row < 0) return;
+    LC_CHECK(options_.scratch_row < req_to_token.size(0),
+             "decode_graphs: scratch_row " << options_.scratch_row << " is outside req_to_token "
+                                           << req_to_token);
+    auto* const entry =
+        static_cast<std::int32_t*>(req_to_token.select(0, options_.scratch_row).data());
+    model_->backend().copy(entry, &options_.scratch_slot, sizeof(std::int32_t), ctx.stream);
+  }
+
+  // Captures every bucket unless the graphs were captured over these very buffers.
+  void bind(context& ctx, std::vector<tensor_view> const& kv, tensor_view const& req_to_token) {
+    std::vector<void const*> where{req_to_token.data()};
+    for (tensor_view const& v : kv) where.push_back(v.data());
+    if (graphs_.captured() && where == bound_ && req_to_token.shape() == bound_table_) return;
+    prepare(ctx, req_to_token);
+    if (options_.scratch_slot >= 0)
+      for (tensor_view const& v : kv)
+        LC_CHECK(options_.scratch_slot < v.size(0), "decode_graphs: scratch_slot "
+                                                        << options_.scratch_slot
+                                                        << " is outside the KV pool " << v);
+    tensor_view const logits = model_->logits_buffer(ctx, graphs_.max_batch());
+    graphs_.capture(ctx.mem, ctx.stream, [&](std::int64_t rows) {
+      model_->forward_device(ctx, batch(rows, req_to_token), kv, logits.slice(0, 0, rows));
+    });
+    bound_ = std::move(where);
+    bound_table_ = req_to_token.shape();
+  }
+
+  // The host part: the requests and the bucket's padding rows into the input buffer, copied on
+  // the stream. Returns the bucket.
+  std::int64_t stage(context& ctx, std::vector<request_step> const& reqs,
+                     tensor_view const& req_to_token) {
+    std::int64_t const n = std::int64_t(reqs.size()), bucket = graphs_.bucket_for(n);
+    std::int64_t const stride = graphs_.max_batch();
+    auto at = [&](row r, std::int64_t i) -> std::int32_t& {
+      return host_[std::size_t(r * stride + i)];
+    };
+    for (std::int64_t i = 0; i < bucket; ++i) {
+      if (i < n) {
+        request_step const& r = reqs[std::size_t(i)];
+        LC_CHECK(
+            r.cached + 1 <= model_->options().max_positions && r.cached + 1 <= req_to_token.size(1),
+            "decode_graphs: request "
+                << i << " reaches position " << r.cached << "; allowed below max_positions "
+                << model_->options().max_positions << " and the columns of req_to_token "
+                << req_to_token.size(1));
+        LC_CHECK(r.req_row >= 0 && r.req_row < req_to_token.size(0),
+                 "decode_graphs: request " << i << " has req_row " << r.req_row << "; allowed: 0.."
+                                           << req_to_token.size(0) - 1);
+        at(ids, i) = r.tokens[0];
+        at(positions, i) = std::int32_t(r.cached);
+        at(req_rows, i) = r.req_row;
+        at(lengths, i) = std::int32_t(r.cached + 1);
+      } else if (options_.scratch_row >= 0) {
+        at(ids, i) = 0;
+        at(positions, i) = 0;
+        at(req_rows, i) = options_.scratch_row;
+        at(lengths, i) = 1;
+      } else {
+        for (row r : {ids, positions, req_rows, lengths}) at(r, i) = at(r, 0);
+      }
+    }
+    // Pageable memory: the copy is staged before the call returns, so host_ may change after.
+    model_->backend().copy(device_.data(), host_.data(), host_.size() * sizeof(std::int32_t),
+                           ctx.stream);
+    return bucket;
+  }
+
+  // The device metadata of a bucket of `rows` decode rows.
+  typename model_type::device_batch batch(std::int64_t rows,
+                                          tensor_view const& req_to_token) const {
+    typename model_type::device_batch d;
+    auto input = [&](row r) { return device_.select(0, r).slice(0, 0, rows); };
+    d.ids = input(ids);
+    d.attn.tokens = rows;
+    d.attn.positions = input(positions);
+    d.attn.token_req_rows = input(req_rows);
+    d.attn.req_to_token = req_to_token;
+    d.attn.decode_req_rows = input(req_rows);
+    d.attn.decode_seq_lens = input(lengths);
+    return d;
+  }
+
+  model_type* model_;
+  decode_graph_options options_;
+  graph::bucket_graphs graphs_;
+  memory::cache_tensor_manager<backend::cuda>* mem_ = nullptr;
+  tensor_view device_;              // [inputs, max_batch] i32, persistent
+  std::vector<std::int32_t> host_;  // its host image
+  std::vector<void const*> bound_;  // req_to_token and the KV pools the graphs were captured on
+  dims bound_table_;
+};
+
+#endif  // LIGHTCORE_WITH_CUDA
 
 }  // namespace lightcore::models::deepseek_v3
