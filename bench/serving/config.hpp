@@ -17,6 +17,8 @@ struct run_config {
   std::string path = "/v1/completions";  // endpoint (OpenAI completions, streaming)
   std::string model = "";                // "model" field of the request; omitted when empty
   int num_clients = 8;                   // concurrent closed-loop clients (threads)
+  double request_rate = 0.0;             // requests/s of an open loop (Poisson); 0: closed loop
+  int max_concurrency = 1024;            // open loop: requests in flight at most (threads)
   std::int64_t num_requests = 256;       // measured requests; 0: no count limit (duration)
   double duration_s = 0.0;               // measured phase length, seconds; 0: no limit
   std::int64_t warmup_requests = 0;      // requests sent first and left out of the stats
@@ -35,6 +37,12 @@ inline void validate(run_config const& c) {
            "path '" << c.path << "' is not allowed; it must start with '/'");
   LC_CHECK(c.num_clients >= 1 && c.num_clients <= 4096,
            "num_clients " << c.num_clients << " is not allowed; it must be in [1, 4096]");
+  LC_CHECK(
+      c.request_rate >= 0.0 && c.request_rate < 1e7,
+      "request rate " << c.request_rate
+                      << " is not allowed; it must be in [0, 1e7) requests/s (0: closed loop)");
+  LC_CHECK(c.max_concurrency >= 1 && c.max_concurrency <= 16384,
+           "max_concurrency " << c.max_concurrency << " is not allowed; it must be in [1, 16384]");
   LC_CHECK(c.num_requests >= 0,
            "num_requests " << c.num_requests << " is not allowed; it must be >= 0");
   LC_CHECK(c.duration_s >= 0.0,

@@ -1,5 +1,8 @@
-// The closed-loop load generator: num_clients threads, each with its own keep-alive HTTP client,
-// send streaming /v1/completions requests back to back and time every token chunk.
+// The load generator. Closed loop: num_clients threads, each with its own keep-alive HTTP client,
+// send streaming /v1/completions requests back to back. Open loop (request_rate > 0): requests
+// arrive as a Poisson process, each on its own thread and connection, at most max_concurrency
+// in flight (a request due while the cap is reached waits for a free one). Every token chunk is
+// timed.
 #pragma once
 
 #include <httplib.h>
@@ -8,6 +11,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <exception>
 #include <limits>
@@ -18,8 +22,10 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <tuple>
 #include <vector>
 
+#include "bench/serving/arrivals.hpp"
 #include "bench/serving/config.hpp"
 #include "bench/serving/sse_parser.hpp"
 #include "bench/serving/stats.hpp"
@@ -31,6 +37,7 @@ namespace lightcore::loadgen {
 struct run_output {
   run_stats stats;
   std::vector<request_result> results;
+  std::int64_t late_requests = 0;  // open loop: sent more than 1 ms after they were due
 };
 
 namespace detail {
@@ -224,6 +231,65 @@ inline std::pair<std::vector<request_result>, double> run_phase(
   return {std::move(results), wall};
 }
 
+inline std::unique_ptr<httplib::Client> make_client(run_config const& c) {
+  auto cli = std::make_unique<httplib::Client>(c.host, c.port);
+  cli->set_keep_alive(true);
+  cli->set_decompress(false);
+  // httplib writes headers and body in separate sends; with Nagle's algorithm the body would
+  // wait for the server's delayed ACK (~40 ms) on a reused connection, inflating TTFT.
+  cli->set_tcp_nodelay(true);
+  cli->set_connection_timeout(
+      std::chrono::microseconds(std::int64_t(std::llround(c.connect_timeout_s * 1e6))));
+  cli->set_read_timeout(
+      std::chrono::microseconds(std::int64_t(std::llround(c.read_timeout_s * 1e6))));
+  cli->set_write_timeout(
+      std::chrono::microseconds(std::int64_t(std::llround(c.read_timeout_s * 1e6))));
+  return cli;
+}
+
+// One open-loop phase: request k (index first_index + k) is due at arrivals[k] seconds; it is
+// sent on a new thread and connection as soon as fewer than max_concurrency are in flight.
+// start_s records when it was sent; `late` counts requests sent more than 1 ms after they were
+// due (the cap, or a client machine too slow for the rate).
+inline std::pair<std::vector<request_result>, double> run_open_phase(
+    run_config const& c, workload const& wl, std::uint64_t first_index,
+    std::vector<double> const& arrivals, std::ostream* log, std::int64_t* late) {
+  std::mutex mutex;
+  std::condition_variable freed;
+  int in_flight = 0;
+  std::vector<request_result> results(arrivals.size());
+  std::vector<std::thread> threads;
+  threads.reserve(arrivals.size());
+  std::int64_t n_late = 0;
+  auto const origin = clock::now();
+  for (std::size_t k = 0; k < arrivals.size(); ++k) {
+    auto const due = origin + std::chrono::duration_cast<clock::duration>(
+                                  std::chrono::duration<double>(arrivals[k]));
+    std::this_thread::sleep_until(due);
+    {
+      std::unique_lock lock(mutex);
+      freed.wait(lock, [&] { return in_flight < c.max_concurrency; });
+      ++in_flight;
+    }
+    if (clock::now() - due > std::chrono::milliseconds(1)) ++n_late;
+    threads.emplace_back([&, k] {
+      auto cli = make_client(c);
+      cli->set_keep_alive(false);
+      results[k] = send_one(*cli, c, wl.request(first_index + k), origin);
+      std::lock_guard const lock(mutex);
+      --in_flight;
+      freed.notify_one();
+    });
+    if (log != nullptr && (k + 1) % std::max<std::size_t>(1, arrivals.size() / 10) == 0)
+      *log << "open loop: " << (k + 1) << " requests sent after "
+           << seconds_between(origin, clock::now()) << " s\n";
+  }
+  for (std::thread& t : threads) t.join();
+  double const wall = seconds_between(origin, clock::now());
+  if (late != nullptr) *late = n_late;
+  return {std::move(results), wall};
+}
+
 }  // namespace detail
 
 // Runs the benchmark: the warm-up requests (all finished before measuring starts), then the
@@ -233,27 +299,22 @@ inline run_output run(run_config const& c, std::ostream* log = nullptr) {
   validate(c);
   workload const wl(c.workload);
   std::vector<std::unique_ptr<httplib::Client>> clients;
-  for (int i = 0; i < c.num_clients; ++i) {
-    auto cli = std::make_unique<httplib::Client>(c.host, c.port);
-    cli->set_keep_alive(true);
-    cli->set_decompress(false);
-    // httplib writes headers and body in separate sends; with Nagle's algorithm the body would
-    // wait for the server's delayed ACK (~40 ms) on a reused connection, inflating TTFT.
-    cli->set_tcp_nodelay(true);
-    cli->set_connection_timeout(
-        std::chrono::microseconds(std::int64_t(std::llround(c.connect_timeout_s * 1e6))));
-    cli->set_read_timeout(
-        std::chrono::microseconds(std::int64_t(std::llround(c.read_timeout_s * 1e6))));
-    cli->set_write_timeout(
-        std::chrono::microseconds(std::int64_t(std::llround(c.read_timeout_s * 1e6))));
-    clients.push_back(std::move(cli));
-  }
+  for (int i = 0; i < c.num_clients; ++i) clients.push_back(detail::make_client(c));
   if (c.warmup_requests > 0) {
     detail::run_phase(clients, c, wl, 0, c.warmup_requests, 0.0, log, "warm-up");
   }
-  auto [results, wall] = detail::run_phase(clients, c, wl, std::uint64_t(c.warmup_requests),
-                                           c.num_requests, c.duration_s, log, "measured");
   run_output out;
+  std::vector<request_result> results;
+  double wall = 0.0;
+  if (c.request_rate > 0.0) {
+    auto const arrivals =
+        arrival_times(c.workload.seed, c.request_rate, c.num_requests, c.duration_s);
+    std::tie(results, wall) = detail::run_open_phase(c, wl, std::uint64_t(c.warmup_requests),
+                                                     arrivals, log, &out.late_requests);
+  } else {
+    std::tie(results, wall) = detail::run_phase(clients, c, wl, std::uint64_t(c.warmup_requests),
+                                                c.num_requests, c.duration_s, log, "measured");
+  }
   out.stats = aggregate(results, wall, c.slo);
   out.results = std::move(results);
   return out;

@@ -86,6 +86,19 @@ std::vector<flag> make_flags() {
         o.run.num_clients = parse_number<int>("--num-clients", v);
       });
   add(
+      "--request-rate", "R",
+      "open loop: Poisson arrivals at R requests/s, each on its own connection (0: closed loop)",
+      [](cli_options const& o) { return show_double(o.run.request_rate); },
+      [](cli_options& o, std::string const& v) {
+        o.run.request_rate = parse_number<double>("--request-rate", v);
+      });
+  add(
+      "--max-concurrency", "N", "open loop: requests in flight at most",
+      [](cli_options const& o) { return std::to_string(o.run.max_concurrency); },
+      [](cli_options& o, std::string const& v) {
+        o.run.max_concurrency = parse_number<int>("--max-concurrency", v);
+      });
+  add(
       "--num-requests", "N", "measured requests (0: until --duration ends)",
       [](cli_options const& o) { return std::to_string(o.run.num_requests); },
       [](cli_options& o, std::string const& v) {
@@ -238,6 +251,9 @@ int main(int argc, char** argv) {
   try {
     auto const out = lightcore::loadgen::run(opt.run, opt.quiet ? nullptr : &std::cerr);
     lightcore::loadgen::print_table(std::cout, opt.run, out.stats);
+    if (opt.run.request_rate > 0.0)
+      std::cout << "open loop at " << opt.run.request_rate << " requests/s: " << out.late_requests
+                << " requests sent more than 1 ms late\n";
     if (!opt.json_path.empty()) {
       std::ofstream file(opt.json_path);
       LC_CHECK(file, "cannot open '" << opt.json_path << "' for writing the JSON report");

@@ -9,8 +9,10 @@
 #include <exception>
 #include <iostream>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
+#include "engine_stats.hpp"
 #include "lightcore/backend/cpu.hpp"
 #include "lightcore/engine/engine.hpp"
 #include "lightcore/ipc/request_table.hpp"
@@ -61,6 +63,116 @@ std::int64_t kv_capacity(B& backend, engine_options const& o, std::size_t bytes_
   }
 }
 
+// The engine's state after a step (or when it went idle) into the stats block.
+template <class Engine>
+void publish(Engine const& eng, engine_stats_values& sv, std::uint64_t rows) {
+  engine::engine_stats const st = eng.stats();
+  auto const relaxed = std::memory_order_relaxed;
+  std::uint64_t const steps = sv.steps.load(relaxed);
+  if (st.steps != steps) {
+    sv.last_rows.store(rows, relaxed);
+    sv.last_forward_tokens.store(std::uint64_t(st.forward_tokens) - sv.forward_tokens.load(relaxed),
+                                 relaxed);
+  }
+  sv.forward_tokens.store(std::uint64_t(st.forward_tokens), relaxed);
+  sv.kv_used.store(std::uint64_t(st.kv.used), relaxed);
+  sv.cached_tokens.store(std::uint64_t(st.cached_tokens), relaxed);
+  sv.prefix_query_tokens.store(std::uint64_t(st.prefix.query_tokens), relaxed);
+  sv.prefix_hit_tokens.store(std::uint64_t(st.prefix.hit_tokens), relaxed);
+  sv.running.store(eng.scheduler().running().size(), relaxed);
+  sv.waiting.store(eng.scheduler().queued().size(), relaxed);
+  sv.steps.store(st.steps, relaxed);
+}
+
+// A token of the mock engine: a fixed function of the prompt and the output index, never one of
+// the request's stop ids (so it never ends early), in [0, vocab).
+std::int32_t mock_token(std::uint64_t prompt_hash, std::int64_t index, std::int64_t vocab,
+                        wire_params const& p) {
+  std::uint64_t x = prompt_hash + 0x9e3779b97f4a7c15ull * std::uint64_t(index + 1);
+  x ^= x >> 31;
+  x *= 0xbf58476d1ce4e5b9ull;
+  x ^= x >> 29;
+  auto t = std::int32_t(x % std::uint64_t(vocab));
+  auto const* const stop_end = p.stop_ids + std::clamp(p.stop_count, 0, max_stop_token_ids);
+  while (std::find(p.stop_ids, stop_end, t) != stop_end) t = std::int32_t((t + 1) % vocab);
+  return t;
+}
+
+// The mock engine: no model, no scheduler. Every live request is admitted at once and gets one
+// token per step until max_new_tokens.
+int serve_mock(engine_options const& o) {
+  table_type table = table_type::open(o.table_name);
+  engine_stats_block stats = engine_stats_block::open(o.stats_name);
+  engine_stats_values& sv = stats.values();
+  LC_CHECK(o.mock_vocab >= 2, "the mock engine needs a vocabulary of at least 2 tokens");
+  std::cerr << "engine: mock (no model), vocab " << o.mock_vocab << "\n";
+  if (o.ready_fd >= 0) {
+    char const byte = 1;
+    LC_CHECK(::write(o.ready_fd, &byte, 1) == 1, "cannot report readiness to the front end");
+    ::close(o.ready_fd);
+  }
+  struct live {
+    ipc::slot_handle slot;
+    std::uint64_t id = 0;
+    std::uint64_t prompt_hash = 0;
+    std::int64_t produced = 0;
+    wire_params params;
+    bool done = false;
+  };
+  std::vector<live> lives;
+  std::vector<std::int32_t> one(1);
+  std::vector<float> const zero_lp(1, 0.0f);
+  std::uint64_t steps = 0, forward = 0;
+  auto const relaxed = std::memory_order_relaxed;
+  auto end = [&](live& l, ipc::finish_reason why) {
+    table.finish(l.slot, why);
+    table.release(l.slot);
+    l.done = true;
+  };
+  for (;;) {
+    auto first = table.next_event(lives.empty() ? ipc::no_timeout : std::chrono::nanoseconds(0));
+    for (auto ev = first; ev; ev = table.next_event(std::chrono::nanoseconds(0))) {
+      ipc::slot_handle const h = ev->slot;
+      if (ev->what == ipc::table_event::kind::abort_requested) {
+        for (live& l : lives)
+          if (!l.done && l.slot == h) end(l, ipc::finish_reason::abort);
+        continue;
+      }
+      live l;
+      l.slot = h;
+      l.id = table.request_id(h);
+      l.params = table.params(h);
+      l.prompt_hash = 1469598103934665603ull;  // FNV-1a over the prompt ids
+      for (std::int32_t const t : table.prompt(h))
+        l.prompt_hash = (l.prompt_hash ^ std::uint32_t(t)) * 1099511628211ull;
+      table.start(h);
+      stats.admitted_ns(h.index).store(engine_stats_block::now_ns(), relaxed);
+      if (table.abort_requested(h)) {
+        end(l, ipc::finish_reason::abort);
+        continue;
+      }
+      lives.push_back(l);
+    }
+    std::erase_if(lives, [](live const& l) { return l.done; });
+    std::uint64_t const rows = lives.size();
+    for (live& l : lives) {
+      one[0] = mock_token(l.prompt_hash, l.produced, o.mock_vocab, l.params);
+      table.append_output(l.slot, one, zero_lp);
+      if (++l.produced >= l.params.max_new_tokens) end(l, ipc::finish_reason::length);
+    }
+    std::erase_if(lives, [](live const& l) { return l.done; });
+    if (rows > 0) {
+      ++steps;
+      forward += rows;
+      sv.last_rows.store(rows, relaxed);
+      sv.last_forward_tokens.store(rows, relaxed);
+    }
+    sv.forward_tokens.store(forward, relaxed);
+    sv.running.store(lives.size(), relaxed);
+    sv.steps.store(steps, relaxed);
+  }
+}
+
 template <Backend B>
 int serve(B& backend, engine_options const& o) {
   table_type table = table_type::open(o.table_name);
@@ -100,10 +212,17 @@ int serve(B& backend, engine_options const& o) {
     ::close(o.ready_fd);
   }
 
+  engine_stats_block stats = engine_stats_block::open(o.stats_name);
+  engine_stats_values& sv = stats.values();
+  sv.kv_capacity.store(std::uint64_t(ec.kv.capacity), std::memory_order_relaxed);
+
   std::unordered_map<std::uint64_t, ipc::slot_handle> slots;  // request id -> its record
+  std::unordered_set<std::uint64_t> pending;  // submitted, not yet admitted by the scheduler
+  std::unordered_set<std::uint64_t> running_now;
   auto end_request = [&](std::uint64_t id, ipc::finish_reason why) {
     auto it = slots.find(id);
     if (it == slots.end()) return;
+    pending.erase(id);
     table.finish(it->second, why);
     table.release(it->second);
     slots.erase(it);
@@ -134,6 +253,7 @@ int serve(B& backend, engine_options const& o) {
     }
     table.start(h);
     slots.emplace(id, h);
+    pending.insert(id);
     if (table.abort_requested(h) && eng.abort(id)) end_request(id, ipc::finish_reason::abort);
   };
 
@@ -143,9 +263,29 @@ int serve(B& backend, engine_options const& o) {
     // Block while idle; otherwise take what has arrived and step.
     auto first = table.next_event(eng.idle() ? ipc::no_timeout : std::chrono::nanoseconds(0));
     for (auto ev = first; ev; ev = table.next_event(std::chrono::nanoseconds(0))) on_event(*ev);
-    if (eng.idle()) continue;
+    if (eng.idle()) {
+      publish(eng, sv, 0);
+      continue;
+    }
     try {
-      for (engine::token_event const& t : eng.step()) {
+      std::uint64_t const step_start = engine_stats_block::now_ns();
+      auto const events = eng.step();
+      // Admissions: a pending request the scheduler now runs (or that already sampled) was
+      // admitted by this step; its queue time ends at the step's start.
+      if (!pending.empty()) {
+        running_now.clear();
+        for (std::uint64_t const id : eng.scheduler().running()) running_now.insert(id);
+        for (engine::token_event const& t : events) running_now.insert(t.id);
+        for (auto it = pending.begin(); it != pending.end();) {
+          if (running_now.contains(*it)) {
+            stats.admitted_ns(slots.at(*it).index).store(step_start, std::memory_order_relaxed);
+            it = pending.erase(it);
+          } else {
+            ++it;
+          }
+        }
+      }
+      for (engine::token_event const& t : events) {
         auto it = slots.find(t.id);
         if (it == slots.end()) continue;
         one[0] = t.token;
@@ -153,6 +293,7 @@ int serve(B& backend, engine_options const& o) {
         table.append_output(it->second, one, one_lp);
         if (t.finished != engine::finish_reason::none) end_request(t.id, to_table(t.finished));
       }
+      publish(eng, sv, std::uint64_t(events.size()));
     } catch (std::exception const& e) {
       std::cerr << "engine: a step failed: " << e.what() << "\n";
       for (auto const& [id, h] : slots) {
@@ -168,6 +309,7 @@ int serve(B& backend, engine_options const& o) {
 
 int run_engine(engine_options const& o) {
   try {
+    if (o.mock) return serve_mock(o);
     bool use_cuda = o.device == "cuda";
 #if defined(LIGHTCORE_WITH_CUDA)
     if (o.device == "auto") use_cuda = backend::cuda::device_count() > 0;

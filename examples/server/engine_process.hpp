@@ -1,7 +1,10 @@
 // The engine process of the reference server: it opens the front end's request table, loads the
 // model on its device, and runs the engine loop: take submissions and aborts from the table,
-// step, publish each sampled token into its request's record. It blocks on the table's futex
-// when there is no work, and never spins.
+// step, publish each sampled token into its request's record, and its stats into the stats
+// block. It blocks on the table's futex when there is no work, and never spins. The mock engine
+// (options.mock) runs no model: every step emits one token per live request (a fixed function of
+// the prompt and the index, never a stop id), as fast as it can, so that the front end and the
+// IPC can be measured alone.
 #pragma once
 
 #include <cstdint>
@@ -12,6 +15,9 @@ namespace lightcore::server {
 
 struct engine_options {
   std::string table_name;            // the request table's shm name (from the front end)
+  std::string stats_name;            // the engine stats block's shm name (engine_stats.hpp)
+  bool mock = false;                 // run no model: one token per live request per step
+  std::int64_t mock_vocab = 129280;  // tokens: the mock's ids lie in [0, mock_vocab)
   std::string device = "auto";       // "cpu", "cuda" or "auto" (cuda when a GPU is visible)
   std::filesystem::path model;       // a checkpoint directory; empty: dummy weights of config
   std::filesystem::path config;      // config.json for dummy weights

@@ -2,8 +2,12 @@
 // (whole or streamed).
 #include "frontend.hpp"
 
+#include <arpa/inet.h>
 #include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <iostream>
@@ -25,51 +29,88 @@ double seconds_since(clock_type::time_point t) {
   return std::chrono::duration<double>(clock_type::now() - t).count();
 }
 
+std::uint64_t steady_ns(clock_type::time_point t) {
+  return std::uint64_t(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count());
+}
+
 void reply_error(httplib::Response& res, api_error const& e) {
   res.status = e.status;
   res.set_content(dump(error_body(e)), "application/json");
 }
 
 api_error busy_error(std::uint32_t slots) {
-  return {
-      503,
-      "the server holds its limit of " + std::to_string(slots) + " requests in flight; retry later",
-      "", "server_busy", "server_busy"};
+  return {429,
+          "the server holds its limit of " + std::to_string(slots) +
+              " requests in flight (--slots); retry later",
+          "", "rate_limit_error", "server_busy"};
+}
+
+api_error engine_down() {
+  return {503, "the engine process is not running", "", "server_error", "engine_unavailable"};
 }
 
 }  // namespace
 
-// One request in flight: its slot in the table, the text built from its output so far.
+// One request in flight (one choice of a reply): its slot in the table, the text built from its
+// output so far. reserve() takes a slot, start() submits into it.
 class frontend::generation {
  public:
-  generation(frontend& f, generation_request const& req)
-      : f_(f), req_(req), detok_(f.tok_, req.skip_special_tokens), stops_(req.stop) {}
+  enum class progress { none, tokens, ended };
+
+  generation(frontend& f, generation_request const& req, clock_type::time_point arrival,
+             std::int32_t index, waiter* group)
+      : f_(f),
+        req_(req),
+        detok_(f.tok_, req.skip_special_tokens),
+        stops_(req.stop),
+        arrival_(arrival),
+        index_(index),
+        group_(group) {}
 
   ~generation() {
     if (!slot_) return;
+    waiter& own = *f_.waiters_[slot_->index];
+    if (group_ != nullptr) {
+      std::lock_guard g(own.m);
+      own.target = nullptr;  // the group waiter may go before the slot is reused
+    }
+    if (!started_) {  // reserved only: nobody else holds the slot
+      f_.table_->release(*slot_);
+      return;
+    }
     if (!done_) {
       f_.table_->request_abort(*slot_);  // the client went away: the engine frees its KV
       reason_ = finish_reason::abort;
     }
     f_.metrics_.record_finished(reason_, std::int64_t(req_.prompt_ids.size()), read_,
-                                seconds_since(start_));
+                                seconds_since(arrival_));
     f_.table_->release(*slot_);
-    f_.metrics_.requests_running.dec();
+    f_.metrics_.requests_in_flight.dec();
   }
   generation(generation const&) = delete;
   generation& operator=(generation const&) = delete;
 
-  // Puts the request into the table; an error (busy, too many stop ids) instead.
-  std::optional<api_error> submit() {
-    if (!f_.engine_alive())
-      return api_error{503, "the engine process is not running", "", "server_error", ""};
-    if (req_.logprobs && req_.top_logprobs > 0)
-      return api_error{400,
-                       "top_logprobs > 0 is not supported by this server (the chosen token's "
-                       "logprob is); allowed: 0",
-                       "top_logprobs", "invalid_request_error", ""};
+  // Takes a table slot; false when every slot is in use.
+  bool reserve() {
+    auto h = f_.table_->allocate_slot();
+    if (!h) return false;
+    slot_ = *h;
+    if (group_ != nullptr) {
+      waiter& own = *f_.waiters_[h->index];
+      std::lock_guard g(own.m);
+      own.target = group_;
+    }
+    return true;
+  }
+
+  // Submits the request into its reserved slot; an error (too many stop ids) instead. The
+  // parsers have checked the prompt and max_tokens against the limits the table was sized from.
+  std::optional<api_error> start() {
     wire_params p;
     p.sampling = req_.sampling;
+    // Choice i of a seeded request samples with seed + i: reproducible, and the choices differ.
+    p.sampling.seed = req_.sampling.seed + std::uint64_t(index_);
     p.sampling.num_logprobs = req_.logprobs ? 0 : -1;
     p.max_new_tokens = req_.max_new_tokens;
     std::vector<std::int32_t> stop_ids(req_.stop_token_ids.begin(), req_.stop_token_ids.end());
@@ -80,69 +121,66 @@ class frontend::generation {
                        "too many stop token ids (" + std::to_string(stop_ids.size()) +
                            " with EOS); allowed: at most " + std::to_string(max_stop_token_ids),
                        "stop_token_ids", "invalid_request_error", ""};
-    if (req_.prompt_ids.size() > f_.table_->config().max_prompt)
-      return api_error{413,
-                       "the prompt has " + std::to_string(req_.prompt_ids.size()) +
-                           " tokens; allowed: at most " +
-                           std::to_string(f_.table_->config().max_prompt),
-                       "prompt", "invalid_request_error", ""};
-    if (std::uint32_t(req_.max_new_tokens) > f_.table_->config().max_output)
-      return api_error{400,
-                       "max_tokens " + std::to_string(req_.max_new_tokens) +
-                           " exceeds the server's limit of " +
-                           std::to_string(f_.table_->config().max_output),
-                       "max_tokens", "invalid_request_error", ""};
     p.stop_count = std::int32_t(stop_ids.size());
     std::copy(stop_ids.begin(), stop_ids.end(), p.stop_ids);
-    auto h = f_.table_->allocate_slot();
-    if (!h) return busy_error(f_.table_->config().slots);
-    slot_ = *h;
-    f_.metrics_.requests_running.inc();
-    f_.table_->write_prompt(*h, req_.prompt_ids);
-    f_.table_->submit(*h, f_.next_id_.fetch_add(1), p);
-    start_ = clock_type::now();
+    f_.stats_->admitted_ns(slot_->index).store(0, std::memory_order_relaxed);
+    f_.table_->write_prompt(*slot_, req_.prompt_ids);
+    f_.table_->submit(*slot_, f_.next_id_.fetch_add(1), p);
+    started_ = true;
+    f_.metrics_.requests_in_flight.inc();
     return std::nullopt;
   }
 
-  // Waits for output past what was read; appends the new ids and their logprobs. Returns false
-  // once the request has ended (reason() and error() say how) and nothing more will come.
-  bool next(std::vector<std::int32_t>& ids, std::vector<float>& lps) {
-    if (done_) return false;
-    waiter& w = *f_.waiters_[slot_->index];
-    std::unique_lock lk(w.m);
-    for (;;) {
-      std::uint64_t const seen = w.seq;
-      lk.unlock();
-      auto const state = f_.table_->state(*slot_);
-      std::uint32_t const n = f_.table_->output_count(*slot_);
-      if (n > read_) {
-        auto const out = f_.table_->outputs(*slot_, read_);
-        ids.insert(ids.end(), out.begin(), out.end());
-        auto const lp = f_.table_->logprobs(*slot_, read_);
-        lps.insert(lps.end(), lp.begin(), lp.end());
-        observe(n - read_);
-        read_ = n;
-        return true;
-      }
-      if (state >= ipc::slot_state::finished) {
-        done_ = true;
-        if (state == ipc::slot_state::error) {
-          reason_ = finish_reason::error;
-          error_ = f_.table_->error_message(*slot_);
-        } else {
-          reason_ = from_table(f_.table_->reason(*slot_));
-        }
-        return false;
-      }
-      if (!f_.engine_alive() || f_.stopping_.load()) {
-        done_ = true;
+  // The waiter this request's output wakes (its slot's, or the group's).
+  waiter& wake_source() const { return group_ != nullptr ? *group_ : *f_.waiters_[slot_->index]; }
+
+  // Without waiting: appends output past what was read (tokens), or says that the request has
+  // ended and nothing more will come (ended; reason() and error() say how), or none.
+  progress poll(std::vector<std::int32_t>& ids, std::vector<float>& lps) {
+    if (done_) return progress::ended;
+    auto const state = f_.table_->state(*slot_);
+    std::uint32_t const n = f_.table_->output_count(*slot_);
+    if (n > read_) {
+      // Exactly [read_, n): the engine may publish more meanwhile, and outputs() and logprobs()
+      // each read the count again; taking more here would hand a token out twice.
+      auto const out = f_.table_->outputs(*slot_, read_).first(n - read_);
+      ids.insert(ids.end(), out.begin(), out.end());
+      auto const lp = f_.table_->logprobs(*slot_, read_);
+      lps.insert(lps.end(), lp.begin(),
+                 lp.begin() + std::ptrdiff_t(std::min<std::size_t>(lp.size(), n - read_)));
+      observe(n - read_);
+      read_ = n;
+      return progress::tokens;
+    }
+    if (state >= ipc::slot_state::finished) {
+      done_ = true;
+      if (state == ipc::slot_state::error) {
         reason_ = finish_reason::error;
-        std::lock_guard g(f_.death_m_);
-        error_ = f_.death_.empty() ? "the server is shutting down" : f_.death_;
-        return false;
+        error_ = f_.table_->error_message(*slot_);
+      } else {
+        reason_ = from_table(f_.table_->reason(*slot_));
       }
-      lk.lock();
-      w.cv.wait(lk, [&] { return w.seq != seen || !f_.engine_alive() || f_.stopping_.load(); });
+      return progress::ended;
+    }
+    if (!f_.engine_alive() || f_.stopping_.load()) {
+      done_ = true;
+      reason_ = finish_reason::error;
+      std::lock_guard g(f_.death_m_);
+      error_ = f_.death_.empty() ? "the server is shutting down" : f_.death_;
+      return progress::ended;
+    }
+    return progress::none;
+  }
+
+  // Waits for output past what was read; appends the new ids and their logprobs. Returns false
+  // once the request has ended and nothing more will come.
+  bool next(std::vector<std::int32_t>& ids, std::vector<float>& lps) {
+    for (;;) {
+      std::uint64_t const seen = f_.seq_of(wake_source());
+      auto const r = poll(ids, lps);
+      if (r == progress::tokens) return true;
+      if (r == progress::ended) return false;
+      f_.wait_past(wake_source(), seen);
     }
   }
 
@@ -188,70 +226,106 @@ class frontend::generation {
   }
   void observe(std::uint32_t n) {
     auto const now = clock_type::now();
-    if (read_ == 0)
-      f_.metrics_.time_to_first_token.observe(std::chrono::duration<double>(now - start_).count());
-    else
+    if (read_ == 0) {
+      f_.metrics_.time_to_first_token.observe(
+          std::chrono::duration<double>(now - arrival_).count());
+      std::uint64_t const admitted =
+          f_.stats_->admitted_ns(slot_->index).load(std::memory_order_relaxed);
+      std::uint64_t const arrived = steady_ns(arrival_);
+      if (admitted != 0)
+        f_.metrics_.request_queue_time.observe(
+            admitted > arrived ? double(admitted - arrived) * 1e-9 : 0.0);
+    } else {
       f_.metrics_.inter_token_latency.observe(std::chrono::duration<double>(now - last_).count() /
                                               double(n));
+    }
     last_ = now;
   }
 
   frontend& f_;
-  generation_request req_;
+  generation_request const& req_;  // owned by the handler's state, which outlives this
   text::detokenizer detok_;
   stop_matcher stops_;
+  clock_type::time_point arrival_, last_;
+  std::int32_t index_ = 0;
+  waiter* group_ = nullptr;
   std::optional<ipc::slot_handle> slot_;
+  bool started_ = false;
   std::uint32_t read_ = 0;
   bool done_ = false;
   finish_reason reason_ = finish_reason::stop;
   std::string error_;
-  clock_type::time_point start_, last_;
 };
 
-frontend::frontend(frontend_options options, table_type& table, text::tokenizer tok)
+frontend::frontend(frontend_options options, table_type& table, engine_stats_block const& stats,
+                   text::tokenizer tok)
     : options_(std::move(options)),
       table_(&table),
+      stats_(&stats),
       tok_(std::move(tok)),
       http_(std::make_unique<httplib::Server>()),
       started_(unix_time_now()) {
   for (std::uint32_t i = 0; i < table.config().slots; ++i)
     waiters_.push_back(std::make_unique<waiter>());
+  // httplib serves each connection on one pool thread for its whole life (keep-alive included):
+  // one per slot, and a few for /health, /metrics and refusals.
   int const threads =
       options_.http_threads > 0 ? options_.http_threads : int(table.config().slots) + 8;
   http_->new_task_queue = [threads] { return new httplib::ThreadPool(std::size_t(threads)); };
-  http_->set_payload_max_length(options_.api.max_body_bytes);
+  // Above the API's limit, so that the API answers an oversize body with its JSON 413; bodies
+  // past this get the same JSON from the error handler.
+  http_->set_payload_max_length(options_.api.max_body_bytes + (1u << 20));
   http_->set_tcp_nodelay(true);  // a token per write: no Nagle delay before the client sees it
   routes();
 }
 
 frontend::~frontend() { stop(); }
 
-int frontend::bind() {
-  if (options_.port == 0) {
-    int const port = http_->bind_to_any_port(options_.host);
-    LC_CHECK(port > 0, "cannot bind " << options_.host << " to any port");
-    return port;
+namespace {
+// httplib listens with a backlog of 5 (fixed when the library was compiled): a burst of
+// connections then overflows the accept queue and clients see resets. listen() again on the
+// bound socket raises the backlog; the socket is found as this process's listening TCP socket
+// on `port`.
+void widen_backlog(int port) {
+  for (int fd = 3; fd < 4096; ++fd) {
+    int listening = 0;
+    socklen_t len = sizeof(listening);
+    if (::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || !listening) continue;
+    sockaddr_storage addr{};
+    socklen_t alen = sizeof(addr);
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &alen) != 0) continue;
+    int const p = addr.ss_family == AF_INET
+                      ? ntohs(reinterpret_cast<sockaddr_in const&>(addr).sin_port)
+                      : ntohs(reinterpret_cast<sockaddr_in6 const&>(addr).sin6_port);
+    if (p == port) ::listen(fd, SOMAXCONN);
   }
-  LC_CHECK(http_->bind_to_port(options_.host, options_.port),
-           "cannot bind " << options_.host << ":" << options_.port
-                          << " (in use, or not an address of this machine)");
-  return options_.port;
+}
+}  // namespace
+
+int frontend::bind() {
+  int port = options_.port;
+  if (port == 0) {
+    port = http_->bind_to_any_port(options_.host);
+    LC_CHECK(port > 0, "cannot bind " << options_.host << " to any port");
+  } else {
+    LC_CHECK(http_->bind_to_port(options_.host, options_.port),
+             "cannot bind " << options_.host << ":" << options_.port
+                            << " (in use, or not an address of this machine)");
+  }
+  widen_backlog(port);
+  return port;
 }
 
 void frontend::serve() {
   std::thread dispatcher([this] { dispatch(); });
   http_->listen_after_bind();
-  stopping_.store(true);
-  for (auto& w : waiters_) w->cv.notify_all();
+  stop();
   dispatcher.join();
 }
 
 void frontend::stop() {
   stopping_.store(true);
-  for (auto& w : waiters_) {
-    std::lock_guard g(w->m);
-    w->cv.notify_all();
-  }
+  for (auto& w : waiters_) bump(*w);
   if (http_) http_->stop();
 }
 
@@ -261,9 +335,30 @@ void frontend::engine_died(std::string why) {
     death_ = std::move(why);
   }
   engine_dead_.store(true, std::memory_order_release);
-  for (auto& w : waiters_) {
-    std::lock_guard g(w->m);
-    w->cv.notify_all();
+  for (auto& w : waiters_) bump(*w);
+}
+
+std::uint64_t frontend::seq_of(waiter& w) {
+  std::lock_guard g(w.m);
+  return w.seq;
+}
+
+void frontend::wait_past(waiter& w, std::uint64_t seen) {
+  std::unique_lock lk(w.m);
+  w.cv.wait(lk, [&] { return w.seq != seen || !engine_alive() || stopping_.load(); });
+}
+
+// Wakes whoever waits on slot waiter w: itself, or the group it forwards to.
+void frontend::bump(waiter& w) {
+  std::lock_guard g(w.m);
+  waiter& t = w.target != nullptr ? *w.target : w;
+  if (&t != &w) {
+    std::lock_guard gt(t.m);
+    ++t.seq;
+    t.cv.notify_all();
+  } else {
+    ++w.seq;
+    w.cv.notify_all();
   }
 }
 
@@ -272,18 +367,57 @@ void frontend::engine_died(std::string why) {
 void frontend::dispatch() {
   while (!stopping_.load()) {
     auto h = table_->next_output(std::chrono::milliseconds(200));
-    if (!h) continue;
-    waiter& w = *waiters_[h->index];
-    {
-      std::lock_guard g(w.m);
-      ++w.seq;
-    }
-    w.cv.notify_all();
+    if (h) bump(*waiters_[h->index]);
   }
+}
+
+void frontend::reject(httplib::Response& res, api_error const& e) {
+  if (e.status == 503)
+    metrics_.requests_unavailable.inc();
+  else if (e.status >= 400 && e.status < 500)
+    metrics_.requests_rejected.inc();
+  reply_error(res, e);
+}
+
+std::string frontend::render_metrics() {
+  std::lock_guard g(scrape_m_);
+  engine_stats_values const& v = stats_->values();
+  auto const relaxed = std::memory_order_relaxed;
+  auto const get = [&](std::atomic<std::uint64_t> const& a) { return double(a.load(relaxed)); };
+  metrics_.kv_slots_used.set(get(v.kv_used));
+  metrics_.kv_slots_capacity.set(get(v.kv_capacity));
+  metrics_.prefix_cached_tokens.set(get(v.cached_tokens));
+  double const queried = get(v.prefix_query_tokens);
+  metrics_.prefix_cache_hit_rate.set(queried > 0 ? get(v.prefix_hit_tokens) / queried : 0.0);
+  metrics_.requests_running.set(get(v.running));
+  metrics_.requests_waiting.set(get(v.waiting));
+  metrics_.last_step_rows.set(get(v.last_rows));
+  metrics_.last_step_forward_tokens.set(get(v.last_forward_tokens));
+  // Counters move by what the engine added since the last scrape.
+  double const steps = get(v.steps), forward = get(v.forward_tokens);
+  if (steps > metrics_.engine_steps.value())
+    metrics_.engine_steps.inc(steps - metrics_.engine_steps.value());
+  if (forward > metrics_.engine_forward_tokens.value())
+    metrics_.engine_forward_tokens.inc(forward - metrics_.engine_forward_tokens.value());
+  return metrics_.registry.render();
 }
 
 void frontend::routes() {
   auto& s = *http_;
+  // The API key, when set: every endpoint but /health and /metrics (probes and scrapers).
+  s.set_pre_routing_handler([this](httplib::Request const& req, httplib::Response& res) {
+    if (options_.api_key.empty() || req.path == "/health" || req.path == "/metrics")
+      return httplib::Server::HandlerResponse::Unhandled;
+    std::string const auth = req.get_header_value("Authorization");
+    if (auth == "Bearer " + options_.api_key) return httplib::Server::HandlerResponse::Unhandled;
+    reject(res, {401,
+                 auth.empty() ? "no API key given; send the header 'Authorization: Bearer <key>'"
+                              : "the API key is not valid; send 'Authorization: Bearer <key>' "
+                                "with the server's key",
+                 "", "authentication_error", "invalid_api_key"});
+    res.set_header("WWW-Authenticate", "Bearer");
+    return httplib::Server::HandlerResponse::Handled;
+  });
   s.Get("/health", [this](httplib::Request const&, httplib::Response& res) {
     if (engine_alive() && !stopping_.load()) {
       res.set_content(R"({"status":"ok"})", "application/json");
@@ -298,79 +432,126 @@ void frontend::routes() {
                     "application/json");
   });
   s.Get("/metrics", [this](httplib::Request const&, httplib::Response& res) {
-    res.set_content(metrics_.registry.render(), "text/plain; version=0.0.4");
+    res.set_content(render_metrics(), "text/plain; version=0.0.4");
+  });
+  s.Post("/tokenize", [this](httplib::Request const& http_req, httplib::Response& res) {
+    auto ids = parse_tokenize_body(http_req.body, tok_, options_.api);
+    if (!ids) return reject(res, ids.error());
+    std::size_t const count = ids.value().size();
+    res.set_content(dump({{"tokens", std::move(ids.value())},
+                          {"count", count},
+                          {"max_model_len", options_.api.max_model_len}}),
+                    "application/json");
+  });
+  s.Post("/detokenize", [this](httplib::Request const& http_req, httplib::Response& res) {
+    auto text = parse_detokenize_body(http_req.body, tok_, options_.api);
+    if (!text) return reject(res, text.error());
+    res.set_content(dump({{"prompt", std::move(text.value())}}), "application/json");
   });
 
   enum class route { completion, chat, generate, generate_stream };
   auto handler = [this](route which) {
     return [this, which](httplib::Request const& http_req, httplib::Response& res) {
+      auto const arrival = clock_type::now();  // TTFT and e2e start here, before parsing
       api_result<generation_request> parsed =
           which == route::completion ? parse_completion_body(http_req.body, tok_, options_.api)
           : which == route::chat     ? parse_chat_body(http_req.body, tok_, options_.api)
                                      : parse_generate_body(http_req.body, tok_, options_.api,
                                                            which == route::generate_stream);
-      if (!parsed) {
-        metrics_.requests_rejected.inc();
-        reply_error(res, parsed.error());
-        return;
-      }
+      if (!parsed) return reject(res, parsed.error());
       metrics_.requests_received.inc();
-      generation_request const& req = parsed.value();
-      auto gen = std::make_shared<generation>(*this, req);
-      if (auto e = gen->submit()) {
-        metrics_.requests_rejected.inc();
-        reply_error(res, *e);
-        return;
+      if (!engine_alive()) return reject(res, engine_down());
+      if (parsed.value().logprobs && parsed.value().top_logprobs > 0) {
+        std::string const field = which == route::completion ? "logprobs" : "top_logprobs";
+        return reject(res, {400,
+                            "'" + field + "' = " + std::to_string(parsed.value().top_logprobs) +
+                                " asks for alternatives, which this server does not return (the "
+                                "chosen token's logprob it does); allowed: 0",
+                            field, "invalid_request_error", ""});
       }
+      if (options_.max_queue > 0) {
+        auto const waiting = std::int64_t(stats_->values().waiting.load(std::memory_order_relaxed));
+        if (waiting >= options_.max_queue)
+          return reject(res, {429,
+                              "the engine has " + std::to_string(waiting) +
+                                  " requests waiting, its limit (--max-queue " +
+                                  std::to_string(options_.max_queue) + "); retry later",
+                              "", "rate_limit_error", "queue_full"});
+      }
+
+      // The request and its choices live in one shared state: a streamed reply outlives this
+      // handler.
+      struct reply_state {
+        generation_request req;
+        std::unique_ptr<waiter> group;  // n > 1: the choices' shared waiter
+        std::vector<std::unique_ptr<generation>> gens;
+        std::optional<stream_writer> writer;
+        bool begun = false;
+        std::vector<std::vector<std::int32_t>> ids;
+        std::vector<std::vector<float>> lps;
+        std::vector<std::size_t> emitted;
+        std::vector<bool> finished;
+        ~reply_state() { gens.clear(); }  // before the group waiter they may forward to
+      };
+      auto st = std::make_shared<reply_state>();
+      st->req = std::move(parsed.value());
+      generation_request const& req = st->req;
+      std::size_t const n = std::size_t(std::max(req.n, 1));
+      if (n > 1) st->group = std::make_unique<waiter>();
+      for (std::size_t i = 0; i < n; ++i) {
+        st->gens.push_back(
+            std::make_unique<generation>(*this, req, arrival, std::int32_t(i), st->group.get()));
+        if (!st->gens.back()->reserve()) return reject(res, busy_error(table_->config().slots));
+      }
+      for (auto& g : st->gens)
+        if (auto e = g->start()) return reject(res, *e);
       std::int64_t const prompt_tokens = std::int64_t(req.prompt_ids.size());
+
       if (!req.stream) {
-        generation_output out;
-        out.prompt_tokens = prompt_tokens;
-        std::vector<std::int32_t> ids;
-        std::vector<float> lps;
-        while (gen->next(ids, lps)) {
-          for (std::size_t i = out.token_ids.size(); i < ids.size(); ++i) {
-            out.token_ids.push_back(ids[i]);
-            if (req.logprobs) out.logprobs.push_back(make_token_logprob(tok_, ids[i], lps[i]));
-            out.text += gen->text_of(ids[i]);
-            if (gen->stopped_by_string()) break;
+        std::vector<generation_output> outs(n);
+        for (std::size_t c = 0; c < n; ++c) {
+          generation& gen = *st->gens[c];
+          generation_output& out = outs[c];
+          out.prompt_tokens = prompt_tokens;
+          std::vector<std::int32_t> ids;
+          std::vector<float> lps;
+          while (gen.next(ids, lps)) {
+            for (std::size_t i = out.token_ids.size(); i < ids.size(); ++i) {
+              out.token_ids.push_back(ids[i]);
+              if (req.logprobs) out.logprobs.push_back(make_token_logprob(tok_, ids[i], lps[i]));
+              out.text += gen.text_of(ids[i]);
+              if (gen.stopped_by_string()) break;
+            }
+            if (gen.stopped_by_string()) break;
           }
-          if (gen->stopped_by_string()) break;
-        }
-        out.text += gen->final_text();
-        out.reason = gen->reason();
-        out.completion_tokens = std::int64_t(out.token_ids.size());
-        if (out.reason == finish_reason::error) {
-          reply_error(res, {500, "generation failed: " + gen->error(), "", "server_error", ""});
-          return;
+          out.text += gen.final_text();
+          out.reason = gen.reason();
+          out.completion_tokens = std::int64_t(out.token_ids.size());
+          if (out.reason == finish_reason::error) {
+            reply_error(res, {500, "generation failed: " + gen.error(), "", "server_error", ""});
+            return;
+          }
         }
         nlohmann::json const body =
-            which == route::completion ? completion_response(req, make_response_meta(req), out)
-            : which == route::chat     ? chat_response(req, make_response_meta(req), out)
-                                       : generate_response(req, out);
+            which == route::completion ? completion_response(req, make_response_meta(req), outs)
+            : which == route::chat     ? chat_response(req, make_response_meta(req), outs)
+                                       : generate_response(req, outs[0]);
         res.set_content(dump(body), "application/json");
         return;
       }
-      // Streamed: the provider blocks for each new token and writes its chunk; a client that
-      // goes away fails the write, which ends the provider, and the releaser drops the
-      // generation, whose destructor aborts the request in the engine (its KV is freed).
-      struct stream_state {
-        std::shared_ptr<generation> gen;
-        std::optional<stream_writer> writer;
-        bool begun = false;
-        std::vector<std::int32_t> ids;
-        std::vector<float> lps;
-        std::size_t emitted = 0;
-      };
-      auto st = std::make_shared<stream_state>();
-      st->gen = gen;
+      // Streamed: the provider waits for new tokens of any choice and writes their chunks; a
+      // client that goes away fails the write, which ends the provider, and the releaser drops
+      // the generations, whose destructors abort the requests in the engine (KV is freed).
       bool const openai = which != route::generate_stream;
       if (openai) st->writer.emplace(req, make_response_meta(req));
+      st->ids.resize(n);
+      st->lps.resize(n);
+      st->emitted.assign(n, 0);
+      st->finished.assign(n, false);
       res.set_header("Cache-Control", "no-cache");
       res.set_chunked_content_provider(
           "text/event-stream",
-          [this, st, openai, prompt_tokens](std::size_t, httplib::DataSink& sink) {
-            generation& g = *st->gen;
+          [this, st, openai, prompt_tokens, n](std::size_t, httplib::DataSink& sink) {
             auto write = [&](std::string const& chunk) {
               return chunk.empty() || sink.write(chunk.data(), chunk.size());
             };
@@ -378,54 +559,85 @@ void frontend::routes() {
               st->begun = true;
               if (openai && !write(st->writer->begin())) return false;
             }
-            bool const more = g.next(st->ids, st->lps);
-            for (; st->emitted < st->ids.size() && !g.stopped_by_string(); ++st->emitted) {
-              std::size_t const i = st->emitted;
-              std::string const text = g.text_of(st->ids[i]);
-              if (openai) {
-                std::vector<token_logprob> lp;
-                if (g.request().logprobs)
-                  lp.push_back(make_token_logprob(tok_, st->ids[i], st->lps[i]));
-                if (!write(st->writer->delta(text, lp))) return false;
-              } else {
-                bool const last = !more && i + 1 == st->ids.size();
-                std::optional<finish_reason> fin;
-                if (last) fin = g.reason();
-                if (!write(generate_stream_event(st->ids[i], text, st->lps[i],
-                                                 tok_.is_special(st->ids[i]), std::int64_t(i + 1),
-                                                 prompt_tokens, fin)))
+            waiter& source = st->gens[0]->wake_source();
+            for (;;) {
+              std::uint64_t const seen = seq_of(source);
+              bool wrote = false;
+              for (std::size_t c = 0; c < n; ++c) {
+                if (st->finished[c]) continue;
+                generation& g = *st->gens[c];
+                auto const r = g.poll(st->ids[c], st->lps[c]);
+                auto& ids = st->ids[c];
+                for (; st->emitted[c] < ids.size() && !g.stopped_by_string(); ++st->emitted[c]) {
+                  std::size_t const i = st->emitted[c];
+                  std::string const text = g.text_of(ids[i]);
+                  if (openai) {
+                    std::vector<token_logprob> lp;
+                    if (g.request().logprobs)
+                      lp.push_back(make_token_logprob(tok_, ids[i], st->lps[c][i]));
+                    if (!write(st->writer->delta(text, lp, c))) return false;
+                  } else if (!write(generate_stream_event(
+                                 ids[i], text, st->lps[c][i], tok_.is_special(ids[i]),
+                                 std::int64_t(i + 1), prompt_tokens, std::nullopt))) {
+                    return false;
+                  }
+                  wrote = true;
+                }
+                if (r != generation::progress::ended && !g.stopped_by_string()) continue;
+                // This choice has ended: its held-back text and its finishing chunk.
+                st->finished[c] = true;
+                wrote = true;
+                if (g.reason() == finish_reason::error) {
+                  api_error const e{500, "generation failed: " + g.error(), "", "server_error", ""};
+                  write(openai ? st->writer->error(e) : sse_event(error_body(e)));
+                  sink.done();
+                  return true;
+                }
+                std::string const tail = g.final_text();
+                auto const count = std::int64_t(ids.size());
+                if (openai) {
+                  if (!tail.empty() && !write(st->writer->delta(tail, {}, c))) return false;
+                  if (!write(st->writer->finish_choice(c, g.reason()))) return false;
+                } else if (!write(generate_stream_final_event(tail, g.reason(), count,
+                                                              prompt_tokens))) {
                   return false;
+                }
               }
+              if (std::all_of(st->finished.begin(), st->finished.end(), [](bool b) { return b; })) {
+                if (openai) {
+                  std::int64_t completion = 0;
+                  for (auto const& ids : st->ids) completion += std::int64_t(ids.size());
+                  if (!write(st->writer->end(prompt_tokens, completion))) return false;
+                }
+                sink.done();
+                return true;
+              }
+              if (wrote) return true;
+              wait_past(source, seen);
             }
-            if (more && !g.stopped_by_string()) return true;
-            if (g.reason() == finish_reason::error) {
-              api_error const e{500, "generation failed: " + g.error(), "", "server_error", ""};
-              write(openai ? st->writer->error(e) : sse_event(error_body(e)));
-            } else if (openai) {
-              std::string const tail = g.final_text();
-              if (!tail.empty() && !write(st->writer->delta(tail))) return false;
-              if (!write(
-                      st->writer->finish(g.reason(), prompt_tokens, std::int64_t(st->ids.size()))))
-                return false;
-            }
-            sink.done();
-            return true;
           },
-          [st](bool) { st->gen.reset(); });
+          [st](bool) { st->gens.clear(); });
     };
   };
   s.Post("/v1/completions", handler(route::completion));
   s.Post("/v1/chat/completions", handler(route::chat));
   s.Post("/generate", handler(route::generate));
   s.Post("/generate_stream", handler(route::generate_stream));
-  s.set_error_handler([](httplib::Request const& req, httplib::Response& res) {
+  s.set_error_handler([this](httplib::Request const& req, httplib::Response& res) {
     if (!res.body.empty()) return;
     api_error e{res.status, "", "", "invalid_request_error", ""};
-    e.message = res.status == 404 ? "no route " + req.method + " " + req.path +
-                                        "; allowed: POST /v1/completions, /v1/chat/completions, "
-                                        "/generate, /generate_stream; GET /v1/models, /health, "
-                                        "/metrics"
-                                  : "HTTP error " + std::to_string(res.status);
+    if (res.status == 404) {
+      e.message = "no route " + req.method + " " + req.path +
+                  "; allowed: POST /v1/completions, /v1/chat/completions, /generate, "
+                  "/generate_stream, /tokenize, /detokenize; GET /v1/models, /health, /metrics";
+    } else if (res.status == 413) {
+      e.message = "the request body is larger than the " +
+                  std::to_string(options_.api.max_body_bytes) + " bytes allowed";
+      e.code = "body_too_large";
+    } else {
+      e.message = "HTTP error " + std::to_string(res.status);
+    }
+    if (res.status >= 400 && res.status < 500) metrics_.requests_rejected.inc();
     res.set_content(dump(error_body(e)), "application/json");
   });
   s.set_exception_handler(

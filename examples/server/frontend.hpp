@@ -14,13 +14,15 @@
 
 #include "api/metrics.hpp"
 #include "api/request.hpp"
+#include "engine_stats.hpp"
 #include "lightcore/ipc/request_table.hpp"
 #include "modules/text/tokenizer.hpp"
 #include "wire.hpp"
 
 namespace httplib {
 class Server;
-}
+struct Response;
+}  // namespace httplib
 
 namespace lightcore::server {
 
@@ -32,11 +34,15 @@ struct frontend_options {
   api_config api;                     // names and limits of the API
   std::vector<std::int32_t> eos_ids;  // stop ids added unless a request ignores EOS
   int http_threads = 0;               // 0: one per table slot plus a few
+  std::string api_key;                // non-empty: "Authorization: Bearer <key>" is required
+                                      // everywhere but /health and /metrics; default none
+  std::int64_t max_queue = 0;         // requests waiting in the engine; more get 429; 0: none
 };
 
 class frontend {
  public:
-  frontend(frontend_options options, table_type& table, text::tokenizer tok);
+  frontend(frontend_options options, table_type& table, engine_stats_block const& stats,
+           text::tokenizer tok);
   ~frontend();
   frontend(frontend const&) = delete;
   frontend& operator=(frontend const&) = delete;
@@ -54,18 +60,28 @@ class frontend {
   class generation;  // one request in flight (frontend.cpp)
 
  private:
-  // A handler waiting for its slot's output: the dispatcher bumps seq and notifies.
+  // A handler waiting for output: the dispatcher bumps seq and notifies. A slot's waiter may
+  // forward to another one (target, guarded by m): the n choices of one streamed reply share a
+  // group waiter, so that one thread waits for all of them. Lock order: slot, then target.
   struct waiter {
     std::mutex m;
     std::condition_variable cv;
     std::uint64_t seq = 0;
+    waiter* target = nullptr;  // nullptr: this waiter itself
   };
 
   void routes();
   void dispatch();
+  void bump(waiter& w);
+  std::uint64_t seq_of(waiter& w);
+  void wait_past(waiter& w, std::uint64_t seen);  // until w.seq moved, the engine died or stop
+  std::string render_metrics();
+  // Counts an error reply by its status (4xx rejected, 503 unavailable) and writes it.
+  void reject(httplib::Response& res, api_error const& e);
 
   frontend_options options_;
   table_type* table_;
+  engine_stats_block const* stats_;
   text::tokenizer tok_;
   server_metrics metrics_;
   std::unique_ptr<httplib::Server> http_;
@@ -75,6 +91,7 @@ class frontend {
   std::string death_;
   std::mutex death_m_;
   std::atomic<std::uint64_t> next_id_{1};
+  std::mutex scrape_m_;  // /metrics: one scrape at a time moves the engine's counters
   std::int64_t started_ = 0;
 };
 

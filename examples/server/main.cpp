@@ -6,7 +6,9 @@
 //                    [--port 8000] [--device auto|cpu|cuda] ...   (--help lists every flag)
 //
 // Without --model or --dummy it serves the built-in tiny model (DeepSeek-V3's structure and
-// vocabulary at toy width, seeded random weights), which runs on the CPU.
+// vocabulary at toy width, seeded random weights). Like every model it runs where --device says:
+// with the default, auto, that is the GPU when the build has CUDA and a GPU is visible, else the
+// CPU. --mock-engine runs no model at all (the front end and the IPC measured alone).
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -21,6 +23,7 @@
 #include <thread>
 
 #include "engine_process.hpp"
+#include "engine_stats.hpp"
 #include "frontend.hpp"
 #include "lightcore/io/hf_config.hpp"
 #include "lightcore/ipc/shm_region.hpp"
@@ -59,7 +62,16 @@ constexpr flag flags[] = {
      "KV pool slots (default: from --kv-memory-fraction on the GPU, 65536 "
      "on the CPU)"},
     {"--kv-memory-fraction", "F", "share of free GPU memory for the KV pool (default 0.85)"},
-    {"--slots", "N", "requests in flight in the front end, at most (default 256)"},
+    {"--slots", "N",
+     "requests in flight in the front end, at most (default 256); more get 429; the HTTP "
+     "threads are sized from it"},
+    {"--max-queue", "N",
+     "requests waiting in the engine for admission, at most (default 0: no limit); more get 429"},
+    {"--api-key", "KEY",
+     "require \"Authorization: Bearer KEY\" on every endpoint but /health and /metrics "
+     "(default: $LIGHTCORE_API_KEY, else none)"},
+    {"--mock-engine", nullptr,
+     "run no model: one token per live request per step (front-end and IPC benchmarks)"},
     {"--no-prefix-cache", nullptr, "disable the radix prefix cache"},
     {"--help", nullptr, "this list"},
 };
@@ -102,6 +114,7 @@ options parse(int argc, char** argv) {
   o.config_text = tiny_model_config;
   o.front.api.served_model_name = "lightcore-tiny";
   bool named = false;
+  bool key_given = false;
   for (int i = 1; i < argc; ++i) {
     std::string const a = argv[i];
     flag const* f = nullptr;
@@ -111,6 +124,7 @@ options parse(int argc, char** argv) {
     if (!f->value) {
       if (a == "--help") usage(0);
       if (a == "--no-prefix-cache") o.engine.prefix_cache = false;
+      if (a == "--mock-engine") o.engine.mock = true;
       continue;
     }
     if (i + 1 >= argc) usage(2, a + " needs a value (" + f->value + ")");
@@ -152,10 +166,19 @@ options parse(int argc, char** argv) {
       o.engine.kv_memory_fraction = x;
     } else if (a == "--slots") {
       o.slots = std::uint32_t(to_int(a, v, 1, 65536));
+    } else if (a == "--max-queue") {
+      o.front.max_queue = to_int(a, v, 0, INT32_MAX);
+    } else if (a == "--api-key") {
+      if (v.empty()) usage(2, "--api-key: the key is empty; allowed: a non-empty string");
+      o.front.api_key = v;
+      key_given = true;
     }
   }
   if (!o.engine.model.empty() && !o.engine.config.empty())
     usage(2, "--model and --dummy exclude each other");
+  if (!key_given)
+    if (char const* k = std::getenv("LIGHTCORE_API_KEY"); k != nullptr && *k != 0)
+      o.front.api_key = k;
   auto& api = o.front.api;
   api.max_model_len = o.engine.max_seq_len;
   api.max_prompt_tokens = o.engine.max_seq_len - 1;
@@ -175,6 +198,7 @@ int main(int argc, char** argv) try {
       : !o.engine.config.empty() ? io::load_model_config(o.engine.config)
                                  : io::load_model_config(o.engine.model / "config.json");
   for (auto const id : config.eos_token_ids) o.front.eos_ids.push_back(std::int32_t(id));
+  o.engine.mock_vocab = std::min<std::int64_t>(config.vocab_size, std::int64_t(tok.vocab_size()));
   LC_CHECK(std::int64_t(tok.vocab_size()) <= config.vocab_size,
            "the tokenizer has " << tok.vocab_size() << " tokens but the model's vocabulary is "
                                 << config.vocab_size);
@@ -185,12 +209,18 @@ int main(int argc, char** argv) try {
   ipc::remove_stale("lightcore");
   std::string const table_name =
       ipc::instance_name("lightcore", ipc::default_instance_id(), "requests");
+  // The records are sized from the API's limits, the one place they are decided: the parsers
+  // refuse anything larger before a record is touched.
   ipc::request_table_config tc;
   tc.slots = o.slots;
-  tc.max_prompt = std::uint32_t(o.engine.max_seq_len);
-  tc.max_output = std::uint32_t(o.engine.max_seq_len);
+  tc.max_prompt = std::uint32_t(o.front.api.max_prompt_tokens);
+  tc.max_output = std::uint32_t(o.front.api.max_new_tokens);
   table_type table = table_type::create(table_name, tc);
   o.engine.table_name = table_name;
+  // The engine's stats for /metrics, created here so that the cleanup registry covers it.
+  engine_stats_block stats = engine_stats_block::create(
+      ipc::instance_name("lightcore", ipc::default_instance_id(), "stats"), tc.slots);
+  o.engine.stats_name = stats.name();
 
   // The engine process. It reports readiness (or its death) through a pipe, and dies with us.
   int ready[2];
@@ -219,7 +249,7 @@ int main(int argc, char** argv) try {
     return 1;
   }
 
-  frontend front(o.front, table, tok);
+  frontend front(o.front, table, stats, tok);
   int const port = front.bind();
   std::cout << "lightcore_server: serving " << o.front.api.served_model_name << " on http://"
             << o.front.host << ":" << port << std::endl;

@@ -141,9 +141,9 @@ std::string variant_name(::testing::TestParamInfo<variant> const& p) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Budgets, EngineBatching,
-                         ::testing::Values(variant{7, true}, variant{64, true},
-                                           variant{4096, true}, variant{7, false},
-                                           variant{64, false}, variant{4096, false}),
+                         ::testing::Values(variant{7, true}, variant{64, true}, variant{4096, true},
+                                           variant{7, false}, variant{64, false},
+                                           variant{4096, false}),
                          variant_name);
 
 TEST(EngineBatching, ForcedPausesResumeAndFinishEveryRequest) {

@@ -135,6 +135,9 @@ TEST(Metrics, ServerSet) {
   server::server_metrics m;
   m.requests_received.inc();
   m.requests_running.set(1);
+  m.requests_in_flight.set(2);
+  m.requests_rejected.inc();
+  m.requests_unavailable.inc(2);
   m.time_to_first_token.observe(0.03);
   m.record_finished(server::finish_reason::length, 100, 20, 1.2);
   m.record_finished(server::finish_reason::stop, 10, 5, 0.4);
@@ -146,6 +149,10 @@ TEST(Metrics, ServerSet) {
   EXPECT_EQ(s.at("lightcore_prompt_tokens_total"), 110);
   EXPECT_EQ(s.at("lightcore_generation_tokens_total"), 25);
   EXPECT_EQ(s.at("lightcore_num_requests_running"), 1);
+  EXPECT_EQ(s.at("lightcore_num_requests_in_flight"), 2);
+  EXPECT_EQ(s.at("lightcore_requests_rejected_total"), 1);
+  EXPECT_EQ(s.at("lightcore_requests_unavailable_total"), 2);
+  EXPECT_EQ(s.at("lightcore_kv_slots_used"), 0);
   EXPECT_EQ(s.at("lightcore_time_to_first_token_seconds_bucket{le=\"0.04\"}"), 1);
   EXPECT_EQ(s.at("lightcore_time_to_first_token_seconds_bucket{le=\"0.02\"}"), 0);
   EXPECT_EQ(s.at("lightcore_request_prompt_tokens_bucket{le=\"10\"}"), 1);

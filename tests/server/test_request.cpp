@@ -221,8 +221,9 @@ TEST(CompletionRequest, BadFieldsAreRejectedWithTheirName) {
           {{{"prompt", p}, {"logprobs", 21}}, 400, "logprobs", {"[0, 20]"}},
           {{{"prompt", p}, {"logprobs", true}}, 400, "logprobs", {"a boolean"}},
           {{{"prompt", p}, {"echo", 1}}, 400, "echo", {"boolean"}},
-          {{{"prompt", p}, {"n", 2}}, 400, "n", {"only n = 1"}},
-          {{{"prompt", p}, {"best_of", 3}}, 400, "best_of", {"only best_of = 1"}},
+          {{{"prompt", p}, {"n", 17}}, 400, "n", {"1..16"}},
+          {{{"prompt", p}, {"n", 2}, {"best_of", 3}}, 400, "best_of", {"best_of = n"}},
+          {{{"prompt", p}, {"best_of", 3}}, 400, "best_of", {"best_of = n (1)"}},
           {{{"prompt", p}, {"suffix", "x"}}, 400, "suffix", {"not supported"}},
           {{{"prompt", p}, {"ignore_eos", "true"}}, 400, "ignore_eos", {"boolean"}},
       },
@@ -345,6 +346,59 @@ TEST(RequestBody, TooLargeIs413) {
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().status, 413);
   EXPECT_NE(r.error().message.find("at most 10"), std::string::npos) << r.error().message;
+}
+
+TEST(Request, SeveralChoicesUpToTheLimit) {
+  server::api_config config;
+  auto const ok = server::parse_completion_request(
+      nlohmann::json{{"prompt", "hi"}, {"n", 3}, {"best_of", 3}}, fake_tokenizer(), config);
+  ASSERT_TRUE(ok.ok()) << ok.error().message;
+  EXPECT_EQ(ok.value().n, 3);
+  config.max_n = 2;
+  EXPECT_TRUE(
+      is_error(server::parse_chat_request(
+                   nlohmann::json{{"messages", {{{"role", "user"}, {"content", "x"}}}}, {"n", 3}},
+                   fake_tokenizer(), config),
+               400, "n", {"too large", "1..2"}));
+  EXPECT_TRUE(is_error(server::parse_completion_request(nlohmann::json{{"prompt", "hi"}, {"n", 0}},
+                                                        fake_tokenizer(), config),
+                       400, "n", {}));
+}
+
+TEST(Request, TokenizeAndDetokenize) {
+  server::api_config config;
+  config.max_model_len = 8;
+  auto const ids = server::parse_tokenize_body(R"({"prompt": "abc"})", fake_tokenizer(), config);
+  ASSERT_TRUE(ids.ok()) << ids.error().message;
+  EXPECT_EQ(ids.value(), (std::vector<text::token_id>{fake_bos, 'a', 'b', 'c'}));
+  auto const bare = server::parse_tokenize_body(R"({"prompt": "abc", "add_special_tokens": false})",
+                                                fake_tokenizer(), config);
+  ASSERT_TRUE(bare.ok());
+  EXPECT_EQ(bare.value().size(), 3u);
+  auto const chat = server::parse_tokenize_body(
+      R"({"messages": [{"role": "user", "content": "x"}]})", fake_tokenizer(), config);
+  ASSERT_TRUE(chat.ok()) << chat.error().message;
+  EXPECT_EQ(chat.value().front(), fake_bos);
+  auto const text =
+      server::parse_detokenize_body(R"({"tokens": [97, 98, 99]})", fake_tokenizer(), config);
+  ASSERT_TRUE(text.ok());
+  EXPECT_EQ(text.value(), "abc");
+
+  EXPECT_TRUE(is_error(server::parse_tokenize_body(R"({})", fake_tokenizer(), config), 400,
+                       "prompt", {"exactly one"}));
+  EXPECT_TRUE(is_error(server::parse_tokenize_body(R"({"prompt": 5})", fake_tokenizer(), config),
+                       400, "prompt", {"string"}));
+  EXPECT_TRUE(
+      is_error(server::parse_tokenize_body(R"({"prompt": "0123456789"})", fake_tokenizer(), config),
+               413, "prompt", {"at most 8"}));
+  EXPECT_TRUE(
+      is_error(server::parse_detokenize_body(R"({"tokens": "x"})", fake_tokenizer(), config), 400,
+               "tokens", {"array"}));
+  EXPECT_TRUE(
+      is_error(server::parse_detokenize_body(R"({"tokens": [1, 99999]})", fake_tokenizer(), config),
+               400, "tokens", {}));
+  EXPECT_TRUE(
+      is_error(server::parse_detokenize_body("[", fake_tokenizer(), config), 400, "", {"JSON"}));
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "examples/server/api/response.hpp"
+#include "lightcore/core/error.hpp"
 #include "server_test_util.hpp"
 
 namespace lightcore {
@@ -258,6 +259,58 @@ TEST(Response, ModelsAndErrors) {
   EXPECT_TRUE(b["error"]["code"].is_null());
   e.param.clear();
   EXPECT_TRUE(server::error_body(e)["error"]["param"].is_null());
+}
+
+TEST(Response, SeveralChoicesSumTheirUsage) {
+  auto req = request_of(server::request_kind::completion);
+  req.n = 2;
+  generation_output a, b;
+  a.text = "one";
+  a.prompt_tokens = b.prompt_tokens = 4;
+  a.completion_tokens = 3;
+  a.reason = finish_reason::length;
+  b.text = "two";
+  b.completion_tokens = 5;
+  b.reason = finish_reason::stop;
+  std::vector<generation_output> const outs = {a, b};
+  auto const j = server::completion_response(req, {"cmpl-n", 1, "tiny"}, outs);
+  ASSERT_EQ(j["choices"].size(), 2u);
+  EXPECT_EQ(j["choices"][1]["index"], 1);
+  EXPECT_EQ(j["choices"][1]["text"], "two");
+  EXPECT_EQ(j["choices"][1]["finish_reason"], "stop");
+  EXPECT_EQ(j["usage"]["prompt_tokens"], 4);
+  EXPECT_EQ(j["usage"]["completion_tokens"], 8);
+  auto const c = server::chat_response(request_of(server::request_kind::chat),
+                                       {"chatcmpl-n", 1, "tiny"}, outs);
+  EXPECT_EQ(c["choices"][0]["message"]["content"], "one");
+  EXPECT_EQ(c["usage"]["total_tokens"], 12);
+
+  // Streamed: every chunk names its choice; the usage chunk sums them.
+  req.stream = true;
+  req.include_usage = true;
+  server::stream_writer w(req, {"cmpl-s", 2, "tiny"});
+  std::string all = w.begin() + w.delta("x", {}, 1) + w.delta("y", {}, 0) +
+                    w.finish_choice(1, finish_reason::length) +
+                    w.finish_choice(0, finish_reason::stop) + w.end(4, 8);
+  auto const events = sse_data(all);
+  ASSERT_EQ(events.size(), 6u) << all;
+  EXPECT_EQ(json::parse(events[0])["choices"][0]["index"], 1);
+  EXPECT_EQ(json::parse(events[1])["choices"][0]["index"], 0);
+  EXPECT_EQ(json::parse(events[2])["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(json::parse(events[4])["usage"]["completion_tokens"], 8);
+  EXPECT_THROW(w.delta("z", {}, 2), error) << "choice 2 of a reply with 2";
+}
+
+TEST(Generate, FinalStreamEventCarriesTheEnd) {
+  std::string const e = server::generate_stream_final_event("tail", finish_reason::length, 7, 3);
+  ASSERT_EQ(e.rfind("data:", 0), 0u);
+  auto const j = json::parse(e.substr(5));
+  EXPECT_EQ(j["finished"], true);
+  EXPECT_EQ(j["finish_reason"], "length");
+  EXPECT_EQ(j["count_output_tokens"], 7);
+  EXPECT_EQ(j["prompt_tokens"], 3);
+  EXPECT_EQ(j["generated_text"], "tail");
+  EXPECT_TRUE(j["token"].is_null());
 }
 
 }  // namespace

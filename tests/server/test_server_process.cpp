@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -141,6 +142,24 @@ nlohmann::json post(httplib::Client& c, std::string const& path, nlohmann::json 
   return nlohmann::json::parse(r->body);
 }
 
+// A sample's value in a /metrics text; -1 when absent.
+double metric(std::string const& text, std::string const& name) {
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind(name + " ", 0) == 0) return std::stod(line.substr(name.size() + 1));
+  return -1;
+}
+
+// The data of every SSE event of a body ("data: x" or LightLLM's "data:x").
+std::vector<std::string> sse_data(std::string const& body) {
+  std::vector<std::string> out;
+  std::istringstream in(body);
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("data:", 0) == 0)
+      out.push_back(line.size() > 5 && line[5] == ' ' ? line.substr(6) : line.substr(5));
+  return out;
+}
+
 TEST_F(ServerProcess, AnswersCompletionsChatAndGenerate) {
   server_process s;
   auto c = s.client();
@@ -238,7 +257,7 @@ TEST_F(ServerProcess, BadInputGetsAClearClientError) {
   bad("/v1/completions", R"({"prompt": "x", "max_tokens": 0})", 400, "max_tokens");
   bad("/v1/completions", R"({"prompt": "x", "temperature": -1})", 400, "temperature");
   bad("/v1/completions", R"({"prompt": ""})", 400, "prompt");
-  bad("/v1/completions", R"({"prompt": "x", "n": 2})", 400, "n");
+  bad("/v1/completions", R"({"prompt": "x", "n": 17})", 400, "n");
   bad("/v1/completions", R"({"prompt": "x", "max_tokens": 100000})", 400, "max_tokens");
   bad("/v1/chat/completions", R"({"messages": [{"role": "wizard", "content": "x"}]})", 400, "role");
   bad("/v1/completions", R"({"prompt": "x", "model": "gpt-5"})", 404, "model");
@@ -283,6 +302,18 @@ TEST_F(ServerProcess, ADroppedStreamIsAbortedAndTheServerGoesOn) {
     if (!aborted) std::this_thread::sleep_for(50ms);
   }
   EXPECT_TRUE(aborted) << c.Get("/metrics")->body;
+  // Its KV came back: what the pool holds is the prefix cache's, and nothing runs.
+  bool returned = false;
+  std::string m;
+  for (int i = 0; i < 200 && !returned; ++i) {
+    m = c.Get("/metrics")->body;
+    returned = metric(m, "lightcore_num_requests_running") == 0 &&
+               metric(m, "lightcore_kv_slots_used") == metric(m, "lightcore_prefix_cache_tokens") &&
+               metric(m, "lightcore_kv_slots_used") > 0;
+    if (!returned) std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_TRUE(returned) << m;
+  EXPECT_EQ(metric(m, "lightcore_num_requests_in_flight"), 0);
   auto const after = post(c, "/v1/completions", {{"prompt", "still here"}, {"max_tokens", 2}});
   EXPECT_TRUE(after["choices"][0]["text"].is_string());
 }
@@ -336,6 +367,234 @@ TEST_F(ServerProcess, SigtermRemovesTheSharedMemory) {
     if (!gone) std::this_thread::sleep_for(20ms);
   }
   EXPECT_TRUE(gone) << "engine process " << engine << " outlived the server";
+}
+
+TEST_F(ServerProcess, StopsSeedsChoicesTokenizeAndLimits) {
+  server_process s;
+  auto c = s.client();
+  // Stop strings: the text ends before the stop string, with finish_reason stop.
+  nlohmann::json req = {{"prompt", "The quick brown fox"},
+                        {"max_tokens", 12},
+                        {"temperature", 0},
+                        {"ignore_eos", true}};
+  std::string const full = post(c, "/v1/completions", req)["choices"][0]["text"];
+  ASSERT_GE(full.size(), 4u);
+  std::size_t cut = full.size() / 2;
+  while (cut > 1 && (full[cut] & 0xC0) == 0x80) --cut;  // one whole character from here
+  std::size_t end = cut + 1;
+  while (end < full.size() && (full[end] & 0xC0) == 0x80) ++end;
+  std::string const stop = full.substr(cut, end - cut);
+  req["stop"] = stop;
+  auto const stopped = post(c, "/v1/completions", req);
+  std::string const text = stopped["choices"][0]["text"];
+  EXPECT_EQ(text, full.substr(0, full.find(stop))) << "stop '" << stop << "' in '" << full << "'";
+  EXPECT_EQ(stopped["choices"][0]["finish_reason"], "stop");
+
+  // Seeded sampling is reproducible; another seed differs.
+  nlohmann::json sampled = {{"prompt", "Once"},
+                            {"max_tokens", 8},
+                            {"temperature", 0.8},
+                            {"seed", 11},
+                            {"ignore_eos", true}};
+  auto const a = post(c, "/v1/completions", sampled)["choices"][0]["text"];
+  auto const b = post(c, "/v1/completions", sampled)["choices"][0]["text"];
+  sampled["seed"] = 12;
+  auto const d = post(c, "/v1/completions", sampled)["choices"][0]["text"];
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, d);
+
+  // n = 3: three choices; choice 0 is the seed's own sample; usage sums the completions.
+  sampled["seed"] = 11;
+  sampled["n"] = 3;
+  auto const three = post(c, "/v1/completions", sampled);
+  ASSERT_EQ(three["choices"].size(), 3u);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(three["choices"][i]["index"], i);
+  EXPECT_EQ(three["choices"][0]["text"], a);
+  EXPECT_NE(three["choices"][1]["text"], three["choices"][0]["text"]);
+  EXPECT_EQ(three["usage"]["completion_tokens"], 24);
+  sampled["n"] = 17;
+  post(c, "/v1/completions", sampled, 400);
+
+  // Streamed n = 2: chunks carry their choice index.
+  auto const r = c.Post("/v1/chat/completions",
+                        nlohmann::json{{"messages", {{{"role", "user"}, {"content", "Hi"}}}},
+                                       {"max_tokens", 3},
+                                       {"n", 2},
+                                       {"stream", true},
+                                       {"ignore_eos", true},
+                                       {"stream_options", {{"include_usage", true}}}}
+                            .dump(),
+                        "application/json");
+  ASSERT_TRUE(r);
+  int finished[2] = {0, 0};
+  std::int64_t usage = -1;
+  for (auto const& e : sse_data(r->body)) {
+    if (e == "[DONE]") continue;
+    auto const j = nlohmann::json::parse(e);
+    if (!j["choices"].empty() && !j["choices"][0]["finish_reason"].is_null())
+      ++finished[j["choices"][0]["index"].get<int>()];
+    if (j["usage"].is_object()) usage = j["usage"]["completion_tokens"];
+  }
+  EXPECT_EQ(finished[0], 1);
+  EXPECT_EQ(finished[1], 1);
+  EXPECT_EQ(usage, 6);
+
+  // /tokenize and /detokenize round trip.
+  auto const tok = post(c, "/tokenize", {{"prompt", "Hello, world!"}});
+  EXPECT_EQ(tok["count"], tok["tokens"].size());
+  auto const detok = post(c, "/detokenize", {{"tokens", tok["tokens"]}});
+  EXPECT_NE(detok["prompt"].get<std::string>().find("Hello, world!"), std::string::npos);
+  post(c, "/detokenize", {{"tokens", "nope"}}, 400);
+
+  // /generate_stream ends with a finished event holding the reason and the counts.
+  auto const g =
+      c.Post("/generate_stream",
+             nlohmann::json{{"inputs", "Hello"},
+                            {"parameters", {{"max_new_tokens", 3}, {"ignore_eos", true}}}}
+                 .dump(),
+             "application/json");
+  ASSERT_TRUE(g);
+  auto const events = sse_data(g->body);
+  ASSERT_FALSE(events.empty());
+  auto const last = nlohmann::json::parse(events.back());
+  EXPECT_EQ(last["finished"], true) << g->body;
+  EXPECT_EQ(last["finish_reason"], "length");
+  EXPECT_EQ(last["count_output_tokens"], 3);
+
+  // logprobs > 0 is refused naming the client's field.
+  auto const lp = post(c, "/v1/completions", {{"prompt", "x"}, {"logprobs", 2}}, 400);
+  EXPECT_EQ(lp["error"]["param"], "logprobs");
+
+  // An oversize body gets the API's JSON 413.
+  std::string big = R"({"prompt": ")" + std::string((8u << 20) + 16, 'a') + R"("})";
+  auto const too_big = c.Post("/v1/completions", big, "application/json");
+  ASSERT_TRUE(too_big);
+  EXPECT_EQ(too_big->status, 413);
+  auto const tb = nlohmann::json::parse(too_big->body);
+  EXPECT_EQ(tb["error"]["code"], "body_too_large") << too_big->body;
+  auto const m = c.Get("/metrics")->body;
+  EXPECT_GE(metric(m, "lightcore_requests_rejected_total"), 4);
+  EXPECT_EQ(metric(m, "lightcore_requests_unavailable_total"), 0);
+  EXPECT_GT(metric(m, "lightcore_engine_steps_total"), 0);
+  EXPECT_GT(metric(m, "lightcore_request_queue_time_seconds_count"), 0);
+  EXPECT_EQ(metric(m, "lightcore_kv_slots_capacity"), 65536);
+}
+
+TEST_F(ServerProcess, ApiKeyGuardsEveryEndpointButHealthAndMetrics) {
+  server_process s({"--api-key", "sesame"});
+  auto c = s.client();
+  auto const body = nlohmann::json{{"prompt", "x"}, {"max_tokens", 1}}.dump();
+  auto none = c.Post("/v1/completions", body, "application/json");
+  ASSERT_TRUE(none);
+  EXPECT_EQ(none->status, 401);
+  EXPECT_EQ(nlohmann::json::parse(none->body)["error"]["type"], "authentication_error");
+  auto wrong =
+      c.Post("/v1/completions", {{"Authorization", "Bearer nope"}}, body, "application/json");
+  EXPECT_EQ(wrong->status, 401);
+  EXPECT_EQ(c.Get("/v1/models")->status, 401);
+  auto ok =
+      c.Post("/v1/completions", {{"Authorization", "Bearer sesame"}}, body, "application/json");
+  EXPECT_EQ(ok->status, 200) << ok->body;
+  EXPECT_EQ(c.Get("/health")->status, 200);
+  EXPECT_EQ(c.Get("/metrics")->status, 200);
+}
+
+TEST_F(ServerProcess, TwoHundredConcurrentStreamsAllFinish) {
+  server_process s({"--slots", "256", "--max-running", "256"});
+  std::vector<std::thread> clients;
+  std::atomic<int> ok{0};
+  for (int t = 0; t < 200; ++t)
+    clients.emplace_back([&, t] {
+      auto c = s.client();
+      auto r = c.Post("/v1/completions",
+                      nlohmann::json{{"prompt", "stream " + std::to_string(t)},
+                                     {"max_tokens", 2},
+                                     {"stream", true},
+                                     {"ignore_eos", true}}
+                          .dump(),
+                      "application/json");
+      if (r && r->status == 200 && r->body.find("data: [DONE]") != std::string::npos)
+        ++ok;
+      else if (t % 50 == 0)
+        ADD_FAILURE() << "stream " << t << ": "
+                      << (r ? std::to_string(r->status) + " " + r->body.substr(0, 200)
+                            : "httplib error " + httplib::to_string(r.error()));
+    });
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(ok.load(), 200);
+}
+
+TEST_F(ServerProcess, SlotsExceededGets429) {
+  server_process s({"--slots", "2"});
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> long_ones;
+  for (int i = 0; i < 2; ++i)
+    long_ones.emplace_back([&] {
+      httplib::Client c("127.0.0.1", s.port());
+      httplib::Request req;
+      req.method = "POST";
+      req.path = "/v1/completions";
+      req.body = nlohmann::json{
+          {"prompt", "long"},
+          {"max_tokens", 400},
+          {"stream", true},
+          {"ignore_eos",
+           true}}.dump();
+      req.content_receiver = [&](char const*, std::size_t, std::uint64_t, std::uint64_t) {
+        return !stop.load();
+      };
+      httplib::Response res;
+      httplib::Error err = httplib::Error::Success;
+      c.send(req, res, err);
+    });
+  auto c = s.client();
+  int status = 0;
+  std::string body;
+  for (int i = 0; i < 100 && status != 429; ++i) {
+    std::this_thread::sleep_for(50ms);
+    auto r = c.Post("/v1/completions", R"({"prompt": "x", "max_tokens": 1})", "application/json");
+    if (r) status = r->status, body = r->body;
+  }
+  stop = true;
+  for (auto& t : long_ones) t.join();
+  EXPECT_EQ(status, 429) << body;
+  EXPECT_NE(body.find("retry later"), std::string::npos) << body;
+}
+
+TEST_F(ServerProcess, SigtermDuringLoadLeavesNoSharedMemory) {
+  server_process s;
+  std::string const prefix = "lightcore." + std::to_string(s.pid()) + ".";
+  ASSERT_TRUE(fs::exists(fs::path("/dev/shm") / (prefix + "stats")));
+  std::vector<std::thread> clients;
+  for (int t = 0; t < 6; ++t)
+    clients.emplace_back([&] {
+      auto c = s.client();
+      c.Post("/v1/completions",
+             R"({"prompt": "load", "max_tokens": 300, "stream": true, "ignore_eos": true})",
+             "application/json");
+    });
+  std::this_thread::sleep_for(300ms);
+  ASSERT_EQ(::kill(s.pid(), SIGTERM), 0);
+  ASSERT_TRUE(s.wait_exit(20s));
+  for (auto& t : clients) t.join();
+  for (auto const& e : fs::directory_iterator("/dev/shm"))
+    EXPECT_NE(e.path().filename().string().rfind(prefix, 0), 0u) << e.path() << " was left";
+}
+
+TEST_F(ServerProcess, MockEngineServes) {
+  server_process s({"--mock-engine"});
+  auto c = s.client();
+  nlohmann::json const req = {{"prompt", "mock"}, {"max_tokens", 32}};
+  auto const a = post(c, "/v1/completions", req);
+  EXPECT_EQ(a["usage"]["completion_tokens"], 32) << "EOS never comes";
+  EXPECT_EQ(a["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(post(c, "/v1/completions", req)["choices"][0]["text"], a["choices"][0]["text"])
+      << "a fixed function of the prompt";
+  auto const r = c.Post("/v1/completions", R"({"prompt": "mock", "max_tokens": 5, "stream": true})",
+                        "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(sse_data(r->body).back(), "[DONE]");
+  EXPECT_GT(metric(c.Get("/metrics")->body, "lightcore_engine_steps_total"), 0);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -319,6 +320,62 @@ TEST(Loadgen, BadConfigurationThrowsBeforeSending) {
   run_config c = small_run(1);
   c.num_clients = 0;
   EXPECT_THROW(run(c), lightcore::error);
+}
+
+TEST(Arrivals, ExponentialGapsFromTheSeed) {
+  double const rate = 50.0;
+  auto const t = arrival_times(7, rate, 20000);
+  ASSERT_EQ(t.size(), 20000u);
+  double sum = 0.0, sum2 = 0.0, prev = 0.0;
+  for (double const x : t) {
+    ASSERT_GE(x, prev);
+    double const gap = x - prev;
+    sum += gap;
+    sum2 += gap * gap;
+    prev = x;
+  }
+  double const mean = sum / double(t.size());
+  double const sd = std::sqrt(sum2 / double(t.size()) - mean * mean);
+  EXPECT_NEAR(mean, 1.0 / rate, 0.03 / rate);  // the mean gap is 1 / rate
+  EXPECT_NEAR(sd / mean, 1.0, 0.04);           // exponential: the coefficient of variation is 1
+  EXPECT_EQ(arrival_times(7, rate, 100), std::vector<double>(t.begin(), t.begin() + 100));
+  EXPECT_NE(arrival_times(8, rate, 100), std::vector<double>(t.begin(), t.begin() + 100));
+  // A horizon instead of a count: every arrival before it, about rate * horizon of them.
+  auto const h = arrival_times(7, rate, 0, 100.0);
+  EXPECT_LT(h.back(), 100.0);
+  EXPECT_NEAR(double(h.size()), rate * 100.0, 4.0 * std::sqrt(rate * 100.0));
+  EXPECT_THROW(arrival_times(7, 0.0, 10), lightcore::error);
+  EXPECT_THROW(arrival_times(7, 1.0, 0, 0.0), lightcore::error);
+}
+
+TEST(Loadgen, OpenLoopAgainstAStreamingServer) {
+  observed seen;
+  fake_server server(streaming_routes(seen, 16, "fake-model"));
+  run_config c = small_run(server.port());
+  c.request_rate = 100.0;
+  c.num_requests = 30;
+  c.max_concurrency = 64;
+  run_output const out = run(c);
+  {
+    std::lock_guard const lock(seen.mutex);
+    EXPECT_TRUE(seen.problems.empty()) << "first problem: " << seen.problems.front();
+  }
+  EXPECT_EQ(seen.requests.load(), 30);
+  EXPECT_EQ(out.stats.completed, 30);
+  EXPECT_EQ(out.stats.errors, 0) << (out.stats.error_samples.empty()
+                                         ? ""
+                                         : out.stats.error_samples.front());
+  // Requests start at their scheduled arrivals, not when the previous one ended.
+  auto const due = arrival_times(c.workload.seed, c.request_rate, 30);
+  for (std::size_t i = 0; i < out.results.size(); ++i) {
+    EXPECT_GE(out.results[i].start_s, due[i] - 1e-3);
+    EXPECT_LT(out.results[i].start_s, due[i] + 0.05) << "request " << i << " started late";
+  }
+  c.max_concurrency = 0;
+  EXPECT_THROW(validate(c), lightcore::error);
+  c.max_concurrency = 4;
+  c.request_rate = -1.0;
+  EXPECT_THROW(validate(c), lightcore::error);
 }
 
 }  // namespace

@@ -207,33 +207,58 @@ std::vector<double> token_buckets() {
 server_metrics::server_metrics()
     : requests_received(registry.add_counter("lightcore_requests_received_total",
                                              "Requests accepted by the API layer.")),
-      requests_rejected(registry.add_counter("lightcore_requests_rejected_total",
-                                             "Requests answered with a 4xx error.")),
+      requests_rejected(registry.add_counter(
+          "lightcore_requests_rejected_total",
+          "Requests answered with a 4xx error (bad input, authentication, limits: 429).")),
+      requests_unavailable(
+          registry.add_counter("lightcore_requests_unavailable_total",
+                               "Requests answered 503 because the engine is not running.")),
       prompt_tokens(registry.add_counter("lightcore_prompt_tokens_total",
                                          "Prompt tokens of finished requests.")),
       generation_tokens(registry.add_counter("lightcore_generation_tokens_total",
                                              "Generated tokens of finished requests.")),
-      requests_running(
-          registry.add_gauge("lightcore_num_requests_running", "Requests in the running batch.")),
-      requests_waiting(
-          registry.add_gauge("lightcore_num_requests_waiting", "Requests waiting for admission.")),
-      time_to_first_token(registry.add_histogram("lightcore_time_to_first_token_seconds",
-                                                 "Time from arrival to the first token.",
-                                                 latency_buckets())),
+      requests_in_flight(registry.add_gauge(
+          "lightcore_num_requests_in_flight",
+          "Requests the front end holds (a request-table slot each, until their reply ends).")),
+      requests_running(registry.add_gauge("lightcore_num_requests_running",
+                                          "Requests the engine's scheduler is running.")),
+      requests_waiting(registry.add_gauge("lightcore_num_requests_waiting",
+                                          "Requests queued in the engine, waiting for admission.")),
+      time_to_first_token(registry.add_histogram(
+          "lightcore_time_to_first_token_seconds",
+          "Time from the request's arrival (before parsing) to its first token.",
+          latency_buckets())),
       inter_token_latency(registry.add_histogram("lightcore_inter_token_latency_seconds",
                                                  "Time between consecutive output tokens.",
                                                  itl_buckets())),
-      e2e_request_latency(registry.add_histogram("lightcore_e2e_request_latency_seconds",
-                                                 "Time from arrival to the last token.",
-                                                 e2e_buckets())),
-      request_queue_time(registry.add_histogram("lightcore_request_queue_time_seconds",
-                                                "Time from arrival to admission.",
-                                                latency_buckets())),
+      e2e_request_latency(registry.add_histogram(
+          "lightcore_e2e_request_latency_seconds",
+          "Time from the request's arrival (before parsing) to its end.", e2e_buckets())),
+      request_queue_time(registry.add_histogram(
+          "lightcore_request_queue_time_seconds",
+          "Time from the request's arrival to its admission by the engine's scheduler.",
+          latency_buckets())),
       request_prompt_tokens(registry.add_histogram("lightcore_request_prompt_tokens",
                                                    "Prompt tokens per request.", token_buckets())),
-      request_generation_tokens(registry.add_histogram("lightcore_request_generation_tokens",
-                                                       "Generated tokens per request.",
-                                                       token_buckets())) {
+      request_generation_tokens(registry.add_histogram(
+          "lightcore_request_generation_tokens", "Generated tokens per request.", token_buckets())),
+      kv_slots_used(registry.add_gauge("lightcore_kv_slots_used",
+                                       "KV pool slots (tokens) held by requests and the cache.")),
+      kv_slots_capacity(
+          registry.add_gauge("lightcore_kv_slots_capacity", "KV pool slots (tokens).")),
+      prefix_cached_tokens(registry.add_gauge("lightcore_prefix_cache_tokens",
+                                              "KV slots (tokens) held by the prefix cache.")),
+      prefix_cache_hit_rate(
+          registry.add_gauge("lightcore_prefix_cache_hit_rate",
+                             "Share of looked-up prompt tokens found in the prefix cache.")),
+      last_step_rows(registry.add_gauge("lightcore_engine_last_step_rows",
+                                        "Rows of the engine's last step that sampled a token.")),
+      last_step_forward_tokens(
+          registry.add_gauge("lightcore_engine_last_step_forward_tokens",
+                             "Tokens through the engine's last forward pass.")),
+      engine_steps(registry.add_counter("lightcore_engine_steps_total", "Engine steps run.")),
+      engine_forward_tokens(registry.add_counter("lightcore_engine_forward_tokens_total",
+                                                 "Tokens through the engine's forward passes.")) {
   for (auto const r :
        {finish_reason::stop, finish_reason::length, finish_reason::abort, finish_reason::error}) {
     finished_[int(r)] = &registry.add_counter("lightcore_request_success_total",

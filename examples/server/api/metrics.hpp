@@ -106,18 +106,29 @@ struct server_metrics {
   server_metrics();
 
   metrics_registry registry;
-  counter& requests_received;  // accepted by the parsers
-  counter& requests_rejected;  // answered with a 4xx
+  counter& requests_received;     // accepted by the parsers
+  counter& requests_rejected;     // answered with a 4xx (bad input, auth, 429 limits)
+  counter& requests_unavailable;  // answered 503: the engine is not running
   counter& prompt_tokens;
   counter& generation_tokens;
-  gauge& requests_running;
-  gauge& requests_waiting;
+  gauge& requests_in_flight;       // front-end requests holding a request-table slot
+  gauge& requests_running;         // the engine's running requests (from its stats block)
+  gauge& requests_waiting;         // the engine's queued requests, waiting for admission
   histogram& time_to_first_token;  // seconds
   histogram& inter_token_latency;  // seconds
   histogram& e2e_request_latency;  // seconds
   histogram& request_queue_time;   // seconds
   histogram& request_prompt_tokens;
   histogram& request_generation_tokens;
+  // The engine's view, set from its stats block when /metrics is scraped.
+  gauge& kv_slots_used;             // KV pool slots held (requests and prefix cache)
+  gauge& kv_slots_capacity;         // KV pool slots
+  gauge& prefix_cached_tokens;      // slots held by the prefix cache
+  gauge& prefix_cache_hit_rate;     // looked-up tokens found cached, in [0, 1]
+  gauge& last_step_rows;            // rows of the last step that sampled a token
+  gauge& last_step_forward_tokens;  // tokens through the last step's forward
+  counter& engine_steps;            // steps the engine ran
+  counter& engine_forward_tokens;   // tokens through every forward
 
   // One finished request: its finish reason counter, token counters and histograms.
   void record_finished(finish_reason reason, std::int64_t prompt, std::int64_t generated,

@@ -57,14 +57,21 @@ void check_model(field_reader const& f, api_config const& config, generation_req
   }
 }
 
-void check_n(field_reader const& f) {
-  if (auto const n = f.integer("n", 1, std::numeric_limits<std::int32_t>::max()); n && *n != 1) {
-    fail(400, "n", "'n' = " + std::to_string(*n) + " is not supported; only n = 1 is allowed");
+void check_n(field_reader const& f, api_config const& config, generation_request& req) {
+  if (auto const n = f.integer("n", 1, std::numeric_limits<std::int32_t>::max())) {
+    if (*n > config.max_n) {
+      fail(400, "n",
+           "'n' = " + std::to_string(*n) + " is too large; allowed: 1.." +
+               std::to_string(config.max_n) + " choices per request");
+    }
+    req.n = std::int32_t(*n);
   }
+  // best_of = n means "return every candidate", which is what n does; more is not supported.
   if (auto const b = f.integer("best_of", 1, std::numeric_limits<std::int32_t>::max());
-      b && *b != 1) {
+      b && *b != req.n) {
     fail(400, "best_of",
-         "'best_of' = " + std::to_string(*b) + " is not supported; only best_of = 1 is allowed");
+         "'best_of' = " + std::to_string(*b) + " is not supported; allowed: best_of = n (" +
+             std::to_string(req.n) + ")");
   }
 }
 
@@ -274,7 +281,7 @@ api_result<generation_request> parse_completion_request(nlohmann::json const& bo
     generation_request req;
     req.kind = request_kind::completion;
     check_model(f, config, req);
-    check_n(f);
+    check_n(f, config, req);
     if (auto const s = f.string("suffix"); s && !s->empty()) {
       fail(400, "suffix", "'suffix' is not supported; leave it out");
     }
@@ -303,7 +310,7 @@ api_result<generation_request> parse_chat_request(nlohmann::json const& body,
     generation_request req;
     req.kind = request_kind::chat;
     check_model(f, config, req);
-    check_n(f);
+    check_n(f, config, req);
     auto const messages = read_messages(f);
     req.prompt_text = text::deepseek_v3::chat_prompt(messages, /*add_generation_prompt=*/true);
     // The rendered prompt already starts with the BOS.
@@ -422,6 +429,66 @@ api_result<generation_request> parse_generate_body(std::string_view body,
   return from_text(body, config, [&](nlohmann::json const& j) {
     return parse_generate_request(j, tok, config, stream);
   });
+}
+
+api_result<std::vector<text::token_id>> parse_tokenize_body(std::string_view body,
+                                                            text::tokenizer const& tok,
+                                                            api_config const& config) {
+  auto json = parse_json_body(body, config);
+  if (!json) return json.error();
+  try {
+    nlohmann::json const& j = json.value();
+    require_object(j, "/tokenize");
+    field_reader const f(j, "");
+    bool const has_prompt = f.find("prompt") != nullptr;
+    bool const has_messages = f.find("messages") != nullptr;
+    if (has_prompt == has_messages) {
+      fail(400, has_prompt ? "messages" : "prompt",
+           "give exactly one of 'prompt' (a string) and 'messages' (chat messages)");
+    }
+    std::vector<text::token_id> ids;
+    if (has_prompt) {
+      auto const prompt = f.string("prompt");
+      if (!prompt) fail(400, "prompt", "'prompt' must be a string");
+      ids = tok.encode(*prompt, f.boolean("add_special_tokens").value_or(true));
+    } else {
+      auto const messages = read_messages(f);
+      bool const gen = f.boolean("add_generation_prompt").value_or(true);
+      // The rendered prompt already starts with the BOS.
+      ids = tok.encode(text::deepseek_v3::chat_prompt(messages, gen), false);
+    }
+    if (std::int64_t(ids.size()) > config.max_model_len) {
+      fail(413, has_prompt ? "prompt" : "messages",
+           "the text has " + std::to_string(ids.size()) + " tokens; at most " +
+               std::to_string(config.max_model_len) + " are allowed",
+           "prompt_too_long");
+    }
+    return ids;
+  } catch (detail::api_failure& e) {
+    return std::move(e.error);
+  }
+}
+
+api_result<std::string> parse_detokenize_body(std::string_view body, text::tokenizer const& tok,
+                                              api_config const& config) {
+  auto json = parse_json_body(body, config);
+  if (!json) return json.error();
+  try {
+    nlohmann::json const& j = json.value();
+    require_object(j, "/detokenize");
+    auto const it = j.find("tokens");
+    if (it == j.end() || !it->is_array()) {
+      fail(400, "tokens", "'tokens' is required: an array of token ids");
+    }
+    if (std::int64_t(it->size()) > config.max_model_len) {
+      fail(413, "tokens",
+           "'tokens' holds " + std::to_string(it->size()) + " ids; at most " +
+               std::to_string(config.max_model_len) + " are allowed");
+    }
+    return tok.decode(detail::read_token_ids(*it, "tokens", tok.vocab_size()));
+  } catch (detail::api_failure& e) {
+    return std::move(e.error);
+  }
 }
 
 }  // namespace lightcore::server

@@ -5,7 +5,8 @@
 // held and what is allowed; it never throws for bad input (only for a broken tokenizer). All
 // sampling ranges of kernels::sampling_request are checked here: on the device nobody checks
 // them. Unknown fields are ignored, as OpenAI-compatible servers do (clients send extras such as
-// "user"); known fields that lightcore cannot honour (n > 1, best_of > 1, suffix) are refused.
+// "user"); known fields that lightcore cannot honour (best_of > 1, suffix) are refused. n > 1 is
+// accepted up to api_config::max_n: the front end runs each choice as its own request.
 #pragma once
 
 #include <cstddef>
@@ -61,6 +62,7 @@ struct api_config {
   std::int64_t max_new_tokens = 8192;             // tokens: the largest max_tokens accepted
   std::int32_t default_max_tokens = 16;           // tokens: /v1/completions and /generate default
   std::size_t max_body_bytes = 8u << 20;          // bytes: larger bodies get 413 (default 8 MiB)
+  std::int32_t max_n = 16;                        // choices per request ("n"), at most
 };
 
 // One generation, as the engine consumes it.
@@ -81,6 +83,7 @@ struct generation_request {
   std::int32_t top_logprobs = 0;               // [0, 20] alternatives per position, when logprobs
   bool echo = false;                           // /v1/completions: reply text starts with the prompt
   bool skip_special_tokens = true;             // leave special tokens out of the reply text
+  std::int32_t n = 1;  // choices: each is its own engine request (seed + index when seeded)
 };
 
 // POST /v1/completions. prompt: a string, an array of token ids, or an array holding one of them.
@@ -108,5 +111,14 @@ api_result<generation_request> parse_chat_body(std::string_view body, text::toke
 api_result<generation_request> parse_generate_body(std::string_view body,
                                                    text::tokenizer const& tok,
                                                    api_config const& config, bool stream);
+
+// POST /tokenize: {"prompt": str, "add_special_tokens": bool (default true)} or {"messages":
+// [...], "add_generation_prompt": bool (default true)} (the chat format); the token ids.
+api_result<std::vector<text::token_id>> parse_tokenize_body(std::string_view body,
+                                                            text::tokenizer const& tok,
+                                                            api_config const& config);
+// POST /detokenize: {"tokens": [ids]} (each in [0, vocab), at most max_model_len); the text.
+api_result<std::string> parse_detokenize_body(std::string_view body, text::tokenizer const& tok,
+                                              api_config const& config);
 
 }  // namespace lightcore::server

@@ -1,8 +1,11 @@
 #include "examples/server/api/response.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <random>
 #include <utility>
+
+#include "lightcore/core/error.hpp"
 
 namespace lightcore::server {
 
@@ -128,34 +131,56 @@ json chat_logprobs(std::span<token_logprob const> lps) {
 }  // namespace
 
 json completion_response(generation_request const& req, response_meta const& meta,
-                         generation_output const& out) {
-  std::size_t offset = req.echo ? req.prompt_text.size() : 0;
-  json choice = {
-      {"index", 0},
-      {"text", req.echo ? req.prompt_text + out.text : out.text},
-      {"logprobs", req.logprobs ? completion_logprobs(out.logprobs, offset, req.top_logprobs > 0)
-                                : json(nullptr)},
-      {"finish_reason", to_string(out.reason)}};
+                         std::span<generation_output const> outs) {
+  json choices = json::array();
+  std::int64_t completion = 0;
+  for (std::size_t i = 0; i < outs.size(); ++i) {
+    generation_output const& out = outs[i];
+    std::size_t offset = req.echo ? req.prompt_text.size() : 0;
+    choices.push_back(
+        {{"index", i},
+         {"text", req.echo ? req.prompt_text + out.text : out.text},
+         {"logprobs", req.logprobs ? completion_logprobs(out.logprobs, offset, req.top_logprobs > 0)
+                                   : json(nullptr)},
+         {"finish_reason", to_string(out.reason)}});
+    completion += out.completion_tokens;
+  }
   return {{"id", meta.id},
           {"object", "text_completion"},
           {"created", meta.created},
           {"model", meta.model},
-          {"choices", json::array({std::move(choice)})},
-          {"usage", usage_json(out.prompt_tokens, out.completion_tokens)}};
+          {"choices", std::move(choices)},
+          {"usage", usage_json(outs.empty() ? 0 : outs[0].prompt_tokens, completion)}};
 }
 
 json chat_response(generation_request const& req, response_meta const& meta,
-                   generation_output const& out) {
-  json choice = {{"index", 0},
-                 {"message", {{"role", "assistant"}, {"content", out.text}}},
-                 {"logprobs", req.logprobs ? chat_logprobs(out.logprobs) : json(nullptr)},
-                 {"finish_reason", to_string(out.reason)}};
+                   std::span<generation_output const> outs) {
+  json choices = json::array();
+  std::int64_t completion = 0;
+  for (std::size_t i = 0; i < outs.size(); ++i) {
+    generation_output const& out = outs[i];
+    choices.push_back({{"index", i},
+                       {"message", {{"role", "assistant"}, {"content", out.text}}},
+                       {"logprobs", req.logprobs ? chat_logprobs(out.logprobs) : json(nullptr)},
+                       {"finish_reason", to_string(out.reason)}});
+    completion += out.completion_tokens;
+  }
   return {{"id", meta.id},
           {"object", "chat.completion"},
           {"created", meta.created},
           {"model", meta.model},
-          {"choices", json::array({std::move(choice)})},
-          {"usage", usage_json(out.prompt_tokens, out.completion_tokens)}};
+          {"choices", std::move(choices)},
+          {"usage", usage_json(outs.empty() ? 0 : outs[0].prompt_tokens, completion)}};
+}
+
+json completion_response(generation_request const& req, response_meta const& meta,
+                         generation_output const& out) {
+  return completion_response(req, meta, std::span<generation_output const>(&out, 1));
+}
+
+json chat_response(generation_request const& req, response_meta const& meta,
+                   generation_output const& out) {
+  return chat_response(req, meta, std::span<generation_output const>(&out, 1));
 }
 
 json generate_response(generation_request const& req, generation_output const& out) {
@@ -182,7 +207,8 @@ stream_writer::stream_writer(generation_request const& req, response_meta meta)
       echo_(req.echo),
       logprobs_(req.logprobs),
       prompt_text_(req.kind == request_kind::completion && req.echo ? req.prompt_text : ""),
-      meta_(std::move(meta)) {}
+      meta_(std::move(meta)),
+      text_offset_(std::size_t(std::max(req.n, 1)), 0) {}
 
 json stream_writer::chunk(json choice) const {
   json j = {{"id", meta_.id},
@@ -196,45 +222,55 @@ json stream_writer::chunk(json choice) const {
 }
 
 std::string stream_writer::begin() {
-  if (kind_ == request_kind::chat) {
-    return sse_event(chunk({{"index", 0},
-                            {"delta", {{"role", "assistant"}, {"content", ""}}},
-                            {"logprobs", nullptr},
-                            {"finish_reason", nullptr}}));
+  std::string out;
+  for (std::size_t i = 0; i < text_offset_.size(); ++i) {
+    if (kind_ == request_kind::chat) {
+      out += sse_event(chunk({{"index", i},
+                              {"delta", {{"role", "assistant"}, {"content", ""}}},
+                              {"logprobs", nullptr},
+                              {"finish_reason", nullptr}}));
+    } else if (echo_ && !prompt_text_.empty()) {
+      text_offset_[i] = prompt_text_.size();
+      out += sse_event(chunk({{"index", i},
+                              {"text", prompt_text_},
+                              {"logprobs", nullptr},
+                              {"finish_reason", nullptr}}));
+    }
   }
-  if (echo_ && !prompt_text_.empty()) {
-    text_offset_ = prompt_text_.size();
-    return sse_event(chunk(
-        {{"index", 0}, {"text", prompt_text_}, {"logprobs", nullptr}, {"finish_reason", nullptr}}));
-  }
-  return {};
+  return out;
 }
 
-std::string stream_writer::delta(std::string_view text, std::span<token_logprob const> logprobs) {
+std::string stream_writer::delta(std::string_view text, std::span<token_logprob const> logprobs,
+                                 std::size_t index) {
   if (text.empty() && logprobs.empty()) return {};
+  LC_CHECK(index < text_offset_.size(),
+           "stream_writer: choice " << index << " of a reply with " << text_offset_.size());
   json lp = nullptr;
   if (logprobs_ && !logprobs.empty()) {
     bool const with_top = !logprobs.front().top.empty();
     lp = kind_ == request_kind::chat ? chat_logprobs(logprobs)
-                                     : completion_logprobs(logprobs, text_offset_, with_top);
+                                     : completion_logprobs(logprobs, text_offset_[index], with_top);
   }
   if (kind_ == request_kind::chat) {
-    return sse_event(chunk({{"index", 0},
+    return sse_event(chunk({{"index", index},
                             {"delta", {{"content", text}}},
                             {"logprobs", std::move(lp)},
                             {"finish_reason", nullptr}}));
   }
   return sse_event(chunk(
-      {{"index", 0}, {"text", text}, {"logprobs", std::move(lp)}, {"finish_reason", nullptr}}));
+      {{"index", index}, {"text", text}, {"logprobs", std::move(lp)}, {"finish_reason", nullptr}}));
 }
 
-std::string stream_writer::finish(finish_reason reason, std::int64_t prompt_tokens,
-                                  std::int64_t completion_tokens) {
+std::string stream_writer::finish_choice(std::size_t index, finish_reason reason) {
   json choice = kind_ == request_kind::chat
-                    ? json{{"index", 0}, {"delta", json::object()}, {"logprobs", nullptr}}
-                    : json{{"index", 0}, {"text", ""}, {"logprobs", nullptr}};
+                    ? json{{"index", index}, {"delta", json::object()}, {"logprobs", nullptr}}
+                    : json{{"index", index}, {"text", ""}, {"logprobs", nullptr}};
   choice["finish_reason"] = to_string(reason);
-  std::string out = sse_event(chunk(std::move(choice)));
+  return sse_event(chunk(std::move(choice)));
+}
+
+std::string stream_writer::end(std::int64_t prompt_tokens, std::int64_t completion_tokens) {
+  std::string out;
   if (include_usage_) {
     auto last = chunk(nullptr);
     last["choices"] = json::array();
@@ -242,6 +278,11 @@ std::string stream_writer::finish(finish_reason reason, std::int64_t prompt_toke
     out += sse_event(last);
   }
   return out + sse_done();
+}
+
+std::string stream_writer::finish(finish_reason reason, std::int64_t prompt_tokens,
+                                  std::int64_t completion_tokens) {
+  return finish_choice(0, reason) + end(prompt_tokens, completion_tokens);
 }
 
 std::string stream_writer::error(api_error const& e) {
@@ -262,6 +303,19 @@ std::string generate_stream_event(text::token_id id, std::string_view text, floa
             {"generated_text", nullptr},
             {"finished", finished.has_value()},
             {"finish_reason", finished ? json(to_string(*finished)) : json(nullptr)},
+            {"details", nullptr}};
+  return "data:" + dump(j) + "\n\n";
+}
+
+std::string generate_stream_final_event(std::string_view text, finish_reason reason,
+                                        std::int64_t count_output_tokens,
+                                        std::int64_t prompt_tokens) {
+  json j = {{"token", nullptr},
+            {"generated_text", text},
+            {"finished", true},
+            {"finish_reason", to_string(reason)},
+            {"count_output_tokens", count_output_tokens},
+            {"prompt_tokens", prompt_tokens},
             {"details", nullptr}};
   return "data:" + dump(j) + "\n\n";
 }

@@ -74,7 +74,12 @@ nlohmann::json error_body(api_error const& e);
 // GET /v1/models: the one served model.
 nlohmann::json models_response(std::string_view model_name, std::int64_t created);
 
-// Whole (non-streamed) replies.
+// Whole (non-streamed) replies: one choice per output (index i for outs[i], n > 1); usage counts
+// the prompt once and sums the completions.
+nlohmann::json completion_response(generation_request const& req, response_meta const& meta,
+                                   std::span<generation_output const> outs);
+nlohmann::json chat_response(generation_request const& req, response_meta const& meta,
+                             std::span<generation_output const> outs);
 nlohmann::json completion_response(generation_request const& req, response_meta const& meta,
                                    generation_output const& out);
 nlohmann::json chat_response(generation_request const& req, response_meta const& meta,
@@ -88,15 +93,23 @@ std::string sse_event(nlohmann::json const& j);  // "data: <json>\n\n"
 std::string sse_done();                          // "data: [DONE]\n\n"
 
 // The chunks of one streamed OpenAI reply (completion or chat), in order:
-//   begin()  — chat: a chunk whose delta carries the role; completion with echo: the prompt;
-//   delta()  — each piece of text (empty pieces give no chunk unless they carry logprobs);
-//   finish() — the chunk with finish_reason, the usage chunk when include_usage, and [DONE].
+//   begin()  — chat: a chunk per choice whose delta carries the role; completion with echo: the
+//              prompt, per choice;
+//   delta()  — each piece of text of choice `index` (empty pieces give no chunk unless they
+//              carry logprobs);
+//   finish_choice() — the chunk with choice `index`'s finish_reason;
+//   end()    — the usage chunk when include_usage (completion_tokens summed over the choices),
+//              and [DONE].
+// finish() is finish_choice(0, ...) + end() for one choice.
 class stream_writer {
  public:
   stream_writer(generation_request const& req, response_meta meta);
 
   std::string begin();
-  std::string delta(std::string_view text, std::span<token_logprob const> logprobs = {});
+  std::string delta(std::string_view text, std::span<token_logprob const> logprobs = {},
+                    std::size_t index = 0);
+  std::string finish_choice(std::size_t index, finish_reason reason);
+  std::string end(std::int64_t prompt_tokens, std::int64_t completion_tokens);
   std::string finish(finish_reason reason, std::int64_t prompt_tokens,
                      std::int64_t completion_tokens);
   // An error after the stream began: an error event and [DONE].
@@ -111,7 +124,7 @@ class stream_writer {
   bool logprobs_;
   std::string prompt_text_;
   response_meta meta_;
-  std::size_t text_offset_ = 0;  // completion logprobs' text_offset of the next token
+  std::vector<std::size_t> text_offset_;  // per choice: logprobs' text_offset of the next token
 };
 
 // One /generate_stream event (LightLLM: "data:<json>\n\n", no [DONE]): the token just generated
@@ -120,5 +133,11 @@ std::string generate_stream_event(text::token_id id, std::string_view text, floa
                                   bool special, std::int64_t count_output_tokens,
                                   std::int64_t prompt_tokens,
                                   std::optional<finish_reason> finished);
+// The finishing /generate_stream event when no token comes with it (the request ended after its
+// last token was sent, or a stop string cut it): "finished": true, the finish reason, the counts,
+// the held-back text (may be empty) and "token": null.
+std::string generate_stream_final_event(std::string_view text, finish_reason reason,
+                                        std::int64_t count_output_tokens,
+                                        std::int64_t prompt_tokens);
 
 }  // namespace lightcore::server
