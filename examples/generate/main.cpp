@@ -184,6 +184,16 @@ int run(B& backend, options const& o, text::tokenizer const& tok,
       double(generated) / gen_s, double(generated + prompt_tokens) / gen_s,
       double(prompts.size()) / gen_s, (unsigned long long)s.steps, s.scheduler.prefix_hit_rate(),
       load_s);
+  if (s.decode_steps > 0) {
+    double const step_ms = s.decode_step_seconds / double(s.decode_steps) * 1e3;
+    double const host_ms = s.decode_host_seconds / double(s.decode_steps) * 1e3;
+    std::printf(
+        "decode-only steps: %llu, %.1f rows each, %.3f ms per step; framework host time %.3f ms "
+        "per step (%.1f%% of the step); over all steps: engine %.3f ms, executor %.3f ms\n",
+        (unsigned long long)s.decode_steps, double(s.decode_rows) / double(s.decode_steps), step_ms,
+        host_ms, 100.0 * host_ms / step_ms, s.engine_host_seconds / double(s.steps) * 1e3,
+        s.executor_host_seconds / double(s.steps) * 1e3);
+  }
   return 0;
 }
 

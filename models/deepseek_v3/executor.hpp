@@ -7,6 +7,7 @@
 // rows runs eagerly. The CPU backend never captures.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -78,6 +79,7 @@ class executor {
     engine::step_output out;
     out.top_n = std::int32_t(kernels::sampling_max_logprobs);
     if (rows.empty()) return out;
+    auto const t0 = std::chrono::steady_clock::now();
     std::vector<request_step> reqs;
     reqs.reserve(rows.size());
     for (row_type const& r : rows)
@@ -127,6 +129,8 @@ class executor {
         {std::max<std::int64_t>(1, kernels::sampling_workspace_bytes(n, logits.size(1)))});
     kernels::sample(*backend_, {logits, d_params.view(), d_pos.view(), d_hist.view(), d_off.view()},
                     {tokens.view(), lp.view(), top_ids.view(), top_lp.view()}, ws.view(), stream_);
+    // Everything is queued: the copies below wait for the device.
+    out.host_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::vector<std::int32_t> h_tokens(std::size_t(n) + 0), h_top(std::size_t(n * k));
     std::vector<float> h_lp(std::size_t(n) + 0), h_top_lp(std::size_t(n * k));
     backend_->copy(h_tokens.data(), tokens.view().data(), h_tokens.size() * 4, stream_);

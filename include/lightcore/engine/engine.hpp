@@ -12,6 +12,7 @@
 #pragma once
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <limits>
 #include <optional>
@@ -80,6 +81,15 @@ struct engine_stats {
   std::int64_t evictable_tokens = 0;  // of those, unreferenced
   memory::radix_cache_stats prefix;
   sched::scheduler_stats scheduler;
+  // Where a step's time goes, summed over steps (seconds of wall time):
+  double engine_host_seconds = 0.0;    // scheduling, slots, rows, bookkeeping (outside run())
+  double executor_host_seconds = 0.0;  // the executor's host work before it waits on the device
+  double step_seconds = 0.0;           // whole step() calls
+  // The same over decode-only steps (no prefill chunk): the steady state of generation.
+  std::uint64_t decode_steps = 0;
+  std::int64_t decode_rows = 0;
+  double decode_host_seconds = 0.0;  // engine + executor host time
+  double decode_step_seconds = 0.0;
 };
 
 template <Backend B, executor Exec,
@@ -133,6 +143,7 @@ class engine {
   std::vector<token_event> step() {
     std::vector<token_event> events;
     if (sched_.idle()) return events;
+    auto const t_start = std::chrono::steady_clock::now();
     memory_view const mem{this};
     sched::step_plan const plan = sched_.schedule(mem);
     for (std::uint64_t const id : plan.release) release(id);
@@ -177,7 +188,9 @@ class engine {
       sampled_ids_.push_back(id);
     }
     step_output out;
+    auto const t_run = std::chrono::steady_clock::now();
     if (!rows_.empty()) out = exec_->run(rows_, pool_.layers(), pool_.req_to_token());
+    auto const t_ran = std::chrono::steady_clock::now();
     LC_CHECK(out.tokens.size() == sampled_ids_.size(),
              "engine: the executor returned " << out.tokens.size() << " tokens for "
                                               << sampled_ids_.size() << " sampling rows");
@@ -199,6 +212,19 @@ class engine {
           {id, tok, out.logprobs.empty() ? 0.0f : out.logprobs[i], generated - 1, r.finished});
     }
     sched_.complete(plan, results_);
+    auto const t_end = std::chrono::steady_clock::now();
+    using seconds = std::chrono::duration<double>;
+    double const host = seconds(t_run - t_start).count() + seconds(t_end - t_ran).count();
+    double const whole = seconds(t_end - t_start).count();
+    stats_.engine_host_seconds += host;
+    stats_.executor_host_seconds += out.host_seconds;
+    stats_.step_seconds += whole;
+    if (plan.prefill.empty() && !plan.decode.empty()) {
+      ++stats_.decode_steps;
+      stats_.decode_rows += std::int64_t(plan.decode.size());
+      stats_.decode_host_seconds += host + out.host_seconds;
+      stats_.decode_step_seconds += whole;
+    }
     ++stats_.steps;
     stats_.forward_tokens += plan.forward_tokens();
     stats_.sampled_tokens += std::int64_t(results_.size());

@@ -31,6 +31,9 @@ struct step_output {
   std::int32_t top_n = 0;       // alternatives per row in top_ids / top_logprobs
   std::vector<std::int32_t> top_ids;  // [rows, top_n], padded with -1
   std::vector<float> top_logprobs;    // [rows, top_n], padded with -inf
+  // Seconds the executor's host spent on the step before it waited for the device (building the
+  // batch's metadata, launching or replaying): its share of the framework's CPU time per step.
+  double host_seconds = 0.0;
 };
 
 // An executor E runs steps on its device:
