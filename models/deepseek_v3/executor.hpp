@@ -83,8 +83,8 @@ class executor {
     std::vector<request_step> reqs;
     reqs.reserve(rows.size());
     for (row_type const& r : rows)
-      reqs.push_back(
-          {std::vector<std::int32_t>(r.tokens.begin(), r.tokens.end()), r.cached, r.req_row});
+      reqs.push_back({std::vector<std::int32_t>(r.tokens.begin(), r.tokens.end()), r.cached,
+                      r.req_row, r.prefill});
     modules::deepseek::forward_context<B> ctx{*backend_, stream_, gemm_, mem_};
     tensor_view logits;
     bool graphed = false;

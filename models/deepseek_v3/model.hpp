@@ -33,6 +33,9 @@ struct request_step {
   std::vector<std::int32_t> tokens;  // new token ids; one after a cached prefix: a decode row
   std::int64_t cached = 0;           // tokens of this request already in the pool (positions)
   std::int32_t req_row = 0;          // its row in req_to_token
+  // A prompt chunk of one token takes the prefill path too (not the absorbed decode path), so
+  // that a prompt's KV has the same bits however it is chunked; default false.
+  bool prefill = false;
 };
 
 // What a tensor-parallel forward returns as logits.
@@ -399,7 +402,9 @@ class model {
 
  public:
   // A decode row: one new token after a cached prefix.
-  static bool is_decode(request_step const& r) { return r.tokens.size() == 1 && r.cached > 0; }
+  static bool is_decode(request_step const& r) {
+    return !r.prefill && r.tokens.size() == 1 && r.cached > 0;
+  }
 
  private:
   // logits [rows, vocab] = the ranks' vocab-sharded products, all-gathered. The shards are

@@ -141,7 +141,8 @@ std::string variant_name(::testing::TestParamInfo<variant> const& p) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Budgets, EngineBatching,
-                         ::testing::Values(variant{7, true}, variant{64, true}, variant{4096, true},
+                         ::testing::Values(variant{1, true}, variant{7, true}, variant{64, true},
+                                           variant{4096, true}, variant{1, false},
                                            variant{7, false}, variant{64, false},
                                            variant{4096, false}),
                          variant_name);

@@ -167,6 +167,7 @@ class engine {
       row.cached = c.start;
       row.req_row = *r.row;
       row.sample = c.is_last;
+      row.prefill = true;
       fill_sampling(row, r);
       rows_.push_back(row);
       if (c.is_last) sampled_ids_.push_back(c.id);

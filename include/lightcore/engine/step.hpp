@@ -19,6 +19,7 @@ struct step_row {
   std::int64_t cached = 0;                // tokens of the request already in the pool
   std::int32_t req_row = 0;               // its req_to_token row
   bool sample = false;                    // this row ends its sequence or decodes: draw a token
+  bool prefill = false;                   // a prompt chunk (even of one token), not a decode row
   Params sampling{};                      // how it draws
   std::int32_t generated = 0;             // tokens generated so far (the draw's RNG counter)
   std::span<std::int32_t const> history;  // generated ids (repetition/presence/frequency)
