@@ -8,7 +8,9 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <span>
 #include <type_traits>
@@ -97,28 +99,51 @@ class executor {
     // Sample every row (a chunk that does not end its prompt draws too and is dropped: one
     // launch over [R, vocab] costs far less than the forward that produced it).
     std::int64_t const n = std::int64_t(rows.size());
-    std::vector<kernels::sampling_request> params;
-    std::vector<std::int32_t> positions, history, offsets{0};
+    // What this step's rows ask for: the history only feeds penalties, the logprob outputs only
+    // rows that want them; what nobody asks for is neither uploaded nor copied back.
+    bool penalties = false, want_lp = false, want_top = false;
     for (row_type const& r : rows) {
-      params.push_back(r.sampling);
-      positions.push_back(r.generated);
-      history.insert(history.end(), r.history.begin(), r.history.end());
-      offsets.push_back(std::int32_t(history.size()));
+      kernels::sampling_request const& q = r.sampling;
+      penalties |=
+          q.repetition_penalty != 1.0f || q.presence_penalty != 0.0f || q.frequency_penalty != 0.0f;
+      want_lp |= q.num_logprobs >= 0;
+      want_top |= q.num_logprobs > 0;
     }
-    auto upload = [&](char const* role, dtype t, dims shape, void const* src, std::size_t bytes) {
-      auto l = mem_.acquire(role, t, shape);
-      if (bytes) backend_->copy(l.view().data(), src, bytes, stream_);
-      return l;
-    };
-    auto d_params =
-        upload("sample.requests", dtype::u8, {n, std::int64_t(sizeof(kernels::sampling_request))},
-               params.data(), params.size() * sizeof(kernels::sampling_request));
-    auto d_pos =
-        upload("sample.positions", dtype::i32, {n}, positions.data(), positions.size() * 4);
-    auto d_hist = upload("sample.history", dtype::i32, {std::int64_t(history.size())},
-                         history.data(), history.size() * 4);
-    auto d_off =
-        upload("sample.history_offsets", dtype::i32, {n + 1}, offsets.data(), offsets.size() * 4);
+    // The inputs in one staging block and one copy: [n] requests, [n] positions, [n + 1] history
+    // offsets, then the history.
+    constexpr std::size_t align = 16;
+    auto padded = [](std::size_t b) { return (b + align - 1) / align * align; };
+    std::size_t const params_at = 0;
+    std::size_t const pos_at = padded(std::size_t(n) * sizeof(kernels::sampling_request));
+    std::size_t const off_at = pos_at + padded(std::size_t(n) * 4);
+    std::size_t const hist_at = off_at + padded(std::size_t(n + 1) * 4);
+    std::size_t history = 0;
+    if (penalties)
+      for (row_type const& r : rows) history += r.history.size();
+    std::size_t const total = hist_at + padded(std::max<std::size_t>(history, 1) * 4);
+    staging_.resize(total);
+    auto* params = reinterpret_cast<kernels::sampling_request*>(staging_.data() + params_at);
+    auto* positions = reinterpret_cast<std::int32_t*>(staging_.data() + pos_at);
+    auto* offsets = reinterpret_cast<std::int32_t*>(staging_.data() + off_at);
+    auto* hist = reinterpret_cast<std::int32_t*>(staging_.data() + hist_at);
+    offsets[0] = 0;
+    std::size_t h = 0;
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      params[i] = rows[i].sampling;
+      positions[i] = rows[i].generated;
+      if (penalties)
+        for (std::int32_t const id : rows[i].history) hist[h++] = id;
+      offsets[i + 1] = std::int32_t(h);
+    }
+    auto inputs = mem_.acquire("sample.inputs", dtype::u8, {std::int64_t(total)});
+    backend_->copy(inputs.view().data(), staging_.data(), total, stream_);
+    auto* base = static_cast<std::byte*>(inputs.view().data());
+    device const where = backend_->where();
+    tensor_view const d_params(base + params_at, dtype::u8,
+                               {n, std::int64_t(sizeof(kernels::sampling_request))}, where);
+    tensor_view const d_pos(base + pos_at, dtype::i32, {n}, where);
+    tensor_view const d_off(base + off_at, dtype::i32, {n + 1}, where);
+    tensor_view const d_hist(base + hist_at, dtype::i32, {std::int64_t(h)}, where);
     constexpr std::int64_t k = kernels::sampling_max_logprobs;
     auto tokens = mem_.acquire("sample.tokens", dtype::i32, {n});
     auto lp = mem_.acquire("sample.logprobs", dtype::f32, {n});
@@ -127,26 +152,33 @@ class executor {
     auto ws = mem_.acquire(
         "sample.workspace", dtype::u8,
         {std::max<std::int64_t>(1, kernels::sampling_workspace_bytes(n, logits.size(1)))});
-    kernels::sample(*backend_, {logits, d_params.view(), d_pos.view(), d_hist.view(), d_off.view()},
+    kernels::sample(*backend_, {logits, d_params, d_pos, d_hist, d_off},
                     {tokens.view(), lp.view(), top_ids.view(), top_lp.view()}, ws.view(), stream_);
     // Everything is queued: the copies below wait for the device.
     out.host_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::vector<std::int32_t> h_tokens(std::size_t(n) + 0), h_top(std::size_t(n * k));
-    std::vector<float> h_lp(std::size_t(n) + 0), h_top_lp(std::size_t(n * k));
-    backend_->copy(h_tokens.data(), tokens.view().data(), h_tokens.size() * 4, stream_);
-    backend_->copy(h_lp.data(), lp.view().data(), h_lp.size() * 4, stream_);
-    backend_->copy(h_top.data(), top_ids.view().data(), h_top.size() * 4, stream_);
-    backend_->copy(h_top_lp.data(), top_lp.view().data(), h_top_lp.size() * 4, stream_);
+    h_tokens_.resize(std::size_t(n));
+    backend_->copy(h_tokens_.data(), tokens.view().data(), h_tokens_.size() * 4, stream_);
+    h_lp_.assign(std::size_t(n), std::numeric_limits<float>::quiet_NaN());
+    if (want_lp) backend_->copy(h_lp_.data(), lp.view().data(), h_lp_.size() * 4, stream_);
+    if (want_top) {
+      h_top_.resize(std::size_t(n * k));
+      h_top_lp_.resize(std::size_t(n * k));
+      backend_->copy(h_top_.data(), top_ids.view().data(), h_top_.size() * 4, stream_);
+      backend_->copy(h_top_lp_.data(), top_lp.view().data(), h_top_lp_.size() * 4, stream_);
+    }
     stream_.synchronize();
     for (std::size_t i = 0; i < rows.size(); ++i) {
       if (!rows[i].sample) continue;
-      out.tokens.push_back(h_tokens[i]);
-      out.logprobs.push_back(h_lp[i]);
-      out.top_ids.insert(out.top_ids.end(), h_top.begin() + long(i * k),
-                         h_top.begin() + long((i + 1) * k));
-      out.top_logprobs.insert(out.top_logprobs.end(), h_top_lp.begin() + long(i * k),
-                              h_top_lp.begin() + long((i + 1) * k));
+      out.tokens.push_back(h_tokens_[i]);
+      out.logprobs.push_back(h_lp_[i]);
+      if (want_top) {
+        out.top_ids.insert(out.top_ids.end(), h_top_.begin() + long(i * k),
+                           h_top_.begin() + long((i + 1) * k));
+        out.top_logprobs.insert(out.top_logprobs.end(), h_top_lp_.begin() + long(i * k),
+                                h_top_lp_.begin() + long((i + 1) * k));
+      }
     }
+    out.top_n = want_top ? std::int32_t(k) : 0;
     return out;
   }
 
@@ -156,6 +188,10 @@ class executor {
   memory::cache_tensor_manager<B> mem_;
   kernels::gemm_context<B> gemm_;
   typename B::stream_type stream_;
+  // Host buffers reused by every step.
+  std::vector<std::byte> staging_;
+  std::vector<std::int32_t> h_tokens_, h_top_;
+  std::vector<float> h_lp_, h_top_lp_;
   std::optional<graphs_type> graphs_;  // after model_, which it refers to
 };
 

@@ -4,6 +4,7 @@
 // prompts, survives eviction and aborts, and refuses bad requests.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -263,6 +264,31 @@ TEST(Engine, GenerateStreamsTokensAndHonoursAbortsFromTheCallback) {
   EXPECT_EQ(out[0].logprobs.size(), 6u);
   EXPECT_TRUE(std::isnan(out[0].logprobs[0])) << "no logprobs were asked for";
   while (!e.idle()) e.step();
+  expect_all_slots_back(e);
+}
+
+TEST(Engine, PenaltiesSeeEachRequestsOwnHistory) {
+  fixture f;
+  engine_t e(f.backend, f.exec, f.engine_config(512, 4));
+  // A strong repetition penalty over its generated ids: greedy never picks a generated id again
+  // (the tiny random model repeats tokens a lot without it). The other request shares the batch
+  // without penalties, so the history offsets must keep the rows apart.
+  request_t pen = greedy(1, prompt_of(10, 3), 12);
+  pen.sampling.repetition_penalty = 1e6f;
+  pen.sampling.num_logprobs = 0;
+  e.submit(pen);
+  e.submit(greedy(2, prompt_of(10, 3), 12));
+  run_result const r = run(e);
+  std::vector<std::int32_t> seen = r.tokens.at(1);
+  std::sort(seen.begin(), seen.end());
+  EXPECT_EQ(std::adjacent_find(seen.begin(), seen.end()), seen.end())
+      << "a penalised request repeated a generated id";
+  EXPECT_EQ(r.tokens.at(2), reference_greedy(f, prompt_of(10, 3), 12))
+      << "the unpenalised neighbour is plain greedy";
+  std::vector<std::int32_t> plain = r.tokens.at(2);
+  std::sort(plain.begin(), plain.end());
+  EXPECT_NE(std::adjacent_find(plain.begin(), plain.end()), plain.end())
+      << "without the penalty the same prompt repeats ids (else this test proves nothing)";
   expect_all_slots_back(e);
 }
 
