@@ -2,9 +2,8 @@
 // tokenizer, or token ids), runs them as one continuous batch, prints each completion and the
 // throughput.
 //
-//   lightcore_generate --tokenizer .cache/tokenizer --prompt "Hello" --prompt "Why is the sky
-//   blue?" lightcore_generate --dummy config.json --prompts-file prompts.txt --max-tokens 128
-//   --stream
+//   lightcore_generate --tokenizer .cache/tokenizer --prompt "Hello" --prompt "Why?"
+//   lightcore_generate --dummy config.json --prompts-file prompts.txt --max-tokens 128 --stream
 //
 // A prompts file holds one prompt per line; a line "ids: 1 2 3" is a prompt of token ids.
 // Without --model or --dummy it runs the built-in tiny model (random weights: random text).
@@ -42,6 +41,7 @@ struct options {
   std::vector<std::string> prompts;
   std::string prompts_file;
   bool chat = false, stream = false;
+  text::deepseek_v3::chat_flavour flavour = text::deepseek_v3::chat_flavour::v3;
   std::int64_t max_tokens = 64, kv_tokens = 0, max_seq_len = 4096;
   std::int32_t max_running = 64;
   float temperature = 0.0f, top_p = 1.0f;
@@ -53,7 +53,8 @@ struct options {
   if (!why.empty()) std::cerr << "lightcore_generate: " << why << "\n";
   (code ? std::cerr : std::cout)
       << "usage: lightcore_generate [--model DIR | --dummy CONFIG] [--tokenizer PATH]\n"
-         "  [--prompt TEXT]... [--prompts-file FILE] [--chat] [--stream] [--max-tokens N]\n"
+         "  [--prompt TEXT]... [--prompts-file FILE] [--chat] [--chat-flavour v3|r1] [--stream]\n"
+         "  [--max-tokens N]\n"
          "  [--temperature T] [--top-p P] [--top-k K] [--seed N] [--device auto|cpu|cuda]\n"
          "  [--kv-tokens N] [--max-running N] [--max-seq-len N]\n";
   std::exit(code);
@@ -87,6 +88,8 @@ options parse(int argc, char** argv) {
         o.prompts.push_back(v);
       else if (a == "--prompts-file")
         o.prompts_file = v;
+      else if (a == "--chat-flavour")
+        o.flavour = text::deepseek_v3::parse_chat_flavour(v);
       else if (a == "--max-tokens")
         o.max_tokens = std::stoll(v);
       else if (a == "--temperature")
@@ -105,6 +108,8 @@ options parse(int argc, char** argv) {
         o.max_seq_len = std::stoll(v);
       else
         usage(2, "unknown flag " + a);
+    } catch (lightcore::error const& e) {
+      usage(2, a + " " + v + ": " + e.what());
     } catch (std::exception const&) {
       usage(2, a + " " + v + ": not a number");
     }
@@ -222,7 +227,8 @@ int main(int argc, char** argv) try {
       prompts.push_back(ids);
     } else if (o.chat) {
       text::chat_message const m{"user", l};
-      prompts.push_back(tok.encode(text::deepseek_v3::chat_prompt({&m, 1}, true), false));
+      prompts.push_back(
+          tok.encode(text::deepseek_v3::chat_prompt({&m, 1}, true, o.flavour), false));
     } else {
       prompts.push_back(tok.encode(l, true));
     }

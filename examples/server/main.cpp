@@ -55,6 +55,7 @@ constexpr flag flags[] = {
     {"--served-model-name", "NAME",
      "the model name of the API (default lightcore-tiny or the "
      "checkpoint's directory name)"},
+    {"--chat-flavour", "F", "chat format: v3 or r1 (R1's reasoning handling; default v3)"},
     {"--max-running", "N", "requests in one step, at most (default 64)"},
     {"--max-seq-len", "N", "prompt + output tokens of one request (default 4096)"},
     {"--max-tokens-per-step", "N", "tokens of one forward pass (chunked prefill; default 2048)"},
@@ -152,6 +153,12 @@ options parse(int argc, char** argv) {
     } else if (a == "--served-model-name") {
       o.front.api.served_model_name = v;
       named = true;
+    } else if (a == "--chat-flavour") {
+      try {
+        o.front.api.chat_flavour = text::deepseek_v3::parse_chat_flavour(v);
+      } catch (std::exception const& e) {
+        usage(2, std::string("--chat-flavour: ") + e.what());
+      }
     } else if (a == "--max-running") {
       o.engine.max_running = std::int32_t(to_int(a, v, 1, 4096));
     } else if (a == "--max-seq-len") {

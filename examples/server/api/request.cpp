@@ -312,7 +312,8 @@ api_result<generation_request> parse_chat_request(nlohmann::json const& body,
     check_model(f, config, req);
     check_n(f, config, req);
     auto const messages = read_messages(f);
-    req.prompt_text = text::deepseek_v3::chat_prompt(messages, /*add_generation_prompt=*/true);
+    req.prompt_text = text::deepseek_v3::chat_prompt(messages, /*add_generation_prompt=*/true,
+                                                     config.chat_flavour);
     // The rendered prompt already starts with the BOS.
     req.prompt_ids = tok.encode(req.prompt_text, /*add_special_tokens=*/false);
     auto max_tokens = read_max_tokens(f, "max_completion_tokens");
@@ -455,7 +456,7 @@ api_result<std::vector<text::token_id>> parse_tokenize_body(std::string_view bod
       auto const messages = read_messages(f);
       bool const gen = f.boolean("add_generation_prompt").value_or(true);
       // The rendered prompt already starts with the BOS.
-      ids = tok.encode(text::deepseek_v3::chat_prompt(messages, gen), false);
+      ids = tok.encode(text::deepseek_v3::chat_prompt(messages, gen, config.chat_flavour), false);
     }
     if (std::int64_t(ids.size()) > config.max_model_len) {
       fail(413, has_prompt ? "prompt" : "messages",

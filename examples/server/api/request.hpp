@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "kernels/sampling/sampling_params.hpp"
+#include "modules/text/chat_template.hpp"
 #include "modules/text/tokenizer.hpp"
 
 namespace lightcore::server {
@@ -63,6 +64,9 @@ struct api_config {
   std::int32_t default_max_tokens = 16;           // tokens: /v1/completions and /generate default
   std::size_t max_body_bytes = 8u << 20;          // bytes: larger bodies get 413 (default 8 MiB)
   std::int32_t max_n = 16;                        // choices per request ("n"), at most
+  // The chat format of /v1/chat/completions and /tokenize's messages; default v3 (r1: reasoning
+  // stripped from assistant turns, <think> after the generation prompt).
+  text::deepseek_v3::chat_flavour chat_flavour = text::deepseek_v3::chat_flavour::v3;
 };
 
 // One generation, as the engine consumes it.
