@@ -259,6 +259,8 @@ int serve(B& backend, engine_options const& o) {
 
   std::vector<std::int32_t> one(1);
   std::vector<float> one_lp(1);
+  std::size_t const top_k = table.config().top_logprobs;
+  std::vector<ipc::top_entry> tops(top_k);
   for (;;) {
     // Block while idle; otherwise take what has arrived and step.
     auto first = table.next_event(eng.idle() ? ipc::no_timeout : std::chrono::nanoseconds(0));
@@ -290,7 +292,10 @@ int serve(B& backend, engine_options const& o) {
         if (it == slots.end()) continue;
         one[0] = t.token;
         one_lp[0] = t.logprob;
-        table.append_output(it->second, one, one_lp);
+        for (std::size_t j = 0; j < top_k; ++j)
+          tops[j] = j < t.top_ids.size() ? ipc::top_entry{t.top_ids[j], t.top_logprobs[j]}
+                                         : ipc::top_entry{};
+        table.append_output(it->second, one, one_lp, tops);
         if (t.finished != engine::finish_reason::none) end_request(t.id, to_table(t.finished));
       }
       publish(eng, sv, std::uint64_t(events.size()));

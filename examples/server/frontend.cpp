@@ -111,7 +111,7 @@ class frontend::generation {
     p.sampling = req_.sampling;
     // Choice i of a seeded request samples with seed + i: reproducible, and the choices differ.
     p.sampling.seed = req_.sampling.seed + std::uint64_t(index_);
-    p.sampling.num_logprobs = req_.logprobs ? 0 : -1;
+    p.sampling.num_logprobs = req_.logprobs ? req_.top_logprobs : -1;
     p.max_new_tokens = req_.max_new_tokens;
     std::vector<std::int32_t> stop_ids(req_.stop_token_ids.begin(), req_.stop_token_ids.end());
     if (!req_.ignore_eos)
@@ -136,6 +136,21 @@ class frontend::generation {
 
   // Without waiting: appends output past what was read (tokens), or says that the request has
   // ended and nothing more will come (ended; reason() and error() say how), or none.
+  // The logprob entry of output i (its id and logprob), with the alternatives it asked for.
+  token_logprob entry(std::size_t i, std::int32_t id, float lp) const {
+    std::size_t const k = f_.table_->config().top_logprobs;
+    std::size_t const want = req_.logprobs ? std::size_t(std::max(req_.top_logprobs, 0)) : 0;
+    std::vector<text::token_id> ids;
+    std::vector<float> lps;
+    for (std::size_t j = 0; j < std::min(want, k) && (i + 1) * k <= tops_.size(); ++j) {
+      ipc::top_entry const& t = tops_[i * k + j];
+      if (t.id < 0) break;
+      ids.push_back(t.id);
+      lps.push_back(t.logprob);
+    }
+    return make_token_logprob(f_.tok_, id, lp, ids, lps);
+  }
+
   progress poll(std::vector<std::int32_t>& ids, std::vector<float>& lps) {
     if (done_) return progress::ended;
     auto const state = f_.table_->state(*slot_);
@@ -148,6 +163,11 @@ class frontend::generation {
       auto const lp = f_.table_->logprobs(*slot_, read_);
       lps.insert(lps.end(), lp.begin(),
                  lp.begin() + std::ptrdiff_t(std::min<std::size_t>(lp.size(), n - read_)));
+      std::size_t const k = f_.table_->config().top_logprobs;
+      if (k > 0) {
+        auto const top = f_.table_->top_logprobs(*slot_, read_).first(std::size_t(n - read_) * k);
+        tops_.insert(tops_.end(), top.begin(), top.end());
+      }
       observe(n - read_);
       read_ = n;
       return progress::tokens;
@@ -252,6 +272,7 @@ class frontend::generation {
   std::optional<ipc::slot_handle> slot_;
   bool started_ = false;
   std::uint32_t read_ = 0;
+  std::vector<ipc::top_entry> tops_;  // table_->config().top_logprobs per output read
   bool done_ = false;
   finish_reason reason_ = finish_reason::stop;
   std::string error_;
@@ -461,12 +482,14 @@ void frontend::routes() {
       if (!parsed) return reject(res, parsed.error());
       metrics_.requests_received.inc();
       if (!engine_alive()) return reject(res, engine_down());
-      if (parsed.value().logprobs && parsed.value().top_logprobs > 0) {
+      if (parsed.value().logprobs &&
+          std::uint32_t(parsed.value().top_logprobs) > options_.max_top_logprobs) {
         std::string const field = which == route::completion ? "logprobs" : "top_logprobs";
         return reject(res, {400,
                             "'" + field + "' = " + std::to_string(parsed.value().top_logprobs) +
-                                " asks for alternatives, which this server does not return (the "
-                                "chosen token's logprob it does); allowed: 0",
+                                " asks for more alternatives than this server keeps; allowed: 0.." +
+                                std::to_string(options_.max_top_logprobs) +
+                                " (the server's --max-top-logprobs)",
                             field, "invalid_request_error", ""});
       }
       if (options_.max_queue > 0) {
@@ -518,7 +541,7 @@ void frontend::routes() {
           while (gen.next(ids, lps)) {
             for (std::size_t i = out.token_ids.size(); i < ids.size(); ++i) {
               out.token_ids.push_back(ids[i]);
-              if (req.logprobs) out.logprobs.push_back(make_token_logprob(tok_, ids[i], lps[i]));
+              if (req.logprobs) out.logprobs.push_back(gen.entry(i, ids[i], lps[i]));
               out.text += gen.text_of(ids[i]);
               if (gen.stopped_by_string()) break;
             }
@@ -573,8 +596,7 @@ void frontend::routes() {
                   std::string const text = g.text_of(ids[i]);
                   if (openai) {
                     std::vector<token_logprob> lp;
-                    if (g.request().logprobs)
-                      lp.push_back(make_token_logprob(tok_, ids[i], st->lps[c][i]));
+                    if (g.request().logprobs) lp.push_back(g.entry(i, ids[i], st->lps[c][i]));
                     if (!write(st->writer->delta(text, lp, c))) return false;
                   } else if (!write(generate_stream_event(
                                  ids[i], text, st->lps[c][i], tok_.is_special(ids[i]),

@@ -29,14 +29,16 @@ namespace lightcore::server {
 using table_type = ipc::request_table<wire_params>;
 
 struct frontend_options {
-  std::string host = "127.0.0.1";     // the address to bind; 127.0.0.1 unless told otherwise
-  int port = 8000;                    // 0: any free port (printed at start)
-  api_config api;                     // names and limits of the API
-  std::vector<std::int32_t> eos_ids;  // stop ids added unless a request ignores EOS
-  int http_threads = 0;               // 0: one per table slot plus a few
-  std::string api_key;                // non-empty: "Authorization: Bearer <key>" is required
-                                      // everywhere but /health and /metrics; default none
-  std::int64_t max_queue = 0;         // requests waiting in the engine; more get 429; 0: none
+  std::string host = "127.0.0.1";      // the address to bind; 127.0.0.1 unless told otherwise
+  int port = 8000;                     // 0: any free port (printed at start)
+  api_config api;                      // names and limits of the API
+  std::vector<std::int32_t> eos_ids;   // stop ids added unless a request ignores EOS
+  int http_threads = 0;                // 0: one per table slot plus a few
+  std::string api_key;                 // non-empty: "Authorization: Bearer <key>" is required
+                                       // everywhere but /health and /metrics; default none
+  std::int64_t max_queue = 0;          // requests waiting in the engine; more get 429; 0: none
+  std::uint32_t max_top_logprobs = 0;  // alternatives per token a request may ask for (0..20;
+                                       // the request table keeps that many); default 0
 };
 
 class frontend {

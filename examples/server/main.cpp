@@ -63,6 +63,9 @@ constexpr flag flags[] = {
      "KV pool slots (default: from --kv-memory-fraction on the GPU, 65536 "
      "on the CPU)"},
     {"--kv-memory-fraction", "F", "share of free GPU memory for the KV pool (default 0.85)"},
+    {"--max-top-logprobs", "N",
+     "alternatives per token a request may ask for (top_logprobs; 0..20, default 0); each costs "
+     "8 bytes of shared memory per output token per slot"},
     {"--slots", "N",
      "requests in flight in the front end, at most (default 256); more get 429; the HTTP "
      "threads are sized from it"},
@@ -171,6 +174,8 @@ options parse(int argc, char** argv) {
       double const x = std::atof(v.c_str());
       if (!(x > 0.0 && x < 1.0)) usage(2, "--kv-memory-fraction " + v + ": allowed: (0, 1)");
       o.engine.kv_memory_fraction = x;
+    } else if (a == "--max-top-logprobs") {
+      o.front.max_top_logprobs = std::uint32_t(to_int(a, v, 0, 20));
     } else if (a == "--slots") {
       o.slots = std::uint32_t(to_int(a, v, 1, 65536));
     } else if (a == "--max-queue") {
@@ -222,6 +227,7 @@ int main(int argc, char** argv) try {
   tc.slots = o.slots;
   tc.max_prompt = std::uint32_t(o.front.api.max_prompt_tokens);
   tc.max_output = std::uint32_t(o.front.api.max_new_tokens);
+  tc.top_logprobs = o.front.max_top_logprobs;
   table_type table = table_type::create(table_name, tc);
   o.engine.table_name = table_name;
   // The engine's stats for /metrics, created here so that the cleanup registry covers it.

@@ -230,6 +230,11 @@ TEST(RequestTable, BadInputsAreClearErrors) {
   EXPECT_THROW_WITH(table::create(test::unique_shm_name("cfg"), {.slots = 0}), "slots = 0");
   EXPECT_THROW_WITH(table::create(test::unique_shm_name("cfg"), {.max_output = 0}),
                     "max_output = 0");
+  EXPECT_THROW_WITH(table::create(test::unique_shm_name("cfg"), {.top_logprobs = 21}),
+                    "top_logprobs = 21; allowed 0..20");
+  EXPECT_THROW_WITH(
+      table::create(test::unique_shm_name("cfg"), {.logprobs = false, .top_logprobs = 2}),
+      "needs logprobs = true");
   // Front end and engine built with different Params, or a different kind of segment.
   EXPECT_THROW_WITH(ipc::request_table<double>::open(name), "disagree on Params");
   auto const plain = test::unique_shm_name("plain");
@@ -237,7 +242,9 @@ TEST(RequestTable, BadInputsAreClearErrors) {
   EXPECT_THROW_WITH(table::open(plain), "magic");
   auto const newer = test::unique_shm_name("newer");
   auto v2 = ipc::shm_region::create(newer, 4096, {table::layout.magic, table::layout.version + 1});
-  EXPECT_THROW_WITH(table::open(newer), "layout version 2; this build reads 1");
+  EXPECT_THROW_WITH(table::open(newer),
+                    "layout version " + std::to_string(table::layout.version + 1) +
+                        "; this build reads " + std::to_string(table::layout.version));
   auto const small = test::unique_shm_name("small");
   auto s = ipc::shm_region::create(small, 64, table::layout);
   EXPECT_THROW_WITH(table::open(small), "smaller than the table header");
@@ -251,6 +258,41 @@ TEST(RequestTable, BytesPerSlotFollowsTheConfig) {
   EXPECT_EQ(table::bytes_per_slot(c), 1024u);
   auto t = table::create(test::unique_shm_name("bytes"), c);
   EXPECT_GE(t.region().payload_bytes(), 8 * 1024u);
+}
+
+}  // namespace
+}  // namespace lightcore
+
+namespace lightcore {
+namespace {
+
+TEST(RequestTable, AlternativesTravelWithEachOutputToken) {
+  auto const name = test::unique_shm_name("top");
+  auto t = table::create(name, {.slots = 2, .max_prompt = 8, .max_output = 8, .top_logprobs = 3});
+  auto engine = table::open(name);
+  auto h = t.allocate_slot();
+  ASSERT_TRUE(h);
+  std::vector<ipc::token_id> const prompt = {1, 2};
+  t.write_prompt(*h, prompt);
+  t.submit(*h, 7, sampling{});
+  auto ev = engine.next_event(std::chrono::seconds(1));
+  ASSERT_TRUE(ev);
+  std::vector<ipc::top_entry> const tops = {{5, -0.1f}, {6, -2.0f}, {-1, 0.0f},
+                                            {9, -0.5f}, {8, -0.7f}, {7, -3.0f}};
+  std::vector<ipc::token_id> const ids = {5, 9};
+  std::vector<float> const lps = {-0.1f, -0.5f};
+  engine.append_output(ev->slot, ids, lps, tops);
+  std::vector<ipc::top_entry> const wrong(4);
+  EXPECT_THROW_WITH(engine.append_output(ev->slot, ids, lps, wrong),
+                    "4 alternatives for 2 ids; allowed: none, or 3 per id");
+  engine.append_output(ev->slot, std::vector<ipc::token_id>{4});  // alternatives padded
+  auto const got = t.top_logprobs(*h, 1);
+  ASSERT_EQ(got.size(), 6u);
+  EXPECT_EQ(got[0].id, 9);
+  EXPECT_EQ(got[1].id, 8);
+  EXPECT_FLOAT_EQ(got[2].logprob, -3.0f);
+  EXPECT_EQ(got[3].id, -1) << "an append without alternatives pads them";
+  EXPECT_EQ(t.top_logprobs(*h, 0)[0].id, 5);
 }
 
 }  // namespace

@@ -581,6 +581,35 @@ TEST_F(ServerProcess, SigtermDuringLoadLeavesNoSharedMemory) {
     EXPECT_NE(e.path().filename().string().rfind(prefix, 0), 0u) << e.path() << " was left";
 }
 
+TEST_F(ServerProcess, TopLogprobsComeWithEveryToken) {
+  server_process s({"--max-top-logprobs", "3"});
+  auto c = s.client();
+  auto const chat = post(c, "/v1/chat/completions",
+                         {{"messages", {{{"role", "user"}, {"content", "Hi"}}}},
+                          {"max_tokens", 4},
+                          {"ignore_eos", true},
+                          {"logprobs", true},
+                          {"top_logprobs", 2}});
+  auto const& content = chat["choices"][0]["logprobs"]["content"];
+  ASSERT_EQ(content.size(), 4u);
+  for (auto const& t : content) {
+    ASSERT_EQ(t["top_logprobs"].size(), 2u) << t.dump();
+    // The alternatives come largest first, and no sampled token is likelier than the likeliest.
+    EXPECT_GE(t["top_logprobs"][0]["logprob"].get<double>(),
+              t["top_logprobs"][1]["logprob"].get<double>());
+    EXPECT_LE(t["logprob"].get<double>(), t["top_logprobs"][0]["logprob"].get<double>() + 1e-6);
+  }
+  auto const completion =
+      post(c, "/v1/completions", {{"prompt", "x"}, {"max_tokens", 2}, {"logprobs", 3}});
+  EXPECT_EQ(completion["choices"][0]["logprobs"]["top_logprobs"][0].size(), 3u)
+      << completion.dump();
+  auto const too_many =
+      post(c, "/v1/completions", {{"prompt", "x"}, {"max_tokens", 2}, {"logprobs", 4}}, 400);
+  EXPECT_NE(too_many["error"]["message"].get<std::string>().find("allowed: 0..3"),
+            std::string::npos)
+      << too_many.dump();
+}
+
 TEST_F(ServerProcess, MockEngineServes) {
   server_process s({"--mock-engine"});
   auto c = s.client();

@@ -56,6 +56,10 @@ struct token_event {
   float logprob = 0.0f;    // NaN where the request asked for no logprobs
   std::int64_t index = 0;  // 0-based position of the token in the request's output
   finish_reason finished = finish_reason::none;
+  // The alternatives the executor drew for this position (empty when no row of the step asked
+  // for any), largest first, padded with id -1; valid until the next step().
+  std::span<std::int32_t const> top_ids;
+  std::span<float const> top_logprobs;
 };
 
 // What generate() returns for one request.
@@ -188,7 +192,8 @@ class engine {
       rows_.push_back(row);
       sampled_ids_.push_back(id);
     }
-    step_output out;
+    step_output& out = last_out_;  // kept: the events' alternatives point into it
+    out = step_output{};
     auto const t_run = std::chrono::steady_clock::now();
     if (!rows_.empty()) out = exec_->run(rows_, pool_.layers(), pool_.req_to_token());
     auto const t_ran = std::chrono::steady_clock::now();
@@ -209,8 +214,20 @@ class engine {
       else if (generated >= r.max_new_tokens)
         r.finished = finish_reason::length;
       results_.push_back({id, tok, r.finished != finish_reason::none});
-      events.push_back(
-          {id, tok, out.logprobs.empty() ? 0.0f : out.logprobs[i], generated - 1, r.finished});
+      token_event ev{
+          id,
+          tok,
+          out.logprobs.empty() ? std::numeric_limits<float>::quiet_NaN() : out.logprobs[i],
+          generated - 1,
+          r.finished,
+          {},
+          {}};
+      if (out.top_n > 0) {
+        std::size_t const k = std::size_t(out.top_n);
+        ev.top_ids = std::span<std::int32_t const>(out.top_ids).subspan(i * k, k);
+        ev.top_logprobs = std::span<float const>(out.top_logprobs).subspan(i * k, k);
+      }
+      events.push_back(ev);
     }
     sched_.complete(plan, results_);
     auto const t_end = std::chrono::steady_clock::now();
@@ -410,6 +427,7 @@ class engine {
   std::vector<step_row<params_type>> rows_;
   std::vector<std::uint64_t> sampled_ids_;
   std::vector<sched::token_result> results_;
+  step_output last_out_;
 };
 
 }  // namespace lightcore::engine

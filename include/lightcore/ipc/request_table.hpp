@@ -40,7 +40,17 @@ struct request_table_config {
   std::uint32_t max_prompt = 8192;  // prompt tokens a record holds; default 8192
   std::uint32_t max_output = 4096;  // output tokens a record holds; default 4096
   bool logprobs = true;             // keep one float logprob per output token; default true
+  // Alternatives kept per output token (id and logprob each), 0..20; default 0 (none). Each costs
+  // 8 bytes per output token per slot of shared memory (pages are only touched when written).
+  std::uint32_t top_logprobs = 0;
 };
+
+// One alternative at an output position: a token id and its logprob (id -1: padding).
+struct top_entry {
+  std::int32_t id = -1;
+  float logprob = 0.0f;
+};
+static_assert(sizeof(top_entry) == 8);
 
 // A record's lifecycle, ordered: "has reached X" is `state >= X`.
 enum class slot_state : std::uint32_t {
@@ -103,6 +113,7 @@ struct alignas(64) table_header {
   std::uint32_t max_prompt = 0;
   std::uint32_t max_output = 0;
   std::uint32_t logprobs = 0;
+  std::uint32_t top_logprobs = 0;
   std::uint32_t params_bytes = 0;  // sizeof(Params) of the creating build
   std::uint32_t params_align = 0;
   std::uint64_t record_stride = 0;  // bytes
@@ -129,7 +140,7 @@ inline std::uint64_t now_ns() {
 
 // Byte offsets of a record's parts.
 struct record_layout {
-  std::size_t params = 0, prompt = 0, output = 0, logprobs = 0, stride = 0;
+  std::size_t params = 0, prompt = 0, output = 0, logprobs = 0, top = 0, stride = 0;
 };
 
 inline record_layout layout_of(request_table_config const& c, std::size_t params_bytes,
@@ -139,7 +150,9 @@ inline record_layout layout_of(request_table_config const& c, std::size_t params
   l.prompt = round_up(l.params + params_bytes, 64);
   l.output = round_up(l.prompt + std::size_t(c.max_prompt) * sizeof(token_id), 64);
   l.logprobs = round_up(l.output + std::size_t(c.max_output) * sizeof(token_id), 64);
-  std::size_t const end = l.logprobs + (c.logprobs ? std::size_t(c.max_output) * sizeof(float) : 0);
+  l.top = round_up(l.logprobs + (c.logprobs ? std::size_t(c.max_output) * sizeof(float) : 0), 64);
+  std::size_t const end =
+      l.top + std::size_t(c.max_output) * std::size_t(c.top_logprobs) * sizeof(top_entry);
   l.stride = round_up(end, 64);
   return l;
 }
@@ -154,14 +167,15 @@ class request_table {
   static_assert(alignof(Params) <= 64, "request_table<Params>: alignof(Params) must be <= 64");
 
  public:
-  static constexpr region_layout layout{0x4241545145524c43ull, 1};  // "LCREQTAB", version 1
+  static constexpr region_layout layout{0x4241545145524c43ull, 2};  // "LCREQTAB", version 2
   // Ring entries from request_abort carry this bit over the slot index.
   static constexpr std::uint32_t abort_bit = 1u << 31;
   static constexpr std::uint32_t max_slots = 1u << 20;
   static constexpr std::uint32_t max_tokens = 1u << 24;  // max_prompt / max_output bound
+  static constexpr std::uint32_t max_top_logprobs = 20;  // top_logprobs bound
 
   // Bytes one record takes: 256 (header) + Params + 4 * max_prompt + 4 * max_output
-  // (+ 4 * max_output with logprobs), each part rounded up to 64.
+  // (+ 4 * max_output with logprobs) + 8 * top_logprobs * max_output, each part rounded up to 64.
   static std::size_t bytes_per_slot(request_table_config const& c) {
     return detail::layout_of(c, sizeof(Params), alignof(Params)).stride;
   }
@@ -177,6 +191,7 @@ class request_table {
     th.max_prompt = c.max_prompt;
     th.max_output = c.max_output;
     th.logprobs = c.logprobs ? 1 : 0;
+    th.top_logprobs = c.top_logprobs;
     th.params_bytes = sizeof(Params);
     th.params_align = alignof(Params);
     th.record_stride = rl.stride;
@@ -191,6 +206,7 @@ class request_table {
       h->max_prompt = th.max_prompt;
       h->max_output = th.max_output;
       h->logprobs = th.logprobs;
+      h->top_logprobs = th.top_logprobs;
       h->params_bytes = th.params_bytes;
       h->params_align = th.params_align;
       h->record_stride = th.record_stride;
@@ -223,7 +239,8 @@ class request_table {
                                 << " bytes (align " << h.params_align << "); this build's are "
                                 << sizeof(Params) << " (align " << alignof(Params)
                                 << "): front end and engine disagree on Params");
-    request_table_config const c{h.slots, h.max_prompt, h.max_output, h.logprobs != 0};
+    request_table_config const c{h.slots, h.max_prompt, h.max_output, h.logprobs != 0,
+                                 h.top_logprobs};
     check_config(c);
     LC_CHECK(h.record_stride == bytes_per_slot(c) &&
                  h.payload_bytes == h.records_offset + std::uint64_t(h.slots) * h.record_stride &&
@@ -354,6 +371,12 @@ class request_table {
     if (!config_.logprobs) return {};
     return {logprob_ptr(h.index) + from, n - from};
   }
+  // The alternatives of outputs [from, published count): top_logprobs entries per output.
+  std::span<top_entry const> top_logprobs(slot_handle h, std::uint32_t from = 0) const {
+    auto const n = published(h, from, "top_logprobs");
+    std::size_t const k = config_.top_logprobs;
+    return {top_ptr(h.index) + std::size_t(from) * k, std::size_t(n - from) * k};
+  }
 
   finish_reason reason(slot_handle h) const {
     auto& r = checked(h, "reason");
@@ -450,8 +473,9 @@ class request_table {
 
   // Appends output ids (and their logprobs, when the table keeps them: empty or one per id)
   // and publishes the new count, then wakes the front end.
-  void append_output(slot_handle h, std::span<token_id const> ids,
-                     std::span<float const> lps = {}) {
+  // tops: empty, or top_logprobs entries per id (its alternatives, padded with id -1).
+  void append_output(slot_handle h, std::span<token_id const> ids, std::span<float const> lps = {},
+                     std::span<top_entry const> tops = {}) {
     auto& r = checked(h, "append_output");
     expect_state(h, r, slot_state::submitted, slot_state::running, "append_output");
     LC_CHECK(lps.empty() || (config_.logprobs && lps.size() == ids.size()),
@@ -459,6 +483,10 @@ class request_table {
                                << " ids; allowed: none, or one per id when the table keeps "
                                   "logprobs (it "
                                << (config_.logprobs ? "does" : "does not") << ")");
+    LC_CHECK(tops.empty() || tops.size() == ids.size() * config_.top_logprobs,
+             "append_output: " << tops.size() << " alternatives for " << ids.size()
+                               << " ids; allowed: none, or " << config_.top_logprobs
+                               << " per id (the table's top_logprobs)");
     std::uint32_t const n = r.n_output.load(std::memory_order_relaxed);  // single writer
     LC_CHECK(ids.size() <= config_.max_output - n,
              "append_output: slot " << h.index << " holds " << n << " output ids; appending "
@@ -473,6 +501,13 @@ class request_table {
       } else {
         std::memcpy(dst, lps.data(), lps.size_bytes());
       }
+    }
+    if (config_.top_logprobs > 0) {
+      top_entry* dst = top_ptr(h.index) + std::size_t(n) * config_.top_logprobs;
+      if (tops.empty())
+        std::fill_n(dst, ids.size() * config_.top_logprobs, top_entry{});
+      else
+        std::memcpy(dst, tops.data(), tops.size_bytes());
     }
     if (n == 0 && !ids.empty())
       r.t_first_token_ns.store(detail::now_ns(), std::memory_order_relaxed);
@@ -515,6 +550,13 @@ class request_table {
              "request_table: max_prompt = " << c.max_prompt << "; allowed 1.." << max_tokens);
     LC_CHECK(c.max_output >= 1 && c.max_output <= max_tokens,
              "request_table: max_output = " << c.max_output << "; allowed 1.." << max_tokens);
+    LC_CHECK(
+        c.top_logprobs <= max_top_logprobs,
+        "request_table: top_logprobs = " << c.top_logprobs << "; allowed 0.." << max_top_logprobs);
+    LC_CHECK(c.top_logprobs == 0 || c.logprobs,
+             "request_table: top_logprobs = " << c.top_logprobs
+                                              << " needs logprobs = true (alternatives come with "
+                                                 "the chosen token's logprob)");
   }
 
   static std::chrono::nanoseconds time_left(std::chrono::nanoseconds timeout,
@@ -526,12 +568,13 @@ class request_table {
 
   void attach() {
     auto const& h = table_head();
-    config_ = {h.slots, h.max_prompt, h.max_output, h.logprobs != 0};
+    config_ = {h.slots, h.max_prompt, h.max_output, h.logprobs != 0, h.top_logprobs};
     auto const rl = detail::layout_of(config_, sizeof(Params), alignof(Params));
     params_off_ = rl.params;
     prompt_off_ = rl.prompt;
     output_off_ = rl.output;
     logprobs_off_ = rl.logprobs;
+    top_off_ = rl.top;
     stride_ = rl.stride;
     records_ = payload() + h.records_offset;
     submit_ring_ = slot_ring::attach(payload() + h.submit_ring_offset);
@@ -557,6 +600,9 @@ class request_table {
   }
   float* logprob_ptr(std::uint32_t i) const noexcept {
     return reinterpret_cast<float*>(record_base(i) + logprobs_off_);
+  }
+  top_entry* top_ptr(std::uint32_t i) const noexcept {
+    return reinterpret_cast<top_entry*>(record_base(i) + top_off_);
   }
 
   // The record of `h`, after checking that the index is in range, the slot is held and it was
@@ -606,7 +652,8 @@ class request_table {
   shm_region region_;
   request_table_config config_;
   std::byte* records_ = nullptr;
-  std::size_t params_off_ = 0, prompt_off_ = 0, output_off_ = 0, logprobs_off_ = 0, stride_ = 0;
+  std::size_t params_off_ = 0, prompt_off_ = 0, output_off_ = 0, logprobs_off_ = 0, top_off_ = 0,
+              stride_ = 0;
   slot_ring submit_ring_;
   slot_ring output_ring_;
 };
