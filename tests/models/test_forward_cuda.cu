@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <iostream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "common/cuda.hpp"
@@ -115,6 +116,81 @@ TEST_P(ForwardCuda, DecodeRowsAndMixedBatchesMatchTheCpu) {
     EXPECT_LE(rel_l2(gm[r].data(), cm[r]), bound) << "mixed request " << r;
   // The mixed pass's chunk equals the same chunk run alone in row 1 earlier.
   EXPECT_LE(rel_l2(gm[2].data(), g_tail.back()), bound);
+}
+
+// The forward at hidden sizes that take every launch path of the kernels the tiny models do not
+// reach: RMSNorm's buckets (512: one warp, two vectors per lane; 2048: a 256-thread block, one
+// vector; 7168: 224 threads, four vectors; q_lora 1536: 192 threads), the FP8 GEMMs at R1's hidden
+// size, and MLA with 16 heads (no head padding). CUDA against the CPU forward of the same seeded
+// dummy weights, for a 21-token prefill and two decode steps.
+TEST(ForwardCudaShapes, HiddenSizesThatTakeEveryKernelPath) {
+  if (backend::cuda::device_count() == 0)
+    GTEST_SKIP() << "no CUDA device visible: GPU tests run on a GPU machine";
+  struct shape {
+    std::int64_t hidden, q_lora;
+    bool fp8;
+  };
+  temp_dir dir;
+  backend::cpu cpu;
+  backend::cuda gpu(0);
+  for (shape const sh : {shape{512, 256, false}, shape{2048, 1536, false}, shape{7168, 1536, true},
+                         shape{7168, 1536, false}}) {
+    SCOPED_TRACE("hidden " + std::to_string(sh.hidden) + (sh.fp8 ? " fp8" : " bf16"));
+    nlohmann::json patch = {
+        {"hidden_size", sh.hidden},  {"q_lora_rank", sh.q_lora},  {"num_attention_heads", 16},
+        {"num_key_value_heads", 16}, {"intermediate_size", 1024}, {"moe_intermediate_size", 256},
+        {"n_routed_experts", 16},    {"num_experts_per_tok", 4},  {"n_group", 4},
+        {"topk_group", 2},           {"num_hidden_layers", 3},    {"first_k_dense_replace", 1}};
+    if (!sh.fp8) patch["quantization_config"] = nullptr;
+    auto const sub = dir.path() / (std::to_string(sh.hidden) + (sh.fp8 ? "fp8" : "bf16"));
+    io::model_config const c =
+        io::load_model_config(derived_config(sub, "tiny_deepseek_v3.json", patch));
+    auto const w_cpu = ds::dummy_weights(cpu, c, {.shard = {}, .seed = 21});
+    auto const w_gpu = ds::dummy_weights(gpu, c, {.shard = {}, .seed = 21});
+    auto run = [&](auto& backend, auto const& w) {
+      using B = std::remove_reference_t<decltype(backend)>;
+      constexpr std::int64_t max_len = 32;
+      ds::model<B> m(backend, w, ds::model_options{max_len});
+      auto stream = backend.make_stream();
+      std::vector<tensor<B>> pools;
+      std::vector<tensor_view> kv;
+      for (std::int64_t i = 0; i < c.num_hidden_layers; ++i) {
+        pools.emplace_back(backend, dtype::bf16, dims{max_len, 576});
+        backend.fill(pools.back().data(), pools.back().nbytes(), 1, 0, stream);
+        kv.push_back(pools.back().view());
+      }
+      tensor<B> table(backend, dtype::i32, {1, max_len});
+      std::vector<std::int32_t> t(static_cast<std::size_t>(max_len));
+      for (std::int64_t i = 0; i < max_len; ++i) t[std::size_t(i)] = std::int32_t(i);
+      backend.copy(table.data(), t.data(), t.size() * 4, stream);
+      memory::cache_tensor_manager<B> mem(backend);
+      kernels::gemm_context<B> gemm(backend);
+      modules::deepseek::forward_context<B> ctx{backend, stream, gemm, mem};
+      std::vector<std::vector<float>> out;
+      std::vector<std::int32_t> step;
+      for (int i = 0; i < 21; ++i) step.push_back(std::int32_t((i * 47 + 3) % 1000));
+      std::int64_t cached = 0;
+      for (std::int32_t next : {17, 923, -1}) {
+        tensor_view const l = m.forward(ctx, {{step, cached, 0}}, kv, table.view());
+        std::vector<float> host(std::size_t(l.numel()));
+        backend.copy(host.data(), l.data(), host.size() * 4, stream);
+        stream.synchronize();
+        out.push_back(host);
+        cached += std::int64_t(step.size());
+        step = {next};
+      }
+      return out;
+    };
+    auto const want = run(cpu, w_cpu);
+    auto const got = run(gpu, w_gpu);
+    double const bound = sh.fp8 ? 0.15 : backend_bound;
+    for (std::size_t s = 0; s < want.size(); ++s) {
+      double const e = rel_l2(got[s].data(), want[s]);
+      EXPECT_LE(e, bound) << "step " << s;
+      std::cout << "hidden " << sh.hidden << (sh.fp8 ? " fp8" : " bf16") << ", step " << s
+                << ": relative L2 against the CPU " << e << "\n";
+    }
+  }
 }
 
 std::string golden_name(::testing::TestParamInfo<fixture_spec> const& p) {
