@@ -360,8 +360,12 @@ struct mla_buffers {
   }
 };
 
-// Tolerances: k and v are bf16 on both sides from fp32 sums in different orders (a rare one-ulp
-// difference); then as the kernel's: 1e-2 relative L2, 1e-3 on lse. Padding rows stay poisoned.
+// Tolerances: k and v are bf16 on both sides from fp32 sums in different orders, so an element
+// now and then rounds one ulp apart (2^-8 relative); that moves the logits it meets by up to about
+// 2^-8 of their size and a row's lse with them, so lse is held to 4e-3 (measured up to 1.9e-3 at
+// H = 128, where 2 x 10^4 rows give such a flip its chances); the output as the kernel's, 1e-2
+// relative L2. Padding rows stay poisoned.
+constexpr double path_lse_tol = 4e-3;
 void check_mla_prefill(std::vector<std::int32_t> const& lens_q,
                        std::vector<std::int32_t> const& prefix, std::int64_t heads, bool graph) {
   SCOPED_TRACE(::testing::Message() << "H " << heads << (graph ? ", graph" : ""));
@@ -408,7 +412,7 @@ void check_mla_prefill(std::vector<std::int32_t> const& lens_q,
       float const wl = want.lse[std::size_t(t * heads + hh)];
       if (!(err <= out_tol) && ++bad <= 8)
         ADD_FAILURE() << "token " << t << " head " << hh << ": relative L2 error " << err;
-      if (!(std::abs(gl - wl) <= lse_tol * (1 + std::abs(wl))) && ++bad <= 8)
+      if (!(std::abs(gl - wl) <= path_lse_tol * (1 + std::abs(wl))) && ++bad <= 8)
         ADD_FAILURE() << "token " << t << " head " << hh << ": lse " << gl << ", want " << wl;
     }
   EXPECT_EQ(bad, 0);
