@@ -3,13 +3,17 @@
 #include "frontend.hpp"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <httplib.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <iostream>
 #include <optional>
 #include <string_view>
@@ -48,6 +52,54 @@ api_error busy_error(std::uint32_t slots) {
 
 api_error engine_down() {
   return {503, "the engine process is not running", "", "server_error", "engine_unavailable"};
+}
+
+// The socket of the connection a request came on (its peer address and port, our port), or -1.
+// cpp-httplib 0.11 gives a handler no view of its connection, and a non-streamed reply writes
+// nothing until the end, so this is how the handler learns that its client went away.
+int connection_fd(httplib::Request const& req) {
+  DIR* dir = ::opendir("/proc/self/fd");
+  if (!dir) return -1;
+  int found = -1;
+  while (dirent const* e = ::readdir(dir)) {
+    int const fd = std::atoi(e->d_name);
+    if (fd <= 2) continue;
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
+    sockaddr_storage peer{}, self{};
+    socklen_t pl = sizeof(peer), sl = sizeof(self);
+    if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) != 0 ||
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&self), &sl) != 0)
+      continue;
+    char host[INET6_ADDRSTRLEN] = {};
+    int peer_port = -1, self_port = -1;
+    if (peer.ss_family == AF_INET) {
+      auto const* a = reinterpret_cast<sockaddr_in const*>(&peer);
+      ::inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+      peer_port = ntohs(a->sin_port);
+      self_port = ntohs(reinterpret_cast<sockaddr_in const*>(&self)->sin_port);
+    } else if (peer.ss_family == AF_INET6) {
+      auto const* a = reinterpret_cast<sockaddr_in6 const*>(&peer);
+      ::inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+      peer_port = ntohs(a->sin6_port);
+      self_port = ntohs(reinterpret_cast<sockaddr_in6 const*>(&self)->sin6_port);
+    } else {
+      continue;
+    }
+    if (peer_port == req.remote_port && self_port == req.local_port && req.remote_addr == host) {
+      found = fd;
+      break;
+    }
+  }
+  ::closedir(dir);
+  return found;
+}
+
+// Whether the peer of `fd` has closed its side (a client that gave up on its reply).
+bool peer_closed(int fd) {
+  if (fd < 0) return false;
+  pollfd p{fd, POLLRDHUP, 0};
+  return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
 }
 
 }  // namespace
@@ -531,6 +583,9 @@ void frontend::routes() {
       std::int64_t const prompt_tokens = std::int64_t(req.prompt_ids.size());
 
       if (!req.stream) {
+        // A client that closes its connection while it waits aborts its request (every new
+        // token wakes this loop, which then looks at the socket).
+        int const fd = connection_fd(http_req);
         std::vector<generation_output> outs(n);
         for (std::size_t c = 0; c < n; ++c) {
           generation& gen = *st->gens[c];
@@ -539,6 +594,7 @@ void frontend::routes() {
           std::vector<std::int32_t> ids;
           std::vector<float> lps;
           while (gen.next(ids, lps)) {
+            if (peer_closed(fd)) return;  // the generations' destructors abort them
             for (std::size_t i = out.token_ids.size(); i < ids.size(); ++i) {
               out.token_ids.push_back(ids[i]);
               if (req.logprobs) out.logprobs.push_back(gen.entry(i, ids[i], lps[i]));

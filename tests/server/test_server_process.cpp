@@ -581,6 +581,31 @@ TEST_F(ServerProcess, SigtermDuringLoadLeavesNoSharedMemory) {
     EXPECT_NE(e.path().filename().string().rfind(prefix, 0), 0u) << e.path() << " was left";
 }
 
+TEST_F(ServerProcess, AClientThatGivesUpOnAWholeReplyAbortsItsRequest) {
+  server_process s;
+  {
+    // 400 tokens take the CPU engine several seconds; the client waits 0.5 s, then closes.
+    httplib::Client c("127.0.0.1", s.port());
+    c.set_read_timeout(std::chrono::milliseconds(500));
+    auto r = c.Post(
+        "/v1/completions",
+        nlohmann::json{{"prompt", "Tell a long story"}, {"max_tokens", 400}, {"ignore_eos", true}}
+            .dump(),
+        "application/json");
+    EXPECT_FALSE(r) << "the reply came before the client's timeout";
+  }
+  auto c = s.client();
+  auto const started = std::chrono::steady_clock::now();
+  bool aborted = false;
+  while (!aborted && std::chrono::steady_clock::now() - started < std::chrono::seconds(3)) {
+    aborted = c.Get("/metrics")
+                  ->body.find("lightcore_request_success_total{finish_reason=\"abort\"} 1") !=
+              std::string::npos;
+    if (!aborted) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(aborted) << "the request was not aborted within 3 s of its client leaving";
+}
+
 TEST_F(ServerProcess, TopLogprobsComeWithEveryToken) {
   server_process s({"--max-top-logprobs", "3"});
   auto c = s.client();
