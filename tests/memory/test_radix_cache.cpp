@@ -105,6 +105,26 @@ TEST(RadixCache, MatchFindsTheLongestPrefixAndSplitsInsideAnEdge) {
   EXPECT_EQ(c.match(ids{}).length, 0);
 }
 
+TEST(RadixCache, CachedPrefixAnswersLikeMatchAndChangesNothing) {
+  radix_cache c;
+  c.insert(ids{1, 2, 3, 4}, ids{10, 11, 12, 13});
+  c.insert(ids{1, 2, 7}, ids{30, 31, 20});  // shares the first two tokens: splits the edge
+  auto const nodes = c.live_nodes();
+  auto const queries = c.stats().queries;
+  std::vector<ids> const qs = {ids{1, 2, 3, 4, 5}, ids{1, 2, 3, 9}, ids{1, 2, 7, 8},
+                               ids{1, 9},          ids{5},          ids{}};
+  std::vector<std::int64_t> peeks;
+  for (ids const& q : qs) peeks.push_back(c.cached_prefix(q));
+  EXPECT_EQ(c.live_nodes(), nodes) << "cached_prefix split an edge";
+  EXPECT_EQ(c.stats().queries, queries) << "cached_prefix counted as a lookup";
+  for (std::size_t i = 0; i < qs.size(); ++i)
+    EXPECT_EQ(peeks[i], c.match(qs[i]).length) << "query " << i;
+  // match() splits inside an edge, cached_prefix() never does: the node count moved only there.
+  EXPECT_GT(c.live_nodes(), nodes);
+  radix_cache off({.enabled = false});
+  EXPECT_EQ(off.cached_prefix(ids{1, 2}), 0);
+}
+
 TEST(RadixCache, InsertReportsTheDuplicatePrefixAndKeepsTheFirstOwner) {
   radix_cache c;
   c.insert(ids{1, 2, 3, 4}, ids{10, 11, 12, 13});

@@ -332,9 +332,10 @@ class engine {
     std::int64_t capacity() const { return e->pool_.slots().capacity(); }
     std::int64_t prefix_hit(sched::request const& r) const {
       record const& rec = e->live_.at(r.id);
-      auto const tokens =
-          std::span<std::int32_t const>(rec.tokens).first(std::size_t(r.total_len()));
-      return e->prefix_.match(tokens).length;
+      // Read only: the scheduler may ask about a blocked request every step; the prefix is
+      // matched (and counted in the stats) once, when its first chunk is pinned.
+      return e->prefix_.cached_prefix(
+          std::span<std::int32_t const>(rec.tokens).first(std::size_t(r.total_len())));
     }
   };
 
@@ -420,7 +421,7 @@ class engine {
   Exec* exec_;
   engine_config config_;
   memory::kv_pool<B> pool_;
-  mutable memory::radix_cache prefix_;
+  memory::radix_cache prefix_;
   Scheduler sched_;
   std::unordered_map<std::uint64_t, record> live_;
   engine_stats stats_;

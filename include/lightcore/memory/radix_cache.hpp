@@ -213,6 +213,29 @@ class radix_cache {
     return {length, handle_of(end), matched_};
   }
 
+  // How many leading tokens of `tokens` the cache holds, without changing anything: no split,
+  // no LRU refresh, no stats. For questions asked again and again before anything is pinned (a
+  // scheduler sizing an admission); match() is what takes the prefix.
+  std::int64_t cached_prefix(std::span<std::int32_t const> tokens) const {
+    if (!options_.enabled) return 0;
+    std::int32_t cur = root;
+    std::size_t i = 0;
+    while (i < tokens.size()) {
+      std::int32_t const child = children_.find(cur, tokens[i]);
+      if (child < 0) break;
+      node const& c = nodes_[std::size_t(child)];
+      std::int32_t k = 0;
+      for (std::int32_t s = c.head; k < c.length && i + std::size_t(k) < tokens.size() &&
+                                    token_[std::size_t(s)] == tokens[i + std::size_t(k)];
+           s = next_[std::size_t(s)])
+        ++k;
+      i += std::size_t(k);
+      if (k < c.length) break;
+      cur = child;
+    }
+    return std::int64_t(i);
+  }
+
   // Caches `tokens` with their slot ids (slots[i] holds the KV of tokens[i]). The tree takes
   // slots[existing, n); those must be valid ids (>= 0) that the tree does not hold already.
   insert_result insert(std::span<std::int32_t const> tokens, std::span<std::int32_t const> slots) {
