@@ -82,11 +82,17 @@ class executor {
     out.top_n = std::int32_t(kernels::sampling_max_logprobs);
     if (rows.empty()) return out;
     auto const t0 = std::chrono::steady_clock::now();
-    std::vector<request_step> reqs;
-    reqs.reserve(rows.size());
-    for (row_type const& r : rows)
-      reqs.push_back({std::vector<std::int32_t>(r.tokens.begin(), r.tokens.end()), r.cached,
-                      r.req_row, r.prefill});
+    // Reused across steps: each row's token vector keeps its capacity, so a decode step
+    // allocates nothing here.
+    std::vector<request_step>& reqs = reqs_;
+    reqs.resize(rows.size());
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      row_type const& r = rows[i];
+      reqs[i].tokens.assign(r.tokens.begin(), r.tokens.end());
+      reqs[i].cached = r.cached;
+      reqs[i].req_row = r.req_row;
+      reqs[i].prefill = r.prefill;
+    }
     modules::deepseek::forward_context<B> ctx{*backend_, stream_, gemm_, mem_};
     tensor_view logits;
     bool graphed = false;
@@ -189,6 +195,7 @@ class executor {
   kernels::gemm_context<B> gemm_;
   typename B::stream_type stream_;
   // Host buffers reused by every step.
+  std::vector<request_step> reqs_;
   std::vector<std::byte> staging_;
   std::vector<std::int32_t> h_tokens_, h_top_;
   std::vector<float> h_lp_, h_top_lp_;
