@@ -53,10 +53,53 @@ struct mla_batch {
 
 inline bf16 nan_bf16() { return bf16::from_bits(0x7FC0); }
 
-// A batch with the given lengths. Slots are a random permutation of a pool with `spare` slots more
-// than the tokens (never contiguous by accident); request rows are a random choice among
-// batch + 5 table rows; with page_size > 1 the pages are permuted and each position's slot is
-// page * P + pos % P.
+// The token-slot layout of a decode batch with the given lengths, as kernels find it through
+// req_to_token. Slots are a random permutation of a pool with `spare` pages more than the tokens
+// need (never contiguous by accident); request rows are a random choice among batch + 5 table
+// rows; with page_size > 1 the pages are permuted and a position's slot is page * P + pos % P.
+// Table entries no position uses name a slot far outside the pool: reading one would be caught.
+struct paged_rows {
+  std::int64_t slots = 0, requests = 0, columns = 0;  // pool rows; req_to_token shape
+  std::vector<std::int32_t> req_rows, table;          // [batch]; [requests, columns]
+  std::vector<std::vector<std::int64_t>> row_slots;   // the slot of each position of each row
+};
+
+inline paged_rows make_paged_rows(std::vector<std::int32_t> const& lens, int page_size,
+                                  std::int64_t spare, std::mt19937_64& rng) {
+  paged_rows r;
+  std::int64_t const batch = std::int64_t(lens.size());
+  std::int64_t max_len = 1, pages = spare;
+  for (auto l : lens) {
+    max_len = std::max<std::int64_t>(max_len, l);
+    pages += (l + page_size - 1) / page_size;
+  }
+  r.slots = pages * page_size;
+  r.requests = batch + 5;
+  r.columns = (max_len + page_size - 1) / page_size + 3;
+  std::vector<std::int32_t> page_ids(static_cast<std::size_t>(pages));
+  std::iota(page_ids.begin(), page_ids.end(), 0);
+  std::shuffle(page_ids.begin(), page_ids.end(), rng);
+  std::vector<std::int32_t> rows(std::size_t(r.requests));
+  std::iota(rows.begin(), rows.end(), 0);
+  std::shuffle(rows.begin(), rows.end(), rng);
+  r.req_rows.assign(rows.begin(), rows.begin() + batch);
+  r.table.assign(std::size_t(r.requests * r.columns), std::int32_t(1) << 29);
+  std::size_t next_page = 0;
+  r.row_slots.resize(std::size_t(batch));
+  for (std::int64_t b = 0; b < batch; ++b) {
+    std::int64_t const row = r.req_rows[std::size_t(b)];
+    for (std::int64_t c = 0; c < (lens[std::size_t(b)] + page_size - 1) / page_size; ++c)
+      r.table[std::size_t(row * r.columns + c)] = page_ids[next_page++];
+    for (std::int64_t j = 0; j < lens[std::size_t(b)]; ++j)
+      r.row_slots[std::size_t(b)].push_back(
+          std::int64_t(r.table[std::size_t(row * r.columns + j / page_size)]) * page_size +
+          j % page_size);
+  }
+  return r;
+}
+
+// An MLA decode batch with the given lengths over make_paged_rows' layout; q and the used pool
+// rows ~ N(0, 1) (q scaled by 0.5).
 inline mla_batch make_mla_batch(std::vector<std::int32_t> const& lens, std::int64_t heads,
                                 std::mt19937_64& rng, std::int64_t spare = 37,
                                 std::int64_t pool_stride = mla_width, int page_size = 1) {
@@ -66,41 +109,20 @@ inline mla_batch make_mla_batch(std::vector<std::int32_t> const& lens, std::int6
   m.seq_lens = lens;
   m.page_size = page_size;
   m.pool_stride = pool_stride;
-  std::int64_t max_len = 1, pages = spare;
-  for (auto l : lens) {
-    max_len = std::max<std::int64_t>(max_len, l);
-    pages += (l + page_size - 1) / page_size;
-  }
-  m.slots = pages * page_size;
-  m.requests = m.batch + 5;
-  m.columns = (max_len + page_size - 1) / page_size + 3;
-  std::vector<std::int32_t> page_ids(static_cast<std::size_t>(pages));
-  std::iota(page_ids.begin(), page_ids.end(), 0);
-  std::shuffle(page_ids.begin(), page_ids.end(), rng);
-  std::vector<std::int32_t> rows(std::size_t(m.requests));
-  std::iota(rows.begin(), rows.end(), 0);
-  std::shuffle(rows.begin(), rows.end(), rng);
-  m.req_rows.assign(rows.begin(), rows.begin() + m.batch);
-  // Entries no position uses hold a slot far outside the pool: reading one would be caught.
-  m.table.assign(std::size_t(m.requests * m.columns), std::int32_t(1) << 29);
+  paged_rows r = make_paged_rows(lens, page_size, spare, rng);
+  m.slots = r.slots;
+  m.requests = r.requests;
+  m.columns = r.columns;
+  m.req_rows = std::move(r.req_rows);
+  m.table = std::move(r.table);
+  m.row_slots = std::move(r.row_slots);
   m.pool.assign(std::size_t(m.slots * pool_stride), nan_bf16());
   m.q = normal_bf16(std::size_t(m.batch * heads * mla_width), 0.5f, rng);
   std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::size_t next_page = 0;
-  m.row_slots.resize(std::size_t(m.batch));
-  for (std::int64_t b = 0; b < m.batch; ++b) {
-    std::int64_t const row = m.req_rows[std::size_t(b)];
-    for (std::int64_t c = 0; c < (lens[std::size_t(b)] + page_size - 1) / page_size; ++c)
-      m.table[std::size_t(row * m.columns + c)] = page_ids[next_page++];
-    for (std::int64_t j = 0; j < lens[std::size_t(b)]; ++j) {
-      std::int64_t const slot =
-          std::int64_t(m.table[std::size_t(row * m.columns + j / page_size)]) * page_size +
-          j % page_size;
-      m.row_slots[std::size_t(b)].push_back(slot);
+  for (auto const& slots : m.row_slots)
+    for (std::int64_t const slot : slots)
       for (std::int64_t d = 0; d < mla_width; ++d)
         m.pool[std::size_t(slot * pool_stride + d)] = bf16(dist(rng));
-    }
-  }
   return m;
 }
 

@@ -15,6 +15,7 @@
 
 #include "common/seed.hpp"
 #include "convert_test_util.hpp"
+#include "gqa_decode_test_util.hpp"
 #include "kernels/attention/gqa_decode.hpp"
 #include "lightcore/backend/cpu.hpp"
 #include "mla_test_util.hpp"
@@ -22,73 +23,11 @@
 namespace lightcore {
 namespace {
 
+using test::gqa_batch;
+using test::make_batch;
+
 using kernels::gqa_decode_args;
 using kernels::kv_layout;
-
-// One decode batch on the host: k and v pools of [slots, slot_stride] whose rows the batch does
-// not use (and the padding of the rows it uses) hold NaN, so reading a wrong slot shows.
-struct gqa_batch {
-  std::int64_t batch = 0, q_heads = 0, kv_heads = 0, dim = 0;
-  std::int64_t slots = 0, slot_stride = 0, requests = 0, columns = 0;
-  int page_size = 1;
-  std::vector<std::int32_t> seq_lens, req_rows, table;
-  std::vector<bf16> q, k, v;                         // q [batch, q_heads, dim]
-  std::vector<std::vector<std::int64_t>> row_slots;  // the slot of each position of each row
-};
-
-// Slots (pages) are a random permutation of a pool with `spare` more than the tokens need;
-// request rows a random choice among batch + 5 table rows; entries no position uses name a slot
-// far outside the pools.
-gqa_batch make_batch(std::vector<std::int32_t> const& lens, std::int64_t q_heads,
-                     std::int64_t kv_heads, std::int64_t dim, std::mt19937_64& rng,
-                     std::int64_t slot_stride = 0, int page_size = 1) {
-  gqa_batch m;
-  m.batch = std::int64_t(lens.size());
-  m.q_heads = q_heads;
-  m.kv_heads = kv_heads;
-  m.dim = dim;
-  m.seq_lens = lens;
-  m.page_size = page_size;
-  m.slot_stride = slot_stride > 0 ? slot_stride : kv_heads * dim;
-  std::int64_t max_len = 1, pages = 37;
-  for (auto l : lens) {
-    max_len = std::max<std::int64_t>(max_len, l);
-    pages += (l + page_size - 1) / page_size;
-  }
-  m.slots = pages * page_size;
-  m.requests = m.batch + 5;
-  m.columns = (max_len + page_size - 1) / page_size + 3;
-  std::vector<std::int32_t> page_ids(static_cast<std::size_t>(pages)),
-      rows(static_cast<std::size_t>(m.requests));
-  std::iota(page_ids.begin(), page_ids.end(), 0);
-  std::shuffle(page_ids.begin(), page_ids.end(), rng);
-  std::iota(rows.begin(), rows.end(), 0);
-  std::shuffle(rows.begin(), rows.end(), rng);
-  m.req_rows.assign(rows.begin(), rows.begin() + m.batch);
-  m.table.assign(std::size_t(m.requests * m.columns), std::int32_t(1) << 29);
-  m.k.assign(std::size_t(m.slots * m.slot_stride), test::nan_bf16());
-  m.v = m.k;
-  m.q = test::normal_bf16(std::size_t(m.batch * q_heads * dim), 1.0f, rng);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::size_t next_page = 0;
-  m.row_slots.resize(std::size_t(m.batch));
-  for (std::int64_t b = 0; b < m.batch; ++b) {
-    std::int64_t const row = m.req_rows[std::size_t(b)];
-    for (std::int64_t c = 0; c < (lens[std::size_t(b)] + page_size - 1) / page_size; ++c)
-      m.table[std::size_t(row * m.columns + c)] = page_ids[next_page++];
-    for (std::int64_t j = 0; j < lens[std::size_t(b)]; ++j) {
-      std::int64_t const slot =
-          std::int64_t(m.table[std::size_t(row * m.columns + j / page_size)]) * page_size +
-          j % page_size;
-      m.row_slots[std::size_t(b)].push_back(slot);
-      for (std::int64_t e = 0; e < kv_heads * dim; ++e) {
-        m.k[std::size_t(slot * m.slot_stride + e)] = bf16(dist(rng));
-        m.v[std::size_t(slot * m.slot_stride + e)] = bf16(dist(rng));
-      }
-    }
-  }
-  return m;
-}
 
 struct decoded {
   std::vector<bf16> out;   // [batch, q_heads, dim]

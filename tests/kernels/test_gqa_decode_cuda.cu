@@ -21,6 +21,7 @@
 #include "common/cuda.hpp"
 #include "common/seed.hpp"
 #include "convert_test_util.hpp"
+#include "gqa_decode_test_util.hpp"
 #include "kernels/attention/gqa_decode.hpp"
 #include "lightcore/backend/cpu.hpp"
 #include "lightcore/backend/cuda.hpp"
@@ -30,6 +31,9 @@
 namespace lightcore {
 namespace {
 
+using test::gqa_batch;
+using test::make_batch;
+
 using kernels::gqa_decode_args;
 using kernels::gqa_decode_plan;
 
@@ -37,60 +41,6 @@ class GqaDecodeCudaTest : public test::cuda_test {};
 
 // 0xFF bytes: bf16 and f32 NaN, which the kernels never write.
 constexpr std::uint64_t poison_byte = 0xFF;
-
-// One decode batch on the host: pools [slots, slot_stride] with the batch's rows at shuffled
-// slots and NaN everywhere else (other slots and the padding), q, k, v ~ N(0, 1).
-struct gqa_batch {
-  std::int64_t batch = 0, q_heads = 0, kv_heads = 0, dim = 0;
-  std::int64_t slots = 0, slot_stride = 0, requests = 0, columns = 0;
-  std::vector<std::int32_t> seq_lens, req_rows, table;
-  std::vector<bf16> q, k, v;
-};
-
-gqa_batch make_batch(std::vector<std::int32_t> const& lens, std::int64_t q_heads,
-                     std::int64_t kv_heads, std::int64_t dim, std::mt19937_64& rng,
-                     std::int64_t pad = 0) {
-  gqa_batch m;
-  m.batch = std::int64_t(lens.size());
-  m.q_heads = q_heads;
-  m.kv_heads = kv_heads;
-  m.dim = dim;
-  m.seq_lens = lens;
-  m.slot_stride = kv_heads * dim + pad;
-  std::int64_t max_len = 1, tokens = 0;
-  for (auto l : lens) {
-    max_len = std::max<std::int64_t>(max_len, l);
-    tokens += l;
-  }
-  m.slots = tokens + 37;
-  m.requests = m.batch + 5;
-  m.columns = max_len + 3;
-  std::vector<std::int32_t> ids(static_cast<std::size_t>(m.slots)),
-      rows(static_cast<std::size_t>(m.requests));
-  std::iota(ids.begin(), ids.end(), 0);
-  std::shuffle(ids.begin(), ids.end(), rng);
-  std::iota(rows.begin(), rows.end(), 0);
-  std::shuffle(rows.begin(), rows.end(), rng);
-  m.req_rows.assign(rows.begin(), rows.begin() + m.batch);
-  m.table.assign(std::size_t(m.requests * m.columns), std::int32_t(1) << 29);
-  m.k.assign(std::size_t(m.slots * m.slot_stride), test::nan_bf16());
-  m.v = m.k;
-  m.q = test::normal_bf16(std::size_t(m.batch * q_heads * dim), 1.0f, rng);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::size_t next = 0;
-  for (std::int64_t b = 0; b < m.batch; ++b) {
-    std::int64_t const row = m.req_rows[std::size_t(b)];
-    for (std::int64_t j = 0; j < lens[std::size_t(b)]; ++j) {
-      std::int64_t const slot = ids[next++];
-      m.table[std::size_t(row * m.columns + j)] = std::int32_t(slot);
-      for (std::int64_t e = 0; e < kv_heads * dim; ++e) {
-        m.k[std::size_t(slot * m.slot_stride + e)] = bf16(dist(rng));
-        m.v[std::size_t(slot * m.slot_stride + e)] = bf16(dist(rng));
-      }
-    }
-  }
-  return m;
-}
 
 struct host_result {
   std::vector<bf16> out;   // [batch, q_heads, dim]
@@ -210,7 +160,7 @@ void check_decode(std::vector<std::int32_t> const& lens, std::int64_t q_heads,
                                     << ", dim " << dim << ", batch " << lens.size());
   auto rng = test::test_rng();
   float const scale = 1.0f / std::sqrt(float(dim));
-  auto m = make_batch(lens, q_heads, kv_heads, dim, rng, pad);
+  auto m = make_batch(lens, q_heads, kv_heads, dim, rng, kv_heads * dim + pad);
   auto const want = run_cpu(m, scale);
   backend::cuda gpu(0);
   auto const stream = gpu.make_stream();
