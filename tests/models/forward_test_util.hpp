@@ -144,4 +144,28 @@ inline std::int32_t argmax(std::vector<float> const& v) {
   return std::int32_t(std::max_element(v.begin(), v.end()) - v.begin());
 }
 
+// Greedy decode of g's prompt (row 0, already prefilled; `last` its last-token logits) through
+// the decode path against the golden, which recomputes without a cache. Compared while the
+// golden's top-1 margin exceeds twice the measured logit error `max_err` (both top-2 logits may
+// move by it); after a step that cannot be decided the continuations may part. Returns the steps
+// compared.
+template <class Runner>
+int expect_golden_greedy(Runner& m, golden_case const& g, std::vector<float> const& last,
+                         double max_err) {
+  std::int32_t next = argmax(last);
+  std::int64_t len = std::int64_t(g.prompt.size());
+  int compared = 0;
+  for (std::size_t s = 0; s < g.greedy.size(); ++s) {
+    if (g.margins[s] <= 2 * max_err) break;
+    EXPECT_EQ(next, g.greedy[s]) << "greedy step " << s << ", margin " << g.margins[s];
+    if (next != g.greedy[s]) break;
+    ++compared;
+    if (s + 1 == g.greedy.size()) break;
+    auto const d = m.forward({{{next}, len, 0}});
+    ++len;
+    next = argmax(d[0]);
+  }
+  return compared;
+}
+
 }  // namespace lightcore::test

@@ -34,22 +34,7 @@ TEST_P(ForwardGolden, PrefillLogitsAndGreedyDecodeMatchTransformers) {
       EXPECT_LE(e, p + 1 == g.logits.size() ? spec.bound : spec.bound_any) << "position " << p;
       max_err = std::max(max_err, max_abs_diff(logits[p].data(), g.logits[p]));
     }
-    // Greedy decode through the decode path; the golden recomputes without a cache. Compare while
-    // the golden's top-1 margin exceeds twice the measured logit error (both top-2 logits may move
-    // by it); after a step that cannot be decided the continuations may part.
-    std::int32_t next = argmax(logits.back());
-    std::int64_t len = std::int64_t(g.prompt.size());
-    int compared = 0;
-    for (std::size_t s = 0; s < g.greedy.size(); ++s) {
-      if (g.margins[s] <= 2 * max_err) break;
-      EXPECT_EQ(next, g.greedy[s]) << "greedy step " << s << ", margin " << g.margins[s];
-      if (next != g.greedy[s]) break;
-      ++compared;
-      if (s + 1 == g.greedy.size()) break;
-      auto const d = m.forward({{{next}, len, 0}});
-      ++len;
-      next = argmax(d[0]);
-    }
+    int const compared = expect_golden_greedy(m, g, logits.back(), max_err);
     std::cout << spec.golden << ": prompt " << g.prompt.size() << ", logit max abs error "
               << max_err << ", greedy steps compared " << compared << "\n";
   }

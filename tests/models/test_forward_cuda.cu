@@ -55,19 +55,7 @@ TEST_P(ForwardCuda, PrefillAndGreedyDecodeMatchTransformersAndTheCpu) {
           << "position " << p << " against the CPU";
       max_err = std::max(max_err, max_abs_diff(logits[p].data(), g.logits[p]));
     }
-    std::int32_t next = argmax(logits.back());
-    std::int64_t len = std::int64_t(g.prompt.size());
-    int compared = 0;
-    for (std::size_t s = 0; s < g.greedy.size(); ++s) {
-      if (g.margins[s] <= 2 * max_err) break;
-      EXPECT_EQ(next, g.greedy[s]) << "greedy step " << s << ", margin " << g.margins[s];
-      if (next != g.greedy[s]) break;
-      ++compared;
-      if (s + 1 == g.greedy.size()) break;
-      auto const d = gpu.forward({{{next}, len, 0}});
-      ++len;
-      next = argmax(d[0]);
-    }
+    int const compared = expect_golden_greedy(gpu, g, logits.back(), max_err);
     std::cout << spec.golden << " (cuda): prompt " << g.prompt.size() << ", logit max abs error "
               << max_err << ", greedy steps compared " << compared << "\n";
   }
