@@ -35,7 +35,7 @@ constexpr std::int64_t max_len = 96;
 struct fixture {
   cpu backend;
   io::model_config config = tiny_config();
-  ds::model_weights<cpu> weights = ds::dummy_weights(backend, config, {.seed = 11});
+  ds::model_weights<cpu> weights = ds::dummy_weights(backend, config, {.shard = {}, .seed = 11});
   executor_t exec{backend, weights, ds::model_options{max_len}, 8};
 
   engine::engine_config engine_config(std::int64_t capacity, std::int32_t rows,
@@ -106,7 +106,8 @@ std::vector<std::int32_t> reference_greedy(fixture& f, std::vector<std::int32_t>
     kv.push_back(pools.back().view());
   }
   tensor<cpu> table(f.backend, dtype::i32, {1, max_len});
-  for (std::int64_t i = 0; i < max_len; ++i) static_cast<std::int32_t*>(table.data())[i] = i;
+  for (std::int64_t i = 0; i < max_len; ++i)
+    static_cast<std::int32_t*>(table.data())[i] = std::int32_t(i);
   memory::cache_tensor_manager<cpu> mem(f.backend);
   kernels::gemm_context<cpu> gemm(f.backend);
   auto stream = f.backend.make_stream();
