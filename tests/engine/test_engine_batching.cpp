@@ -131,7 +131,9 @@ TEST_P(EngineBatching, GreedyOutputsEqualEachRequestAlone) {
   auto const got = run(e, reqs, 6);
   for (request_t const& r : reqs) EXPECT_EQ(got.at(r.id), reference.at(r.id)) << "request " << r.id;
   expect_clean(e.stats(), e.live_requests());
-  if (v.prefix) EXPECT_GT(e.stats().scheduler.prefix_hit_tokens, 0);
+  if (v.prefix) {
+    EXPECT_GT(e.stats().scheduler.prefix_hit_tokens, 0);
+  }
 }
 
 std::string variant_name(::testing::TestParamInfo<variant> const& p) {

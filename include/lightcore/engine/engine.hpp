@@ -47,6 +47,25 @@ struct request {
   std::int64_t max_new_tokens = 16;          // tokens; >= 1
   std::vector<std::int32_t> stop_token_ids;  // sampling one of these ends the request (it is kept
                                              // as the last output token)
+  // Prefill instance of prefill/decode separation: when the request ends (not by abort), the KV
+  // it computed stays pinned in the pool, readable through held(), until release_held(id).
+  bool hold_kv = false;
+};
+
+// The KV a finished hold_kv request keeps: the tokens whose KV is computed (the prompt, and the
+// generated tokens but the last) and their slots, position order. Valid until release_held().
+struct held_kv {
+  std::span<std::int32_t const> tokens;
+  std::span<std::int32_t const> slots;
+};
+
+// A prompt's KV that another instance computed, landed in this engine's pool (a
+// pd::landed_kv converts field by field): the request owns slots[prefix_hit, n) and the lock on
+// prefix_node; slots[0, prefix_hit) belong to the prefix cache.
+struct adopted_kv {
+  std::vector<std::int32_t> slots;  // [n] one per prompt token
+  std::int64_t prefix_hit = 0;
+  std::optional<memory::radix_cache::handle> prefix_node;  // locked; absent without a cache hit
 };
 
 // One sampled token of one request, in the order the step produced them.
@@ -123,15 +142,93 @@ class engine {
     LC_CHECK(!live_.contains(r.id), "engine::submit: request id " << r.id << " is live already");
     sched_.add({.id = r.id,
                 .prompt_tokens = std::int64_t(r.prompt.size()),
-                .max_new_tokens = r.max_new_tokens});
+                .max_new_tokens = r.max_new_tokens,
+                .keeps_kv = r.hold_kv});
     record rec;
     rec.tokens = std::move(r.prompt);
     rec.prompt_len = std::int64_t(rec.tokens.size());
     rec.sampling = r.sampling;
     rec.max_new_tokens = r.max_new_tokens;
     rec.stop_ids = std::move(r.stop_token_ids);
+    rec.hold_kv = r.hold_kv;
     live_.emplace(r.id, std::move(rec));
   }
+
+  // Prefill/decode separation, decode side: takes over a request whose prompt's KV is in this
+  // engine's pool (kv.slots, one per prompt token) and whose first output token, first_token, was
+  // sampled by the prefill instance. It decodes from the next step on; its first token_event has
+  // index 1, and r.max_new_tokens counts first_token (so >= 2). Throws lightcore::error, saying
+  // what is allowed, for a bad request or KV (the caller then still owns kv), or when no
+  // req_to_token row is free.
+  void adopt(request_type r, std::int32_t first_token, adopted_kv kv) {
+    std::int64_t const n = std::int64_t(r.prompt.size());
+    LC_CHECK(n > 0, "engine::adopt: request " << r.id << " has an empty prompt");
+    LC_CHECK(!live_.contains(r.id), "engine::adopt: request id " << r.id << " is live already");
+    LC_CHECK(std::int64_t(kv.slots.size()) == n,
+             "engine::adopt: request " << r.id << " has " << n << " prompt tokens but "
+                                       << kv.slots.size() << " KV slots; one slot per token");
+    LC_CHECK(0 <= kv.prefix_hit && kv.prefix_hit <= n &&
+                 kv.prefix_node.has_value() == (kv.prefix_hit > 0),
+             "engine::adopt: request " << r.id << " has prefix_hit " << kv.prefix_hit
+                                       << (kv.prefix_node ? " with" : " without")
+                                       << " a prefix lock; allowed: 0.." << n
+                                       << ", locked exactly when > 0");
+    for (std::int32_t const s : kv.slots)
+      LC_CHECK(0 <= s && s < pool_.slots().capacity(),
+               "engine::adopt: request " << r.id << " has KV slot " << s << "; allowed: 0.."
+                                         << pool_.slots().capacity() - 1);
+    LC_CHECK(pool_.table().rows_held() < pool_.table().rows(),
+             "engine::adopt: no free req_to_token row for request "
+                 << r.id << " (rows: " << config_.kv.max_requests << ")");
+    sched_.adopt({.id = r.id,
+                  .prompt_tokens = n,
+                  .max_new_tokens = r.max_new_tokens,
+                  .cached = kv.prefix_hit,
+                  .keeps_kv = r.hold_kv});
+    record rec;
+    rec.tokens = std::move(r.prompt);
+    rec.tokens.push_back(first_token);
+    rec.prompt_len = n;
+    rec.sampling = r.sampling;
+    rec.max_new_tokens = r.max_new_tokens;
+    rec.stop_ids = std::move(r.stop_token_ids);
+    rec.hold_kv = r.hold_kv;
+    rec.row = pool_.table().acquire_row();
+    rec.slots = std::move(kv.slots);
+    rec.pinned = kv.prefix_hit;
+    rec.lock = kv.prefix_node;
+    pool_.write_slots(*rec.row, 0, rec.slots, exec_->stream());
+    live_.emplace(r.id, std::move(rec));
+  }
+
+  // Prefill/decode separation, prefill side: the KV a finished hold_kv request keeps, from its
+  // final token_event until release_held(id); nullopt for any other id.
+  std::optional<held_kv> held(std::uint64_t id) const {
+    record const* r = nullptr;
+    if (auto it = live_.find(id); it != live_.end())
+      r = &it->second;
+    else if (auto h = held_.find(id); h != held_.end())
+      r = &h->second;
+    if (r == nullptr || !r->hold_kv || r->held_released ||
+        (r->finished != finish_reason::stop && r->finished != finish_reason::length))
+      return std::nullopt;
+    return held_kv{std::span<std::int32_t const>(r->tokens).first(r->slots.size()), r->slots};
+  }
+
+  // Ends the hold of held(id): the KV goes to the prefix cache (or back to the pool without
+  // one), now or, if the step that finished the request has not been followed by another yet,
+  // with the next step. Returns false when id holds nothing.
+  bool release_held(std::uint64_t id) {
+    if (!held(id)) return false;
+    if (auto h = held_.find(id); h != held_.end()) {
+      free_into_cache(h->second);
+      held_.erase(h);
+      return true;
+    }
+    live_.at(id).held_released = true;  // release() frees it normally
+    return true;
+  }
+  std::size_t held_requests() const noexcept { return held_.size(); }
 
   // Aborts a live request; its KV is freed with the next step. Returns false for an unknown or
   // already finished id.
@@ -307,6 +404,10 @@ class engine {
   }
 
   memory::kv_pool<B> const& pool() const noexcept { return pool_; }
+  // The pool and the prefix cache (nullptr when disabled) for a KV transfer (pd::kv_receiver,
+  // transports): used on the engine's thread, between steps, only.
+  memory::kv_pool<B>& kv_pool() noexcept { return pool_; }
+  memory::radix_cache* prefix_cache() noexcept { return config_.prefix_cache ? &prefix_ : nullptr; }
   Scheduler const& scheduler() const noexcept { return sched_; }
 
  private:
@@ -321,6 +422,8 @@ class engine {
     std::int64_t pinned = 0;          // slots[0, pinned) belong to the prefix cache
     std::optional<memory::radix_cache::handle> lock;
     finish_reason finished = finish_reason::none;
+    bool hold_kv = false;        // keep the KV after a normal finish (held_) ...
+    bool held_released = false;  // ... unless released before the request left live_
   };
 
   // The scheduler's view of the pool and the prefix cache.
@@ -395,17 +498,18 @@ class engine {
   // Gives the request's computed KV to the prefix cache (which keeps what it did not hold yet),
   // frees the duplicates, drops the pin and the row.
   void free_into_cache(record& r) {
-    if (!r.row) return;
-    std::int64_t const n = std::int64_t(r.slots.size());
-    auto const ins =
-        prefix_.insert(std::span<std::int32_t const>(r.tokens).first(std::size_t(n)), r.slots);
-    std::int64_t const existing = std::min(ins.existing, n);
-    if (existing > r.pinned)
-      pool_.slots().free(std::span<std::int32_t const>(r.slots).subspan(
-          std::size_t(r.pinned), std::size_t(existing - r.pinned)));
+    if (!r.slots.empty()) {
+      std::int64_t const n = std::int64_t(r.slots.size());
+      auto const ins =
+          prefix_.insert(std::span<std::int32_t const>(r.tokens).first(std::size_t(n)), r.slots);
+      std::int64_t const existing = std::min(ins.existing, n);
+      if (existing > r.pinned)
+        pool_.slots().free(std::span<std::int32_t const>(r.slots).subspan(
+            std::size_t(r.pinned), std::size_t(existing - r.pinned)));
+    }
     if (r.lock) prefix_.unlock(*r.lock);
     r.lock.reset();
-    pool_.table().release_row(*r.row);
+    if (r.row) pool_.table().release_row(*r.row);
     r.row.reset();
     r.slots.clear();
     r.pinned = 0;
@@ -414,7 +518,17 @@ class engine {
   void release(std::uint64_t id) {
     auto it = live_.find(id);
     if (it == live_.end()) return;
-    free_into_cache(it->second);
+    record& r = it->second;
+    bool const hold = r.hold_kv && !r.held_released &&
+                      (r.finished == finish_reason::stop || r.finished == finish_reason::length);
+    if (hold) {
+      // The request leaves the running set but keeps its row-less KV for the transfer.
+      if (r.row) pool_.table().release_row(*r.row);
+      r.row.reset();
+      held_.emplace(id, std::move(r));
+    } else {
+      free_into_cache(r);
+    }
     live_.erase(it);
   }
 
@@ -424,6 +538,7 @@ class engine {
   memory::radix_cache prefix_;
   Scheduler sched_;
   std::unordered_map<std::uint64_t, record> live_;
+  std::unordered_map<std::uint64_t, record> held_;  // finished hold_kv requests, KV pinned
   engine_stats stats_;
   std::vector<step_row<params_type>> rows_;
   std::vector<std::uint64_t> sampled_ids_;

@@ -52,6 +52,8 @@ struct request {
   std::int64_t cached = 0;          // tokens of the prefix found in the prefix cache at admission
   std::uint64_t arrival = 0;        // admission order key, assigned by the scheduler's add()
   request_state state = request_state::waiting;
+  bool keeps_kv = false;  // its KV outlives it when it finishes (handed to another owner), so its
+                          // release frees nothing the scheduler may count on
 
   // Tokens the request holds or will hold once its KV is complete: prompt and output so far.
   constexpr std::int64_t total_len() const noexcept { return prompt_tokens + generated; }

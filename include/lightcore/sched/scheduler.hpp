@@ -56,6 +56,7 @@ struct scheduler_stats {
   std::uint64_t paused = 0;    // pauses under memory pressure
   std::uint64_t finished = 0;
   std::uint64_t aborted = 0;
+  std::uint64_t adopted = 0;           // requests taken over with their prompt's KV (adopt())
   std::int64_t prefill_tokens = 0;     // tokens computed by prefill chunks (recomputation too)
   std::int64_t decode_tokens = 0;      // decode rows run
   std::int64_t admitted_tokens = 0;    // sequence tokens at admission/resumption
@@ -134,6 +135,38 @@ class scheduler {
     queue_.push_back(r.id);  // the newest arrival sorts last among waiting requests
   }
 
+  // Takes over a request whose prompt's KV is in the pool already and whose first token was
+  // sampled elsewhere (prefill/decode separation: another instance ran the prefill): it decodes
+  // from its next step on. r.prompt_tokens and r.max_new_tokens as for add(), r.max_new_tokens
+  // >= 2 (the first token counts); r.cached: the leading prompt tokens that belong to the prefix
+  // cache (the rest of the prompt's slots are the request's own). It joins the running set at
+  // the next schedule() that has room under max_running_requests, ahead of queued requests: its
+  // memory is held already. Throws lightcore::error as add() does, and for a bad r.cached.
+  void adopt(request r) {
+    LC_CHECK(
+        r.prompt_tokens > 0 && r.max_new_tokens >= 2 && r.prompt_tokens <= config_.max_seq_len &&
+            r.max_new_tokens <= config_.max_seq_len - r.prompt_tokens,
+        "adopt: request " << r.id << " has prompt " << r.prompt_tokens << " and max_new_tokens "
+                          << r.max_new_tokens << "; allowed: prompt >= 1, max_new_tokens >= 2 "
+                          << "(the first token is sampled already), their sum <= max_seq_len "
+                          << config_.max_seq_len);
+    LC_CHECK(0 <= r.cached && r.cached <= r.prompt_tokens,
+             "adopt: request " << r.id << " has " << r.cached << " cached tokens; allowed: 0.."
+                               << r.prompt_tokens << " (its prompt)");
+    LC_CHECK(!table_.contains(r.id), "adopt: request id " << r.id
+                                                          << " is already in use; ids must be "
+                                                             "unique among live requests");
+    r.generated = 1;
+    r.computed = r.prompt_tokens;
+    r.state = request_state::decoding;
+    r.arrival = next_arrival_++;
+    table_.emplace(r.id, r);
+    adopted_.push_back(r.id);
+    stats_.admitted_tokens += r.total_len();
+    stats_.prefix_hit_tokens += r.cached;
+    ++stats_.adopted;
+  }
+
   // Aborts a request in any live state. Returns false when the id is unknown or the request has
   // already finished or been aborted. Its KV (if any) is listed in the next plan's `release`; if
   // the abort lands between schedule() and complete(), that step's rows for it are ignored.
@@ -142,7 +175,13 @@ class scheduler {
     if (it == table_.end() || is_done(it->second.state)) return false;
     request& r = it->second;
     if (is_queued(r.state)) erase_id(queue_, id);
-    if (is_running(r.state)) erase_id(running_, id);
+    if (is_running(r.state)) {
+      auto const adopted = std::find(adopted_.begin(), adopted_.end(), id);
+      if (adopted != adopted_.end())
+        adopted_.erase(adopted);
+      else
+        erase_id(running_, id);
+    }
     r.state = request_state::aborted;
     to_release_.push_back(id);
     ++stats_.aborted;
@@ -178,11 +217,18 @@ class scheduler {
     std::int64_t avail = reported;
     for (std::uint64_t const id : to_release_) {
       auto const it = table_.find(id);
-      avail += it->second.computed - it->second.cached;
+      bool const kept = it->second.keeps_kv && it->second.state == request_state::finished;
+      if (!kept) avail += it->second.computed - it->second.cached;
       plan.release.push_back(id);
       table_.erase(it);
     }
     to_release_.clear();
+
+    // Adopted requests join first, as room allows: their KV is in the pool already.
+    while (!adopted_.empty() && std::int64_t(running_.size()) < config_.max_running_requests) {
+      insert_by_arrival(running_, adopted_.front());
+      adopted_.erase(adopted_.begin());
+    }
 
     std::int64_t decode_rows = 0;
     for (std::uint64_t const id : running_)
@@ -407,6 +453,7 @@ class scheduler {
   std::unordered_map<std::uint64_t, request> table_;
   std::vector<std::uint64_t> queue_;    // paused (by arrival), then waiting (by arrival)
   std::vector<std::uint64_t> running_;  // prefilling and decoding, by arrival
+  std::vector<std::uint64_t> adopted_;  // decoding, KV held, waiting for room in running_
   std::vector<std::uint64_t> to_release_;
   std::uint64_t next_arrival_ = 0;
   std::uint64_t step_ = 0;
