@@ -45,11 +45,22 @@ __device__ __forceinline__ float warp_sum(float s) {
   return s;
 }
 
+// Programmatic dependent launch: lets the next kernel on the stream be scheduled now (it still
+// waits for this grid to finish before it reads anything), then waits until the grid this one
+// was launched after has finished and its writes are visible. Both are no-ops unless the launch
+// asked for the overlap (rmsnorm_launch::overlap_previous); every global access comes after the
+// wait.
+__device__ __forceinline__ void rmsnorm_overlap_previous_grid() {
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+}
+
 template <int VectorsPerThread, bool Fused>
 __global__ void __launch_bounds__(rmsnorm_traits::max_threads)
     rmsnorm_kernel(rmsnorm_params<bf16> const p) {
   constexpr int elems = rmsnorm_traits::elems;
   __shared__ float warp_sums[rmsnorm_traits::max_warps];
+  rmsnorm_overlap_previous_grid();
 
   int const threads = int(blockDim.x);  // per row, a multiple of 32
   int const t = int(threadIdx.x);
@@ -140,8 +151,19 @@ void launch_rmsnorm(rmsnorm_params<bf16> const& p, rmsnorm_launch const& geometr
   std::int64_t const blocks = (p.rows + geometry.rows_per_block - 1) / geometry.rows_per_block;
   LC_CHECK(blocks <= 0x7FFF'FFFF, "rmsnorm of " << p.rows << " rows needs " << blocks
                                                 << " blocks; at most 2^31 - 1 are allowed");
-  dim3 const block(unsigned(geometry.threads_per_row), unsigned(geometry.rows_per_block));
-  rmsnorm_kernel<VectorsPerThread, Fused><<<unsigned(blocks), block, 0, stream>>>(p);
+  LC_CHECK(geometry.threads_per_row * geometry.rows_per_block <= rmsnorm_traits::max_threads,
+           "rmsnorm allows " << rmsnorm_traits::max_threads << " threads per block; got "
+                             << geometry.threads_per_row << " x " << geometry.rows_per_block);
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(unsigned(blocks), 1, 1);
+  cfg.blockDim = dim3(unsigned(geometry.threads_per_row), unsigned(geometry.rows_per_block), 1);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = geometry.overlap_previous ? 1 : 0;
+  LC_CUDA_CHECK(cudaLaunchKernelEx(&cfg, rmsnorm_kernel<VectorsPerThread, Fused>, p));
   LC_CUDA_CHECK_LAUNCH();
 }
 

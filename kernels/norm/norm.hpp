@@ -34,6 +34,9 @@ void rmsnorm_cuda(rmsnorm_params<bf16> const& p, int ordinal, CUstream_st* strea
 struct rmsnorm_launch {
   int threads_per_row = 0;
   int rows_per_block = 0;
+  // Programmatic dependent launch: the blocks may be scheduled while the previous kernel on the
+  // stream finishes (the kernel waits for it before reading); hides the gap between short kernels.
+  bool overlap_previous = true;
 };
 
 // Defined in norm.cuh, instantiated once per (vectors per thread, fused) in instantiations/.

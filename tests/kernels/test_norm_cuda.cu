@@ -181,11 +181,14 @@ INSTANTIATE_TEST_SUITE_P(DeepSeek, NormCuda,
                                             ::testing::Bool(), ::testing::Bool()),
                          case_name);
 
-// Every bucket and its edges: one warp with 1 / 2 vectors per thread (8, 256, 264, 512), blocks
-// with a ragged last thread (520, 8200), the widest row (16384).
+// Every bucket and its edges: one warp with 1 / 2 vectors per thread (8, 256, 264, 512), the
+// plain norm's rows of 4 vectors per thread in one or two warps with several rows per block (520,
+// 1032, 2040, 2056; fused, blocks of one row with a ragged last thread), blocks with a ragged last
+// thread (4104, 8200), the widest row (16384).
 INSTANTIATE_TEST_SUITE_P(OddSizes, NormCuda,
-                         ::testing::Combine(::testing::Values<std::int64_t>(8, 256, 264, 520, 4104,
-                                                                            8200, 16384),
+                         ::testing::Combine(::testing::Values<std::int64_t>(8, 256, 264, 520, 1032,
+                                                                            2040, 2056, 4104, 8200,
+                                                                            16384),
                                             ::testing::Values<std::int64_t>(3, 65),
                                             ::testing::Values(true), ::testing::Bool()),
                          case_name);

@@ -1,6 +1,7 @@
 // rope on the CUDA backend against the CPU reference: fresh random q ([T, H, 192], rope in the
 // last 64 of each head) and latent rows ([T, 576], rope in the last 64), random positions up to
-// R1's 163840, T in {1, 3, 257, 4096}, H in {128, 16}, 16-byte aligned and misaligned views.
+// R1's 163840, T in {1, 3, 257, 4096}, H in {128, 16} (and head counts around the kernel's
+// split of a token's rows over warps), 16-byte aligned and misaligned views.
 // Bound: bit-exact (relative L2 0). Both backends apply the same fp32 sequence (one product, one
 // fma, per output; rope_rotate_pair) and one round-to-nearest-even to bf16; a difference means a
 // wrong element or a wrong rounding, not noise. Everything outside the rope views must keep its
@@ -16,6 +17,7 @@
 
 #include "common/cuda.hpp"
 #include "convert_test_util.hpp"
+#include "kernels/rope/rope.cuh"
 #include "kernels/rope/rope.hpp"
 #include "kernels/rope/yarn.hpp"
 #include "lightcore/backend/cpu.hpp"
@@ -159,22 +161,53 @@ INSTANTIATE_TEST_SUITE_P(Shapes, RopeCuda,
                                             ::testing::Values<std::int64_t>(0, 1)),
                          case_name);
 
+// Head counts around the kernel's chunking of a token's rows (heads + 1, split into warps of at
+// most 4 * rope_max_steps rows): one row of q, chunks that end exactly on a warp step or one row
+// past it, and several chunks per token.
+INSTANTIATE_TEST_SUITE_P(HeadCounts, RopeCuda,
+                         ::testing::Combine(::testing::Values<std::int64_t>(1, 5, 300),
+                                            ::testing::Values<std::int64_t>(1, 3, 15, 19, 20, 23,
+                                                                            24, 31, 32, 64),
+                                            ::testing::Values<std::int64_t>(0, 1)),
+                         case_name);
+
+// The split of a token's rows over warps: every row in exactly one chunk, no chunk over the
+// warp's rows, as few chunks as that allows and none of them empty.
+TEST(RopeChunking, CoversEveryRowOnceWithTheFewestChunks) {
+  for (int const steps : {1, 4, 5, 6, 8}) {
+    int const max_rows = 4 * steps;
+    for (std::int64_t heads = 1; heads <= 300; ++heads) {
+      auto const c = kernels::detail::rope_chunking_for(heads, steps);
+      std::int64_t const rows = heads + 1;
+      SCOPED_TRACE("steps " + std::to_string(steps) + ", heads " + std::to_string(heads));
+      EXPECT_EQ(c.chunks_per_token, std::uint32_t((rows + max_rows - 1) / max_rows));
+      EXPECT_LE(c.rows_per_chunk, std::uint32_t(max_rows));
+      EXPECT_GE(std::int64_t(c.chunks_per_token) * c.rows_per_chunk, rows);
+      // The last chunk is not empty: the ones before it hold fewer than all rows.
+      EXPECT_LT(std::int64_t(c.chunks_per_token - 1) * c.rows_per_chunk, rows);
+    }
+  }
+}
+
 // Positions outside [0, max_positions) cannot throw from the kernel: that token's rope rows
 // become NaN, nothing is read outside the cache, and the other tokens are unaffected.
+// With 128 heads a token's rows span several warps, each of which must see the bad position.
 TEST_F(RopeCudaTest, OutOfRangePositionsWriteNaN) {
-  auto rng = test::test_rng();
-  rope_run run(6, 16, 0, rng);
-  run.positions[1] = std::int32_t(max_positions);
-  run.positions[4] = -5;
-  gpu_result const got = run_on_gpu(run);
-  for (std::size_t t = 0; t < 6; ++t) {
-    bool const bad = t == 1 || t == 4;
-    for (std::size_t h = 0; h <= 16; ++h) {
-      bf16 const* row = h < 16 ? got.q.data() + (t * 16 + h) * std::size_t(run.q_row) + nope
-                               : got.kv.data() + t * std::size_t(run.kv_row) + latent;
-      int nan = 0;
-      for (int j = 0; j < 64; ++j) nan += std::isnan(float(row[j]));
-      EXPECT_EQ(nan, bad ? 64 : 0) << "token " << t << " row " << h;
+  for (std::size_t const heads : {16, 128}) {
+    auto rng = test::test_rng();
+    rope_run run(6, std::int64_t(heads), 0, rng);
+    run.positions[1] = std::int32_t(max_positions);
+    run.positions[4] = -5;
+    gpu_result const got = run_on_gpu(run);
+    for (std::size_t t = 0; t < 6; ++t) {
+      bool const bad = t == 1 || t == 4;
+      for (std::size_t h = 0; h <= heads; ++h) {
+        bf16 const* row = h < heads ? got.q.data() + (t * heads + h) * std::size_t(run.q_row) + nope
+                                    : got.kv.data() + t * std::size_t(run.kv_row) + latent;
+        int nan = 0;
+        for (int j = 0; j < 64; ++j) nan += std::isnan(float(row[j]));
+        EXPECT_EQ(nan, bad ? 64 : 0) << heads << " heads, token " << t << " row " << h;
+      }
     }
   }
 }
