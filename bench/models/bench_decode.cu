@@ -195,6 +195,8 @@ int main(int argc, char** argv) try {
   stream.synchronize();
 
   nlohmann::json results = nlohmann::json::array();
+  nlohmann::json capture;
+  std::size_t const free_before_capture = gpu.memory().free_bytes;
   std::printf("config %s, layers %lld, ctx %lld, HBM copy %.0f GB/s, dummy weights in %.1f s\n",
               o.config.c_str(), (long long)c.num_hidden_layers, (long long)o.ctx, hbm / 1e9,
               load_s);
@@ -213,6 +215,21 @@ int main(int argc, char** argv) try {
       };
       for (int w = 0; w < 3; ++w) step();  // the first graph step captures every bucket
       stream.synchronize();
+      if (graphed && capture.empty()) {
+        // What the capture cost: wall time, the shared activation pool of every graph, and all
+        // device memory it took (the pool and the driver's graph objects).
+        auto const pool = mem.stats().graph_pool;
+        double const taken = double(free_before_capture) - double(gpu.memory().free_bytes);
+        capture = {{"buckets", graphs.graphs().buckets().size()},
+                   {"capture_s", graphs.graphs().capture_seconds()},
+                   {"graph_pool_bytes", pool.reserved_bytes},
+                   {"device_bytes_taken", taken}};
+        std::printf(
+            "captured %zu bucket graphs (max batch %lld) in %.3f s; graph pool %.1f MB, "
+            "device memory taken %.1f MB\n",
+            graphs.graphs().buckets().size(), (long long)max_batch,
+            graphs.graphs().capture_seconds(), double(pool.reserved_bytes) / 1e6, taken / 1e6);
+      }
       std::vector<double> ms;
       for (int s = 0; s < o.steps; ++s) {
         auto const a = std::chrono::steady_clock::now();
@@ -239,12 +256,10 @@ int main(int argc, char** argv) try {
                          {"floor_over_step", floor_ms / step_ms}});
     }
   if (!o.json.empty())
-    std::ofstream(o.json) << nlohmann::json{
-        {"config", o.config},
-        {"layers", c.num_hidden_layers},
-        {"ctx", o.ctx},
-        {"hbm_copy_bytes_per_s", hbm},
-        {"results", results}}.dump(2);
+    std::ofstream(o.json) << nlohmann::json{{"config", o.config}, {"layers", c.num_hidden_layers},
+                                            {"ctx", o.ctx},       {"hbm_copy_bytes_per_s", hbm},
+                                            {"capture", capture}, {"results", results}}
+                                 .dump(2);
   return 0;
 } catch (std::exception const& e) {
   std::cerr << "bench_decode: " << e.what() << "\n";

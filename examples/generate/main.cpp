@@ -41,6 +41,7 @@ struct options {
   std::vector<std::string> prompts;
   std::string prompts_file;
   bool chat = false, stream = false;
+  bool overlap = true;  // plan step t + 1 while step t runs (--no-overlap: one at a time)
   text::deepseek_v3::chat_flavour flavour = text::deepseek_v3::chat_flavour::v3;
   std::int64_t max_tokens = 64, kv_tokens = 0, max_seq_len = 4096;
   std::int32_t max_running = 64;
@@ -56,7 +57,7 @@ struct options {
          "  [--prompt TEXT]... [--prompts-file FILE] [--chat] [--chat-flavour v3|r1] [--stream]\n"
          "  [--max-tokens N]\n"
          "  [--temperature T] [--top-p P] [--top-k K] [--seed N] [--device auto|cpu|cuda]\n"
-         "  [--kv-tokens N] [--max-running N] [--max-seq-len N]\n";
+         "  [--kv-tokens N] [--max-running N] [--max-seq-len N] [--no-overlap]\n";
   std::exit(code);
 }
 
@@ -71,6 +72,10 @@ options parse(int argc, char** argv) {
     }
     if (a == "--stream") {
       o.stream = true;
+      continue;
+    }
+    if (a == "--no-overlap") {
+      o.overlap = false;
       continue;
     }
     if (i + 1 >= argc) usage(2, a + " needs a value");
@@ -144,6 +149,7 @@ int run(B& backend, options const& o, text::tokenizer const& tok,
   ec.scheduler.max_seq_len = o.max_seq_len;
   ec.scheduler.max_running_requests = o.max_running;
   ec.scheduler.max_tokens_per_step = std::max<std::int64_t>(2048, o.max_running);
+  ec.overlap = o.overlap;
   engine::engine<B, ds::executor<B>> e(backend, exec, ec);
   double const load_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -192,11 +198,16 @@ int run(B& backend, options const& o, text::tokenizer const& tok,
   if (s.decode_steps > 0) {
     double const step_ms = s.decode_step_seconds / double(s.decode_steps) * 1e3;
     double const host_ms = s.decode_host_seconds / double(s.decode_steps) * 1e3;
+    double const device_ms = s.decode_device_seconds / double(s.decode_steps) * 1e3;
+    double const idle_ms = s.decode_idle_seconds / double(s.decode_steps) * 1e3;
     std::printf(
-        "decode-only steps: %llu, %.1f rows each, %.3f ms per step; framework host time %.3f ms "
-        "per step (%.1f%% of the step); over all steps: engine %.3f ms, executor %.3f ms\n",
-        (unsigned long long)s.decode_steps, double(s.decode_rows) / double(s.decode_steps), step_ms,
-        host_ms, 100.0 * host_ms / step_ms, s.engine_host_seconds / double(s.steps) * 1e3,
+        "decode-only steps (%s): %llu, %.1f rows each, %.3f ms per step; framework host time "
+        "%.3f ms per step (%.1f%% of the step's device time %.3f ms); device idle before each "
+        "%.3f ms; over all steps: engine %.3f ms, executor %.3f ms\n",
+        o.overlap ? "overlapped" : "sequential", (unsigned long long)s.decode_steps,
+        double(s.decode_rows) / double(s.decode_steps), step_ms, host_ms,
+        device_ms > 0 ? 100.0 * host_ms / device_ms : 100.0 * host_ms / step_ms, device_ms, idle_ms,
+        s.engine_host_seconds / double(s.steps) * 1e3,
         s.executor_host_seconds / double(s.steps) * 1e3);
   }
   return 0;

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <limits>
 #include <optional>
 #include <span>
@@ -17,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/index/index.hpp"
 #include "kernels/sampling/sampling.hpp"
 #include "lightcore/core/tensor.hpp"
 #include "lightcore/engine/step.hpp"
@@ -31,9 +33,34 @@ struct no_decode_graphs {
   bool accepts(std::vector<request_step> const&) const noexcept { return false; }
   template <class Context>
   tensor_view forward(Context&, std::vector<request_step> const&, std::vector<tensor_view> const&,
-                      tensor_view const&) {
+                      tensor_view const&, tensor_view const&) {
     LC_THROW("executor: this backend runs no decode graphs");
   }
+};
+
+// Host memory from B::allocate_host (page-locked on CUDA), freed with the object.
+template <Backend B>
+class host_block {
+ public:
+  host_block() = default;
+  host_block(B& b, std::size_t bytes) : b_(&b), bytes_(bytes), p_(b.allocate_host(bytes)) {}
+  host_block(host_block&& o) noexcept
+      : b_(o.b_), bytes_(std::exchange(o.bytes_, 0)), p_(std::exchange(o.p_, nullptr)) {}
+  host_block& operator=(host_block&& o) noexcept {
+    std::swap(b_, o.b_);
+    std::swap(bytes_, o.bytes_);
+    std::swap(p_, o.p_);
+    return *this;
+  }
+  ~host_block() {
+    if (p_ != nullptr) b_->deallocate_host(p_, bytes_);
+  }
+  std::byte* data() const noexcept { return static_cast<std::byte*>(p_); }
+
+ private:
+  B* b_ = nullptr;
+  std::size_t bytes_ = 0;
+  void* p_ = nullptr;
 };
 
 template <Backend B>
@@ -61,7 +88,21 @@ class executor {
         gemm_(backend),
         stream_(backend.make_stream()) {
     LC_CHECK(max_rows >= 1, "executor: max_rows must be >= 1; got " << max_rows);
+    max_rows_ = max_rows;
     mem_.persistent("fwd.logits", dtype::f32, {max_rows, w.config().vocab_size});
+    tokens_ = mem_.persistent("sample.tokens", dtype::i32, {max_rows});
+    // Three host slots in turn: two steps in flight and the previous one's end event.
+    constexpr std::size_t k = std::size_t(kernels::sampling_max_logprobs);
+    std::size_t const per_slot = std::size_t(max_rows) * (2 + 2 * k) * 4;
+    pinned_ = host_block<B>(backend, 3 * per_slot);
+    for (std::size_t i = 0; i < 3; ++i) {
+      host_slot& h = host_.emplace_back(host_slot{backend.make_event(), backend.make_event()});
+      std::byte* at = pinned_.data() + i * per_slot;
+      h.tokens = reinterpret_cast<std::int32_t*>(at);
+      h.logprobs = reinterpret_cast<float*>(at + std::size_t(max_rows) * 4);
+      h.top_ids = reinterpret_cast<std::int32_t*>(at + std::size_t(max_rows) * 8);
+      h.top_logprobs = reinterpret_cast<float*>(at + std::size_t(max_rows) * (8 + 4 * k));
+    }
     graphs.max_batch = max_rows;
     if constexpr (!std::is_same_v<graphs_type, no_decode_graphs>) {
       if (graphs.enabled) graphs_.emplace(model_, graphs);
@@ -78,67 +119,170 @@ class executor {
   // Runs a step and waits for its results. kv: one pool per layer; req_to_token on the device.
   engine::step_output run(std::vector<row_type> const& rows, std::vector<tensor_view> const& kv,
                           tensor_view const& req_to_token) {
-    engine::step_output out;
-    out.top_n = std::int32_t(kernels::sampling_max_logprobs);
-    if (rows.empty()) return out;
+    launch(rows, kv, req_to_token);
+    return collect();
+  }
+
+  // Queues a step (forward, sampling, the copies of its results into page-locked host memory)
+  // and returns without waiting, so that the host can prepare the next one meanwhile. At most
+  // two steps are in flight; collect() returns the older one's results. A row with pending >= 0
+  // takes its token from the previous launched step's sampled id of that row index.
+  void launch(std::vector<row_type> const& rows, std::vector<tensor_view> const& kv,
+              tensor_view const& req_to_token) {
+    LC_CHECK(flight_.size() < 2, "executor: two steps are in flight; collect() one first");
+    LC_CHECK(std::int64_t(rows.size()) <= max_rows_,
+             "executor: a step of " << rows.size() << " rows; at most " << max_rows_);
     auto const t0 = std::chrono::steady_clock::now();
+    in_flight& f = flight_.emplace_back();
+    f.parity = next_slot_;
+    next_slot_ = (next_slot_ + 1) % std::int32_t(host_.size());
+    f.rows = std::int64_t(rows.size());
+    f.sample.assign(rows.size(), 0);
+    if (rows.empty()) return;
+    host_slot& h = host_[std::size_t(f.parity)];
+    h.begin.record(stream_);
     // Reused across steps: each row's token vector keeps its capacity, so a decode step
     // allocates nothing here.
     std::vector<request_step>& reqs = reqs_;
     reqs.resize(rows.size());
+    bool any_pending = false;
     for (std::size_t i = 0; i < rows.size(); ++i) {
       row_type const& r = rows[i];
+      LC_CHECK(r.pending < 0 || (r.pending < prev_rows_ && r.tokens.size() == 1 && !r.prefill),
+               "executor: row " << i << " waits for id " << r.pending << " of the previous step, "
+                                << "which had " << prev_rows_ << " rows; allowed: a decode row "
+                                << "of one token, pending below that count");
       reqs[i].tokens.assign(r.tokens.begin(), r.tokens.end());
       reqs[i].cached = r.cached;
       reqs[i].req_row = r.req_row;
       reqs[i].prefill = r.prefill;
+      reqs[i].pending = r.pending;
+      any_pending |= r.pending >= 0;
+      f.sample[i] = r.sample ? 1 : 0;
     }
+    tensor_view const prev = any_pending ? tokens_.slice(0, 0, prev_rows_) : tensor_view{};
     modules::deepseek::forward_context<B> ctx{*backend_, stream_, gemm_, mem_};
     tensor_view logits;
     bool graphed = false;
     if (graphs_ && graphs_->accepts(reqs)) {
-      logits = graphs_->forward(ctx, reqs, kv, req_to_token);
+      logits = graphs_->forward(ctx, reqs, kv, req_to_token, prev);
       graphed = true;
     }
-    if (!graphed) logits = model_.forward(ctx, reqs, kv, req_to_token);
+    if (!graphed) logits = model_.forward(ctx, reqs, kv, req_to_token, false, prev);
+    sample(rows, logits, f, prev);
+    prev_rows_ = f.rows;
+    h.end.record(stream_);
+    f.host_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
 
-    // Sample every row (a chunk that does not end its prompt draws too and is dropped: one
-    // launch over [R, vocab] costs far less than the forward that produced it).
+  // Waits for the oldest launched step and returns what it drew.
+  engine::step_output collect() {
+    LC_CHECK(!flight_.empty(), "executor: collect() with no step in flight");
+    in_flight const f = std::move(flight_.front());
+    flight_.pop_front();
+    engine::step_output out;
+    out.host_seconds = f.host_seconds;
+    out.top_n = 0;
+    if (f.rows == 0) return out;
+    host_slot& h = host_[std::size_t(f.parity)];
+    h.end.synchronize();
+    out.device_seconds = double(B::elapsed_ms(h.begin, h.end)) * 1e-3;
+    // The device's idle time between the previous step's end and this one's start. Three slots
+    // in turn: the previous step's events are not recorded again before this step is collected.
+    if (last_slot_ >= 0)
+      out.idle_before_seconds =
+          std::max(0.0, double(B::elapsed_ms(host_[std::size_t(last_slot_)].end, h.begin)) * 1e-3);
+    last_slot_ = f.parity;
+    constexpr std::int64_t k = kernels::sampling_max_logprobs;
+    for (std::size_t i = 0; i < std::size_t(f.rows); ++i) {
+      if (f.sample[i] == 0) continue;
+      out.tokens.push_back(h.tokens[i]);
+      out.logprobs.push_back(f.want_lp ? h.logprobs[i] : std::numeric_limits<float>::quiet_NaN());
+      if (f.want_top) {
+        out.top_ids.insert(out.top_ids.end(), h.top_ids + i * k, h.top_ids + (i + 1) * k);
+        out.top_logprobs.insert(out.top_logprobs.end(), h.top_logprobs + i * k,
+                                h.top_logprobs + (i + 1) * k);
+      }
+    }
+    out.top_n = f.want_top ? std::int32_t(k) : 0;
+    return out;
+  }
+
+  // Steps launched and not collected.
+  std::size_t in_flight_steps() const noexcept { return flight_.size(); }
+
+ private:
+  // Page-locked host memory for one step's results, and the events around its device work.
+  struct host_slot {
+    typename B::event_type begin, end;
+    std::int32_t* tokens = nullptr;   // [max_rows]
+    float* logprobs = nullptr;        // [max_rows]
+    std::int32_t* top_ids = nullptr;  // [max_rows, sampling_max_logprobs]
+    float* top_logprobs = nullptr;    // [max_rows, sampling_max_logprobs]
+  };
+  struct in_flight {
+    std::int64_t rows = 0;
+    std::int32_t parity = 0;  // its host_slot
+    bool want_lp = false, want_top = false;
+    std::vector<std::uint8_t> sample;  // per row: draws a token the caller keeps
+    double host_seconds = 0.0;
+  };
+
+  // One sampling launch over every row (a chunk that does not end its prompt draws too and is
+  // dropped: one launch over [R, vocab] costs far less than the forward that produced it), into
+  // the persistent tokens_ (the next step's pending ids read them), then the results' copies to
+  // the step's host slot.
+  void sample(std::vector<row_type> const& rows, tensor_view const& logits, in_flight& f,
+              tensor_view const& prev) {
     std::int64_t const n = std::int64_t(rows.size());
     // What this step's rows ask for: the history only feeds penalties, the logprob outputs only
     // rows that want them; what nobody asks for is neither uploaded nor copied back.
-    bool penalties = false, want_lp = false, want_top = false;
+    bool penalties = false;
     for (row_type const& r : rows) {
       kernels::sampling_request const& q = r.sampling;
       penalties |=
           q.repetition_penalty != 1.0f || q.presence_penalty != 0.0f || q.frequency_penalty != 0.0f;
-      want_lp |= q.num_logprobs >= 0;
-      want_top |= q.num_logprobs > 0;
+      f.want_lp |= q.num_logprobs >= 0;
+      f.want_top |= q.num_logprobs > 0;
     }
     // The inputs in one staging block and one copy: [n] requests, [n] positions, [n + 1] history
-    // offsets, then the history.
+    // offsets, the history, and the history entries that are a pending id (where, from which
+    // row of the previous step).
+    std::size_t history = 0, pending = 0;
+    if (penalties)
+      for (row_type const& r : rows) {
+        history += r.history.size() + (r.pending >= 0 ? 1 : 0);
+        pending += r.pending >= 0 ? 1 : 0;
+      }
     constexpr std::size_t align = 16;
     auto padded = [](std::size_t b) { return (b + align - 1) / align * align; };
     std::size_t const params_at = 0;
     std::size_t const pos_at = padded(std::size_t(n) * sizeof(kernels::sampling_request));
     std::size_t const off_at = pos_at + padded(std::size_t(n) * 4);
     std::size_t const hist_at = off_at + padded(std::size_t(n + 1) * 4);
-    std::size_t history = 0;
-    if (penalties)
-      for (row_type const& r : rows) history += r.history.size();
-    std::size_t const total = hist_at + padded(std::max<std::size_t>(history, 1) * 4);
+    std::size_t const to_at = hist_at + padded(std::max<std::size_t>(history, 1) * 4);
+    std::size_t const from_at = to_at + padded(std::max<std::size_t>(pending, 1) * 4);
+    std::size_t const total = from_at + padded(std::max<std::size_t>(pending, 1) * 4);
     staging_.resize(total);
     auto* params = reinterpret_cast<kernels::sampling_request*>(staging_.data() + params_at);
     auto* positions = reinterpret_cast<std::int32_t*>(staging_.data() + pos_at);
     auto* offsets = reinterpret_cast<std::int32_t*>(staging_.data() + off_at);
     auto* hist = reinterpret_cast<std::int32_t*>(staging_.data() + hist_at);
+    auto* to = reinterpret_cast<std::int32_t*>(staging_.data() + to_at);
+    auto* from = reinterpret_cast<std::int32_t*>(staging_.data() + from_at);
     offsets[0] = 0;
-    std::size_t h = 0;
+    std::size_t h = 0, k_pending = 0;
     for (std::size_t i = 0; i < rows.size(); ++i) {
       params[i] = rows[i].sampling;
       positions[i] = rows[i].generated;
-      if (penalties)
+      if (penalties) {
         for (std::int32_t const id : rows[i].history) hist[h++] = id;
+        if (rows[i].pending >= 0) {
+          to[k_pending] = std::int32_t(h);
+          from[k_pending++] = rows[i].pending;
+          hist[h++] = 0;  // filled on the device
+        }
+      }
       offsets[i + 1] = std::int32_t(h);
     }
     auto inputs = mem_.acquire("sample.inputs", dtype::u8, {std::int64_t(total)});
@@ -150,8 +294,13 @@ class executor {
     tensor_view const d_pos(base + pos_at, dtype::i32, {n}, where);
     tensor_view const d_off(base + off_at, dtype::i32, {n + 1}, where);
     tensor_view const d_hist(base + hist_at, dtype::i32, {std::int64_t(h)}, where);
+    if (k_pending > 0)
+      kernels::copy_indexed(
+          *backend_, d_hist,
+          tensor_view(base + to_at, dtype::i32, {std::int64_t(k_pending)}, where), prev,
+          tensor_view(base + from_at, dtype::i32, {std::int64_t(k_pending)}, where), stream_);
     constexpr std::int64_t k = kernels::sampling_max_logprobs;
-    auto tokens = mem_.acquire("sample.tokens", dtype::i32, {n});
+    tensor_view const tokens = tokens_.slice(0, 0, n);
     auto lp = mem_.acquire("sample.logprobs", dtype::f32, {n});
     auto top_ids = mem_.acquire("sample.top_ids", dtype::i32, {n, k});
     auto top_lp = mem_.acquire("sample.top_logprobs", dtype::f32, {n, k});
@@ -159,46 +308,31 @@ class executor {
         "sample.workspace", dtype::u8,
         {std::max<std::int64_t>(1, kernels::sampling_workspace_bytes(n, logits.size(1)))});
     kernels::sample(*backend_, {logits, d_params, d_pos, d_hist, d_off},
-                    {tokens.view(), lp.view(), top_ids.view(), top_lp.view()}, ws.view(), stream_);
-    // Everything is queued: the copies below wait for the device.
-    out.host_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    h_tokens_.resize(std::size_t(n));
-    backend_->copy(h_tokens_.data(), tokens.view().data(), h_tokens_.size() * 4, stream_);
-    h_lp_.assign(std::size_t(n), std::numeric_limits<float>::quiet_NaN());
-    if (want_lp) backend_->copy(h_lp_.data(), lp.view().data(), h_lp_.size() * 4, stream_);
-    if (want_top) {
-      h_top_.resize(std::size_t(n * k));
-      h_top_lp_.resize(std::size_t(n * k));
-      backend_->copy(h_top_.data(), top_ids.view().data(), h_top_.size() * 4, stream_);
-      backend_->copy(h_top_lp_.data(), top_lp.view().data(), h_top_lp_.size() * 4, stream_);
+                    {tokens, lp.view(), top_ids.view(), top_lp.view()}, ws.view(), stream_);
+    host_slot& hs = host_[std::size_t(f.parity)];
+    backend_->copy(hs.tokens, tokens.data(), std::size_t(n) * 4, stream_);
+    if (f.want_lp) backend_->copy(hs.logprobs, lp.view().data(), std::size_t(n) * 4, stream_);
+    if (f.want_top) {
+      backend_->copy(hs.top_ids, top_ids.view().data(), std::size_t(n * k) * 4, stream_);
+      backend_->copy(hs.top_logprobs, top_lp.view().data(), std::size_t(n * k) * 4, stream_);
     }
-    stream_.synchronize();
-    for (std::size_t i = 0; i < rows.size(); ++i) {
-      if (!rows[i].sample) continue;
-      out.tokens.push_back(h_tokens_[i]);
-      out.logprobs.push_back(h_lp_[i]);
-      if (want_top) {
-        out.top_ids.insert(out.top_ids.end(), h_top_.begin() + long(i * k),
-                           h_top_.begin() + long((i + 1) * k));
-        out.top_logprobs.insert(out.top_logprobs.end(), h_top_lp_.begin() + long(i * k),
-                                h_top_lp_.begin() + long((i + 1) * k));
-      }
-    }
-    out.top_n = want_top ? std::int32_t(k) : 0;
-    return out;
   }
 
- private:
   B* backend_;
   model<B> model_;
   memory::cache_tensor_manager<B> mem_;
   kernels::gemm_context<B> gemm_;
   typename B::stream_type stream_;
+  std::int64_t max_rows_ = 0;
+  tensor_view tokens_;  // [max_rows] i32 on the device: the last launched step's sampled ids
+  std::int64_t prev_rows_ = 0;  // rows of the last launched step
+  std::vector<host_slot> host_;
+  host_block<B> pinned_;  // the host slots' arrays
+  std::deque<in_flight> flight_;
+  std::int32_t next_slot_ = 0, last_slot_ = -1;
   // Host buffers reused by every step.
   std::vector<request_step> reqs_;
   std::vector<std::byte> staging_;
-  std::vector<std::int32_t> h_tokens_, h_top_;
-  std::vector<float> h_lp_, h_top_lp_;
   std::optional<graphs_type> graphs_;  // after model_, which it refers to
 };
 

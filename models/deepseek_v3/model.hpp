@@ -18,6 +18,7 @@
 
 #include "kernels/convert/convert.hpp"
 #include "kernels/embedding/embedding.hpp"
+#include "kernels/index/index.hpp"
 #include "kernels/rope/yarn.hpp"
 #include "lightcore/core/tensor.hpp"
 #include "lightcore/graph/decode_graphs.hpp"
@@ -36,6 +37,10 @@ struct request_step {
   // A prompt chunk of one token takes the prefill path too (not the absorbed decode path), so
   // that a prompt's KV has the same bits however it is chunked; default false.
   bool prefill = false;
+  // Overlapped scheduling: >= 0 for a decode row whose token the previous step sampled and the
+  // host does not know yet: its id is pending_ids[pending] on the device (the forward's
+  // pending_ids argument), and tokens[0] is a placeholder. -1 (default): tokens are the ids.
+  std::int32_t pending = -1;
 };
 
 // What a tensor-parallel forward returns as logits.
@@ -62,6 +67,10 @@ struct model_options {
 struct decode_graph_options {
   bool enabled = true;           // the executor replays graphs for decode-only steps (CUDA only)
   std::int64_t max_batch = 256;  // rows of the largest bucket (the executor: its max_rows)
+  // Buckets: every batch size 1..dense_buckets, then every bucket_step rows, then max_batch
+  // (graph::batch_buckets). Defaults 32 and 16.
+  std::int64_t dense_buckets = 32;
+  std::int64_t bucket_step = 16;
   // A req_to_token row no request uses and a KV slot no request holds, reserved for the padding
   // rows (the graphs write the slot's id into the row's position 0); -1 (default): none.
   std::int32_t scratch_row = -1;
@@ -169,9 +178,11 @@ class model {
   // The host part (plan_step: the requests as batch metadata, uploaded from host vectors) runs
   // first; the rest is forward_device's device work, plus the row gather of the lm head's input
   // when the token rows are not in request order.
+  // pending_ids: the previous step's sampled ids on the device (i32), read by rows with
+  // pending >= 0.
   tensor_view forward(context& ctx, std::vector<request_step> const& reqs,
                       std::vector<tensor_view> const& kv, tensor_view const& req_to_token,
-                      bool all_positions = false) {
+                      bool all_positions = false, tensor_view const& pending_ids = {}) {
     check_pools(kv);
     step_plan const p = plan_step(reqs);
     auto upload = [&](char const* role, std::vector<std::int32_t> const& v) {
@@ -185,6 +196,15 @@ class model {
          d_cuq = upload("fwd.cu_seqlens_q", p.cu_q), d_cuk = upload("fwd.cu_seqlens_k", p.cu_k),
          d_drows = upload("fwd.decode_rows", p.decode_rows),
          d_dlens = upload("fwd.decode_lens", p.decode_lens);
+    if (!p.pending_to.empty()) {
+      LC_CHECK(pending_ids.data() != nullptr, "forward: " << p.pending_to.size()
+                                                          << " rows wait for a pending id but no "
+                                                          << "pending_ids were given");
+      auto to = upload("fwd.pending_to", p.pending_to),
+           from = upload("fwd.pending_from", p.pending_from);
+      kernels::copy_indexed(*backend_, d_ids.view(), to.view(), pending_ids, from.view(),
+                            ctx.stream);
+    }
     device_batch d;
     d.ids = d_ids.view();
     d.attn.tokens = std::int64_t(p.ids.size());
@@ -266,8 +286,9 @@ class model {
   struct step_plan {
     std::vector<std::int32_t> ids, positions, token_rows, prefill_rows, cu_q{0}, cu_k{0},
         decode_rows, decode_lens;
-    std::vector<std::int64_t> first, last;  // each request's first and last token row
-    bool in_order = true;                   // token rows follow the requests' order
+    std::vector<std::int64_t> first, last;               // each request's first and last token row
+    bool in_order = true;                                // token rows follow the requests' order
+    std::vector<std::int32_t> pending_to, pending_from;  // ids[to[k]] = pending_ids[from[k]]
   };
 
   step_plan plan_step(std::vector<request_step> const& reqs) const {
@@ -290,6 +311,12 @@ class model {
                                    << "; allowed below max_positions " << options_.max_positions);
       p.in_order = p.in_order && order[i] == i;
       p.first[order[i]] = std::int64_t(p.ids.size());
+      if (r.pending >= 0) {
+        LC_CHECK(i >= n_prefill, "forward: request " << order[i] << " waits for a pending id but "
+                                                     << "is not a decode row");
+        p.pending_to.push_back(std::int32_t(p.ids.size()));
+        p.pending_from.push_back(r.pending);
+      }
       for (std::size_t j = 0; j < r.tokens.size(); ++j) {
         p.ids.push_back(r.tokens[j]);
         p.positions.push_back(std::int32_t(r.cached + std::int64_t(j)));
@@ -461,7 +488,9 @@ class decode_graphs {
   using context = typename model_type::context;
 
   decode_graphs(model_type& m, decode_graph_options const& o)
-      : model_(&m), options_(o), graphs_(o.max_batch) {
+      : model_(&m),
+        options_(o),
+        graphs_(graph::batch_buckets(o.max_batch, o.dense_buckets, o.bucket_step)) {
     LC_CHECK((o.scratch_row < 0) == (o.scratch_slot < 0),
              "decode_graphs: scratch_row " << o.scratch_row << " and scratch_slot "
                                            << o.scratch_slot
@@ -481,10 +510,11 @@ class decode_graphs {
   // The step through its bucket's graph: logits [n, logits_columns()] f32 for the n requests in
   // their order, in "fwd.logits" (valid until the next step). Same inputs as model::forward.
   tensor_view forward(context& ctx, std::vector<request_step> const& reqs,
-                      std::vector<tensor_view> const& kv, tensor_view const& req_to_token) {
+                      std::vector<tensor_view> const& kv, tensor_view const& req_to_token,
+                      tensor_view const& pending_ids = {}) {
     check(reqs);
     bind(ctx, kv, req_to_token);
-    std::int64_t const bucket = stage(ctx, reqs, req_to_token);
+    std::int64_t const bucket = stage(ctx, reqs, req_to_token, pending_ids);
     graphs_.replay(bucket, ctx.stream);
     return model_->logits_buffer(ctx, std::int64_t(reqs.size()));
   }
@@ -492,10 +522,11 @@ class decode_graphs {
   // The same work as forward() without a graph (same bucket, padding and kernels): what a replay
   // must reproduce bit for bit.
   tensor_view forward_eager(context& ctx, std::vector<request_step> const& reqs,
-                            std::vector<tensor_view> const& kv, tensor_view const& req_to_token) {
+                            std::vector<tensor_view> const& kv, tensor_view const& req_to_token,
+                            tensor_view const& pending_ids = {}) {
     check(reqs);
     prepare(ctx, req_to_token);
-    std::int64_t const bucket = stage(ctx, reqs, req_to_token);
+    std::int64_t const bucket = stage(ctx, reqs, req_to_token, pending_ids);
     model_->forward_device(ctx, batch(bucket, req_to_token), kv,
                            model_->logits_buffer(ctx, graphs_.max_batch()).slice(0, 0, bucket));
     return model_->logits_buffer(ctx, std::int64_t(reqs.size()));
@@ -503,8 +534,10 @@ class decode_graphs {
 
  private:
   // Rows of the persistent input buffer [inputs, max_batch] i32.
-  static constexpr std::int64_t inputs = 4;
-  enum row : std::int64_t { ids, positions, req_rows, lengths };
+  // pending_to / pending_from: the rows whose id the previous step sampled (request_step::pending)
+  // and where it is in pending_ids; rows past the step's pending count are unused.
+  static constexpr std::int64_t inputs = 6;
+  enum row : std::int64_t { ids, positions, req_rows, lengths, pending_to, pending_from };
 
   void check(std::vector<request_step> const& reqs) const {
     LC_CHECK(accepts(reqs), "decode_graphs: a step of "
@@ -555,12 +588,21 @@ class decode_graphs {
   // The host part: the requests and the bucket's padding rows into the input buffer, copied on
   // the stream. Returns the bucket.
   std::int64_t stage(context& ctx, std::vector<request_step> const& reqs,
-                     tensor_view const& req_to_token) {
+                     tensor_view const& req_to_token, tensor_view const& pending_ids) {
     std::int64_t const n = std::int64_t(reqs.size()), bucket = graphs_.bucket_for(n);
     std::int64_t const stride = graphs_.max_batch();
     auto at = [&](row r, std::int64_t i) -> std::int32_t& {
       return host_[std::size_t(r * stride + i)];
     };
+    std::int64_t pending = 0;
+    for (std::int64_t i = 0; i < n; ++i)
+      if (reqs[std::size_t(i)].pending >= 0) {
+        at(pending_to, pending) = std::int32_t(i);
+        at(pending_from, pending++) = reqs[std::size_t(i)].pending;
+      }
+    LC_CHECK(pending == 0 || pending_ids.data() != nullptr,
+             "decode_graphs: " << pending << " rows wait for a pending id but no pending_ids "
+                               << "were given");
     for (std::int64_t i = 0; i < bucket; ++i) {
       if (i < n) {
         request_step const& r = reqs[std::size_t(i)];
@@ -584,11 +626,20 @@ class decode_graphs {
         at(lengths, i) = 1;
       } else {
         for (row r : {ids, positions, req_rows, lengths}) at(r, i) = at(r, 0);
+        // A copy of row 0 writes row 0's KV slot: it must see row 0's id, pending or not.
+        if (reqs[0].pending >= 0) {
+          at(pending_to, pending) = std::int32_t(i);
+          at(pending_from, pending++) = reqs[0].pending;
+        }
       }
     }
     // Pageable memory: the copy is staged before the call returns, so host_ may change after.
     model_->backend().copy(device_.data(), host_.data(), host_.size() * sizeof(std::int32_t),
                            ctx.stream);
+    if (pending > 0)
+      kernels::copy_indexed(model_->backend(), device_.select(0, ids),
+                            device_.select(0, pending_to).slice(0, 0, pending), pending_ids,
+                            device_.select(0, pending_from).slice(0, 0, pending), ctx.stream);
     return bucket;
   }
 

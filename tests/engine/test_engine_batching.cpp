@@ -1,7 +1,9 @@
 // Continuous batching against each request run alone, on the CPU backend (batch-invariant: see
 // kernels/common/cpu_matmul.hpp), so greedy outputs must be identical token for token: with the
 // prefix cache on and off, with per-step token budgets of 1, 7, 64 and unlimited, with requests
-// arriving while others run. Forced pauses (optimistic admission on a small pool) and a leak test
+// arriving while others run, and with overlapped scheduling (step t + 1 planned while step t runs,
+// its decode rows reading their previous token on the device) against one step at a time. Forced
+// pauses (optimistic admission on a small pool) and a leak test
 // of many random requests with random aborts check the accounting.
 #include <gtest/gtest.h>
 
@@ -39,8 +41,10 @@ struct model_fixture {
   ds::model_weights<cpu> weights = ds::dummy_weights(backend, config, {.shard = {}, .seed = 3});
   executor_t exec{backend, weights, ds::model_options{max_len}, 16};
 
-  engine::engine_config config_of(std::int64_t capacity, std::int64_t budget, bool prefix) const {
+  engine::engine_config config_of(std::int64_t capacity, std::int64_t budget, bool prefix,
+                                  bool overlap = true) const {
     engine::engine_config c;
+    c.overlap = overlap;
     c.kv.layers = std::int32_t(config.num_hidden_layers);
     c.kv.capacity = capacity;
     c.kv.max_requests = 16;
@@ -103,7 +107,8 @@ std::map<std::uint64_t, std::vector<std::int32_t>> alone(std::vector<request_t> 
   model_fixture& f = fixture();
   std::map<std::uint64_t, std::vector<std::int32_t>> out;
   for (request_t const& r : reqs) {
-    conservative_engine e(f.backend, f.exec, f.config_of(4096, 4096, false));
+    // One step at a time (no overlap): the reference the overlapped runs must equal.
+    conservative_engine e(f.backend, f.exec, f.config_of(4096, 4096, false, false));
     out[r.id] = run(e, {r}, 1)[r.id];
   }
   return out;
@@ -118,6 +123,7 @@ void expect_clean(engine::engine_stats const& s, std::size_t live) {
 struct variant {
   std::int64_t budget;
   bool prefix;
+  bool overlap = true;  // plan step t + 1 while step t runs
 };
 
 class EngineBatching : public ::testing::TestWithParam<variant> {};
@@ -127,7 +133,7 @@ TEST_P(EngineBatching, GreedyOutputsEqualEachRequestAlone) {
   model_fixture& f = fixture();
   auto const reqs = workload(12, 17);
   static auto const reference = alone(reqs);
-  conservative_engine e(f.backend, f.exec, f.config_of(2048, v.budget, v.prefix));
+  conservative_engine e(f.backend, f.exec, f.config_of(2048, v.budget, v.prefix, v.overlap));
   auto const got = run(e, reqs, 6);
   for (request_t const& r : reqs) EXPECT_EQ(got.at(r.id), reference.at(r.id)) << "request " << r.id;
   expect_clean(e.stats(), e.live_requests());
@@ -139,14 +145,16 @@ TEST_P(EngineBatching, GreedyOutputsEqualEachRequestAlone) {
 std::string variant_name(::testing::TestParamInfo<variant> const& p) {
   return "budget" +
          (p.param.budget >= 4096 ? std::string("Unlimited") : std::to_string(p.param.budget)) +
-         (p.param.prefix ? "_prefix" : "_noprefix");
+         (p.param.prefix ? "_prefix" : "_noprefix") + (p.param.overlap ? "" : "_sequential");
 }
 
 INSTANTIATE_TEST_SUITE_P(Budgets, EngineBatching,
                          ::testing::Values(variant{1, true}, variant{7, true}, variant{64, true},
                                            variant{4096, true}, variant{1, false},
                                            variant{7, false}, variant{64, false},
-                                           variant{4096, false}),
+                                           variant{4096, false}, variant{1, true, false},
+                                           variant{7, false, false}, variant{64, true, false},
+                                           variant{4096, false, false}),
                          variant_name);
 
 TEST(EngineBatching, ForcedPausesResumeAndFinishEveryRequest) {

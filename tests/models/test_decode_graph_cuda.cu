@@ -46,16 +46,22 @@ class DecodeGraphCuda : public ::testing::TestWithParam<graph_case> {
   }
 };
 
-TEST(DecodeGraphBuckets, PowersOfTwoUpToTheMax) {
+TEST(DecodeGraphBuckets, EverySizeTo32ThenEvery16) {
   EXPECT_EQ(graph::batch_buckets(1), (std::vector<std::int64_t>{1}));
-  EXPECT_EQ(graph::batch_buckets(8), (std::vector<std::int64_t>{1, 2, 4, 8}));
-  EXPECT_EQ(graph::batch_buckets(100), (std::vector<std::int64_t>{1, 2, 4, 8, 16, 32, 64, 100}));
+  EXPECT_EQ(graph::batch_buckets(8), (std::vector<std::int64_t>{1, 2, 3, 4, 5, 6, 7, 8}));
+  auto const b100 = graph::batch_buckets(100);
+  EXPECT_EQ(b100.size(), 32u + 5u);  // 1..32, 48, 64, 80, 96, 100
+  EXPECT_EQ(std::vector<std::int64_t>(b100.end() - 5, b100.end()),
+            (std::vector<std::int64_t>{48, 64, 80, 96, 100}));
   auto const b = graph::batch_buckets(256);
-  EXPECT_EQ(b.size(), 9u);
+  EXPECT_EQ(b.size(), 32u + 14u);  // 1..32, 48, ..., 256
+  EXPECT_EQ(b.back(), 256);
   EXPECT_EQ(graph::bucket_for(b, 1), 1);
-  EXPECT_EQ(graph::bucket_for(b, 3), 4);
-  EXPECT_EQ(graph::bucket_for(b, 200), 256);
+  EXPECT_EQ(graph::bucket_for(b, 3), 3);
+  EXPECT_EQ(graph::bucket_for(b, 33), 48);
+  EXPECT_EQ(graph::bucket_for(b, 200), 208);
   EXPECT_EQ(graph::bucket_for(b, 257), 0);
+  EXPECT_EQ(graph::batch_buckets(64, 4, 16), (std::vector<std::int64_t>{1, 2, 3, 4, 16, 32, 48, 64}));
   EXPECT_THROW(graph::bucket_for(b, 0), std::exception);
   EXPECT_THROW(graph::batch_buckets(0), std::exception);
 }
@@ -98,6 +104,8 @@ TEST_P(DecodeGraphCuda, ReplaysMatchEagerDecodeAndPaddingLeavesRealKvAlone) {
   modules::deepseek::forward_context<gpu_t> ctx{gpu, stream, gemm, mem};
   ds::decode_graph_options go;
   go.max_batch = requests;
+  go.dense_buckets = 2;  // buckets 1, 2, 4, 8: batches of 3, 5, 6, 7 rows replay with padding
+  go.bucket_step = 4;
   if (gc.scratch) {
     go.scratch_row = std::int32_t(requests);
     go.scratch_slot = std::int32_t(scratch_slot);
@@ -300,8 +308,8 @@ TEST(DecodeGraphExecutorCuda, DecodeStepsReplayGraphsAndDrawWhatEagerDraws) {
       len[std::size_t(r)] += std::int64_t(fed[std::size_t(r)].size());
       toks[std::size_t(r)].push_back(a.tokens[std::size_t(r)]);
     }
-    // Graphs are captured at the first decode step (buckets 1, 2, 4) and only then.
-    EXPECT_EQ(graphed.memory().graphs().size(), s == 0 ? 0u : 3u);
+    // Graphs are captured at the first decode step (buckets 1, 2, 3, 4) and only then.
+    EXPECT_EQ(graphed.memory().graphs().size(), s == 0 ? 0u : 4u);
   }
   EXPECT_TRUE(eager.memory().graphs().empty());
 }

@@ -22,6 +22,8 @@ struct memory_info {
 //   B::event_type    move-only; .record(stream), .synchronize(), elapsed_ms(start, end)
 //   allocate(bytes)              -> void*; aligned to at least B::alignment; throws on failure
 //   deallocate(ptr, bytes)       noexcept
+//   allocate_host(bytes), deallocate_host(ptr, bytes)   host memory that copies to and from the
+//                                device may run asynchronously with (page-locked on CUDA)
 //   copy(dst, src, bytes, s)     ordered on s; either side may be host memory
 //   fill(dst, count, elem_bytes, pattern, s)  count elements of elem_bytes (1, 2, 4 or 8)
 //                                             set to the low elem_bytes bytes of pattern
@@ -35,6 +37,9 @@ concept Backend = requires(B& b, B const& cb, void* dst, void const* src, std::s
   { cb.where() } -> std::same_as<device>;
   { b.allocate(n) } -> std::same_as<void*>;
   { b.deallocate(dst, n) }
+  noexcept;
+  { b.allocate_host(n) } -> std::same_as<void*>;
+  { b.deallocate_host(dst, n) }
   noexcept;
   {b.copy(dst, src, n, s)};
   {b.fill(dst, n, n, pattern, s)};

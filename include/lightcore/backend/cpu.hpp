@@ -45,6 +45,10 @@ class cpu {
 
   void deallocate(void* p, std::size_t /*bytes*/) noexcept { std::free(p); }
 
+  // Host memory for device copies: plain memory here (every copy is synchronous).
+  void* allocate_host(std::size_t bytes) { return allocate(bytes); }
+  void deallocate_host(void* p, std::size_t bytes) noexcept { deallocate(p, bytes); }
+
   void copy(void* dst, void const* src, std::size_t bytes, stream_type const&) const {
     if (bytes != 0) std::memmove(dst, src, bytes);
   }

@@ -158,6 +158,28 @@ class cuda {
       std::fprintf(stderr, "lightcore: cudaFree failed: %s\n", cudaGetErrorString(e));
   }
 
+  // Page-locked host memory: copies between it and the device run asynchronously to the host
+  // (from pageable memory the runtime stages them first), so the host must not touch it until
+  // the copy has run.
+  void* allocate_host(std::size_t bytes) {
+    if (bytes == 0) return nullptr;
+    device_guard g(ordinal_);
+    void* p = nullptr;
+    cudaError_t const e = cudaHostAlloc(&p, bytes, cudaHostAllocDefault);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      LC_THROW("cudaHostAlloc of " << bytes << " bytes failed (" << cudaGetErrorName(e) << ")");
+    }
+    return p;
+  }
+
+  void deallocate_host(void* p, std::size_t /*bytes*/) noexcept {
+    if (p == nullptr) return;
+    cudaError_t const e = cudaFreeHost(p);
+    if (e != cudaSuccess && e != cudaErrorCudartUnloading)
+      std::fprintf(stderr, "lightcore: cudaFreeHost failed: %s\n", cudaGetErrorString(e));
+  }
+
   void copy(void* dst, void const* src, std::size_t bytes, stream_type const& s) const {
     if (bytes == 0) return;
     LC_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, s.get()));

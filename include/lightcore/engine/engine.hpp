@@ -93,6 +93,8 @@ struct engine_config {
   memory::kv_pool_config kv;          // the token pool (layers, capacity, width, rows, ...)
   bool prefix_cache = true;           // radix prefix cache over finished/paused sequences
   sched::scheduler_config scheduler;  // budgets and limits; max_seq_len <= kv.max_tokens
+  // Plan step t + 1 while step t runs (executors that can: overlapping_executor). Default true.
+  bool overlap = true;
 };
 
 struct engine_stats {
@@ -108,11 +110,15 @@ struct engine_stats {
   double engine_host_seconds = 0.0;    // scheduling, slots, rows, bookkeeping (outside run())
   double executor_host_seconds = 0.0;  // the executor's host work before it waits on the device
   double step_seconds = 0.0;           // whole step() calls
+  double device_seconds = 0.0;         // device time of the steps (where the backend measures)
+  double device_idle_seconds = 0.0;    // device idle between consecutive steps
   // The same over decode-only steps (no prefill chunk): the steady state of generation.
   std::uint64_t decode_steps = 0;
   std::int64_t decode_rows = 0;
   double decode_host_seconds = 0.0;  // engine + executor host time
   double decode_step_seconds = 0.0;
+  double decode_device_seconds = 0.0;
+  double decode_idle_seconds = 0.0;  // device idle before each decode-only step
 };
 
 template <Backend B, executor Exec,
@@ -240,109 +246,54 @@ class engine {
     return true;
   }
 
-  // Runs one step (nothing when idle) and returns the tokens it sampled.
+  // Runs one step (nothing when idle) and returns the tokens it sampled. With overlap (an
+  // overlapping_executor and engine_config::overlap), a call plans and launches step t + 1, then
+  // waits for step t and returns its tokens: the host's work for the next step runs while the
+  // device computes the current one, and a decode row whose previous token is not known yet
+  // takes it on the device. Without, a call plans, runs and returns one step.
   std::vector<token_event> step() {
     std::vector<token_event> events;
-    if (sched_.idle()) return events;
+    if (idle()) return events;
     auto const t_start = std::chrono::steady_clock::now();
-    memory_view const mem{this};
-    sched::step_plan const plan = sched_.schedule(mem);
-    for (std::uint64_t const id : plan.release) release(id);
-    for (std::uint64_t const id : plan.paused) free_into_cache(live_.at(id));
-    for (sched::prefill_chunk const& c : plan.prefill)
-      if (c.is_first) pin_prefix(c.id, live_.at(c.id), c.start);
-
-    // Slots for every new token, then one forward over the mixed batch.
-    rows_.clear();
-    sampled_ids_.clear();
-    auto const& stream = exec_->stream();
-    for (sched::prefill_chunk const& c : plan.prefill) {
-      record& r = live_.at(c.id);
-      LC_CHECK(std::int64_t(r.slots.size()) == c.start,
-               "engine: request " << c.id << " holds " << r.slots.size()
-                                  << " slots but its chunk starts at " << c.start);
-      extend(r, c.length, stream);
-      step_row<params_type> row;
-      row.tokens = std::span<std::int32_t const>(r.tokens).subspan(std::size_t(c.start),
-                                                                   std::size_t(c.length));
-      row.cached = c.start;
-      row.req_row = *r.row;
-      row.sample = c.is_last;
-      row.prefill = true;
-      fill_sampling(row, r);
-      rows_.push_back(row);
-      if (c.is_last) sampled_ids_.push_back(c.id);
-    }
-    for (std::uint64_t const id : plan.decode) {
-      record& r = live_.at(id);
-      std::int64_t const pos = std::int64_t(r.tokens.size()) - 1;
-      LC_CHECK(std::int64_t(r.slots.size()) == pos,
-               "engine: decoding request " << id << " holds " << r.slots.size() << " slots for "
-                                           << r.tokens.size() << " tokens");
-      extend(r, 1, stream);
-      step_row<params_type> row;
-      row.tokens = std::span<std::int32_t const>(r.tokens).subspan(std::size_t(pos), 1);
-      row.cached = pos;
-      row.req_row = *r.row;
-      row.sample = true;
-      fill_sampling(row, r);
-      rows_.push_back(row);
-      sampled_ids_.push_back(id);
-    }
-    step_output& out = last_out_;  // kept: the events' alternatives point into it
-    out = step_output{};
-    auto const t_run = std::chrono::steady_clock::now();
-    if (!rows_.empty()) out = exec_->run(rows_, pool_.layers(), pool_.req_to_token());
-    auto const t_ran = std::chrono::steady_clock::now();
-    LC_CHECK(out.tokens.size() == sampled_ids_.size(),
-             "engine: the executor returned " << out.tokens.size() << " tokens for "
-                                              << sampled_ids_.size() << " sampling rows");
-
-    results_.clear();
-    for (std::size_t i = 0; i < sampled_ids_.size(); ++i) {
-      std::uint64_t const id = sampled_ids_[i];
-      record& r = live_.at(id);
-      if (r.finished == finish_reason::abort) continue;  // aborted while the step ran
-      std::int32_t const tok = out.tokens[i];
-      r.tokens.push_back(tok);
-      std::int64_t const generated = std::int64_t(r.tokens.size()) - r.prompt_len;
-      if (std::find(r.stop_ids.begin(), r.stop_ids.end(), tok) != r.stop_ids.end())
-        r.finished = finish_reason::stop;
-      else if (generated >= r.max_new_tokens)
-        r.finished = finish_reason::length;
-      results_.push_back({id, tok, r.finished != finish_reason::none});
-      token_event ev{
-          id,
-          tok,
-          out.logprobs.empty() ? std::numeric_limits<float>::quiet_NaN() : out.logprobs[i],
-          generated - 1,
-          r.finished,
-          {},
-          {}};
-      if (out.top_n > 0) {
-        std::size_t const k = std::size_t(out.top_n);
-        ev.top_ids = std::span<std::int32_t const>(out.top_ids).subspan(i * k, k);
-        ev.top_logprobs = std::span<float const>(out.top_logprobs).subspan(i * k, k);
+    std::optional<flight> next;
+    double host = 0.0;
+    if (!sched_.idle()) {
+      next = plan_step();
+      if (!rows_.empty()) {
+        if constexpr (overlapping_executor<Exec>) {
+          if (config_.overlap) {
+            exec_->launch(rows_, pool_.layers(), pool_.req_to_token());
+            next->launched = true;
+          }
+        }
       }
-      events.push_back(ev);
     }
-    sched_.complete(plan, results_);
-    auto const t_end = std::chrono::steady_clock::now();
-    using seconds = std::chrono::duration<double>;
-    double const host = seconds(t_run - t_start).count() + seconds(t_end - t_ran).count();
-    double const whole = seconds(t_end - t_start).count();
-    stats_.engine_host_seconds += host;
-    stats_.executor_host_seconds += out.host_seconds;
-    stats_.step_seconds += whole;
-    if (plan.prefill.empty() && !plan.decode.empty()) {
-      ++stats_.decode_steps;
-      stats_.decode_rows += std::int64_t(plan.decode.size());
-      stats_.decode_host_seconds += host + out.host_seconds;
-      stats_.decode_step_seconds += whole;
+    host += seconds_since(t_start);
+    if (inflight_) {
+      // Step t: its tokens (the device ran it while the host planned step t + 1).
+      auto const t_wait = std::chrono::steady_clock::now();
+      step_output out = collect();
+      auto const t_done = std::chrono::steady_clock::now();
+      finish_step(*inflight_, out, events);
+      host += seconds_since(t_done);
+      account(*inflight_, out, host, seconds_since(t_start), seconds(t_wait, t_done));
+      host = 0.0;
+      inflight_.reset();
     }
-    ++stats_.steps;
-    stats_.forward_tokens += plan.forward_tokens();
-    stats_.sampled_tokens += std::int64_t(results_.size());
+    if (next) {
+      if (next->launched) {
+        inflight_ = std::move(next);
+      } else {
+        // Sequential: run it now (or, with no rows, just complete it).
+        auto const t_run = std::chrono::steady_clock::now();
+        step_output out;
+        if (!rows_.empty()) out = exec_->run(rows_, pool_.layers(), pool_.req_to_token());
+        auto const t_ran = std::chrono::steady_clock::now();
+        finish_step(*next, out, events);
+        host += seconds_since(t_ran);
+        account(*next, out, host, seconds_since(t_start), seconds(t_run, t_ran));
+      }
+    }
     return events;
   }
 
@@ -390,7 +341,7 @@ class engine {
   }
 
   // No request is queued, running, or waiting for its KV to be released.
-  bool idle() const noexcept { return sched_.idle(); }
+  bool idle() const noexcept { return sched_.idle() && !inflight_; }
   std::size_t live_requests() const noexcept { return live_.size(); }
 
   engine_stats stats() const {
@@ -451,9 +402,11 @@ class engine {
     return s;
   }
 
-  void fill_sampling(step_row<params_type>& row, record const& r) const {
+  // pending: the row's token is still on the device; it counts as generated (and ends the
+  // history, which the executor completes there).
+  void fill_sampling(step_row<params_type>& row, record const& r, bool pending) const {
     row.sampling = r.sampling;
-    std::int64_t const generated = std::int64_t(r.tokens.size()) - r.prompt_len;
+    std::int64_t const generated = std::int64_t(r.tokens.size()) - r.prompt_len + (pending ? 1 : 0);
     row.generated = std::int32_t(generated);
     row.history = std::span<std::int32_t const>(r.tokens).subspan(std::size_t(r.prompt_len));
   }
@@ -499,13 +452,16 @@ class engine {
   // frees the duplicates, drops the pin and the row.
   void free_into_cache(record& r) {
     if (!r.slots.empty()) {
-      std::int64_t const n = std::int64_t(r.slots.size());
-      auto const ins =
-          prefix_.insert(std::span<std::int32_t const>(r.tokens).first(std::size_t(n)), r.slots);
+      // Slots whose token is known go to the cache; with overlap, the slot of a token still on
+      // the device (never the case for a request that ends normally) is freed.
+      std::int64_t const n = std::min(std::int64_t(r.slots.size()), std::int64_t(r.tokens.size()));
+      std::span<std::int32_t const> const slots(r.slots);
+      auto const ins = prefix_.insert(std::span<std::int32_t const>(r.tokens).first(std::size_t(n)),
+                                      slots.first(std::size_t(n)));
       std::int64_t const existing = std::min(ins.existing, n);
       if (existing > r.pinned)
-        pool_.slots().free(std::span<std::int32_t const>(r.slots).subspan(
-            std::size_t(r.pinned), std::size_t(existing - r.pinned)));
+        pool_.slots().free(slots.subspan(std::size_t(r.pinned), std::size_t(existing - r.pinned)));
+      if (std::int64_t(r.slots.size()) > n) pool_.slots().free(slots.subspan(std::size_t(n)));
     }
     if (r.lock) prefix_.unlock(*r.lock);
     r.lock.reset();
@@ -515,12 +471,15 @@ class engine {
     r.pinned = 0;
   }
 
+  // The scheduler released a finished or aborted request. With overlap, a request that ends by
+  // max_new_tokens is released while its last row is still in flight: its record waits in
+  // retiring_ (or held_) for that row's token.
   void release(std::uint64_t id) {
     auto it = live_.find(id);
     if (it == live_.end()) return;
     record& r = it->second;
-    bool const hold = r.hold_kv && !r.held_released &&
-                      (r.finished == finish_reason::stop || r.finished == finish_reason::length);
+    bool const aborted = r.finished == finish_reason::abort;
+    bool const hold = r.hold_kv && !r.held_released && !aborted;
     if (hold) {
       // The request leaves the running set but keeps its row-less KV for the transfer.
       if (r.row) pool_.table().release_row(*r.row);
@@ -528,8 +487,159 @@ class engine {
       held_.emplace(id, std::move(r));
     } else {
       free_into_cache(r);
+      if (!aborted && inflight_ && inflight_->row_of.contains(id))
+        retiring_.emplace(id, std::move(r));
     }
     live_.erase(it);
+  }
+
+  // A planned step: its plan, the ids of its sampling rows in row order, and where each sampling
+  // row sits among the step's rows (a pending id of the next step is read from there).
+  struct flight {
+    sched::step_plan plan;
+    std::vector<std::uint64_t> sampled_ids;
+    std::unordered_map<std::uint64_t, std::int32_t> row_of;
+    bool launched = false;  // queued on the executor, collected by the next step()
+  };
+
+  using clock = std::chrono::steady_clock;
+  static double seconds(clock::time_point a, clock::time_point b) {
+    return std::chrono::duration<double>(b - a).count();
+  }
+  static double seconds_since(clock::time_point a) { return seconds(a, clock::now()); }
+
+  // Schedules the next step and carries out its plan on the host: releases, pauses, prefix pins,
+  // KV slots (queued req_to_token updates) and the rows of the mixed batch in rows_.
+  flight plan_step() {
+    flight f;
+    memory_view const mem{this};
+    f.plan = sched_.schedule(mem);
+    sched::step_plan const& plan = f.plan;
+    for (std::uint64_t const id : plan.release) release(id);
+    for (std::uint64_t const id : plan.paused) free_into_cache(live_.at(id));
+    for (sched::prefill_chunk const& c : plan.prefill)
+      if (c.is_first) pin_prefix(c.id, live_.at(c.id), c.start);
+    rows_.clear();
+    auto const& stream = exec_->stream();
+    for (sched::prefill_chunk const& c : plan.prefill) {
+      record& r = live_.at(c.id);
+      LC_CHECK(std::int64_t(r.slots.size()) == c.start,
+               "engine: request " << c.id << " holds " << r.slots.size()
+                                  << " slots but its chunk starts at " << c.start);
+      extend(r, c.length, stream);
+      step_row<params_type> row;
+      row.tokens = std::span<std::int32_t const>(r.tokens).subspan(std::size_t(c.start),
+                                                                   std::size_t(c.length));
+      row.cached = c.start;
+      row.req_row = *r.row;
+      row.sample = c.is_last;
+      row.prefill = true;
+      fill_sampling(row, r, false);
+      if (c.is_last) {
+        f.row_of.emplace(c.id, std::int32_t(rows_.size()));
+        f.sampled_ids.push_back(c.id);
+      }
+      rows_.push_back(row);
+    }
+    for (std::uint64_t const id : plan.decode) {
+      record& r = live_.at(id);
+      // Its previous token may still be on the device (drawn by the step in flight).
+      std::int32_t pending = -1;
+      if (inflight_)
+        if (auto const it = inflight_->row_of.find(id); it != inflight_->row_of.end())
+          pending = it->second;
+      std::int64_t const pos = std::int64_t(r.tokens.size()) - (pending >= 0 ? 0 : 1);
+      LC_CHECK(std::int64_t(r.slots.size()) == pos, "engine: decoding request "
+                                                        << id << " holds " << r.slots.size()
+                                                        << " slots for " << pos + 1 << " tokens");
+      extend(r, 1, stream);
+      step_row<params_type> row;
+      row.tokens = pending >= 0
+                       ? std::span<std::int32_t const>(placeholder_)
+                       : std::span<std::int32_t const>(r.tokens).subspan(std::size_t(pos), 1);
+      row.cached = pos;
+      row.req_row = *r.row;
+      row.sample = true;
+      row.pending = pending;
+      fill_sampling(row, r, pending >= 0);
+      f.row_of.emplace(id, std::int32_t(rows_.size()));
+      f.sampled_ids.push_back(id);
+      rows_.push_back(row);
+    }
+    return f;
+  }
+
+  step_output collect() {
+    if constexpr (overlapping_executor<Exec>) {
+      return exec_->collect();
+    } else {
+      LC_THROW("engine: a step is in flight on an executor that cannot overlap");
+    }
+  }
+
+  // The tokens of a finished step: each request's bookkeeping, its events, the scheduler's
+  // completion. Rows of requests that ended meanwhile (aborted, or finished one step before:
+  // overlap ran them once more) are dropped.
+  void finish_step(flight const& f, step_output const& out, std::vector<token_event>& events) {
+    LC_CHECK(out.tokens.size() == f.sampled_ids.size(),
+             "engine: the executor returned " << out.tokens.size() << " tokens for "
+                                              << f.sampled_ids.size() << " sampling rows");
+    last_out_ = out;  // kept: the events' alternatives point into it
+    results_.clear();
+    for (std::size_t i = 0; i < f.sampled_ids.size(); ++i) {
+      std::uint64_t const id = f.sampled_ids[i];
+      record* found = nullptr;
+      for (auto* m : {&live_, &retiring_, &held_})
+        if (auto it = m->find(id); it != m->end()) {
+          found = &it->second;
+          break;
+        }
+      if (found == nullptr || found->finished != finish_reason::none) continue;
+      record& r = *found;
+      std::int32_t const tok = out.tokens[i];
+      r.tokens.push_back(tok);
+      std::int64_t const generated = std::int64_t(r.tokens.size()) - r.prompt_len;
+      if (std::find(r.stop_ids.begin(), r.stop_ids.end(), tok) != r.stop_ids.end())
+        r.finished = finish_reason::stop;
+      else if (generated >= r.max_new_tokens)
+        r.finished = finish_reason::length;
+      results_.push_back({id, tok, r.finished != finish_reason::none});
+      token_event ev{
+          id,
+          tok,
+          out.logprobs.empty() ? std::numeric_limits<float>::quiet_NaN() : out.logprobs[i],
+          generated - 1,
+          r.finished,
+          {},
+          {}};
+      if (last_out_.top_n > 0) {
+        std::size_t const k = std::size_t(last_out_.top_n);
+        ev.top_ids = std::span<std::int32_t const>(last_out_.top_ids).subspan(i * k, k);
+        ev.top_logprobs = std::span<float const>(last_out_.top_logprobs).subspan(i * k, k);
+      }
+      events.push_back(ev);
+    }
+    sched_.complete(f.plan, results_);
+    retiring_.clear();
+  }
+
+  void account(flight const& f, step_output const& out, double host, double whole, double) {
+    stats_.engine_host_seconds += host;
+    stats_.executor_host_seconds += out.host_seconds;
+    stats_.step_seconds += whole;
+    stats_.device_seconds += out.device_seconds;
+    stats_.device_idle_seconds += out.idle_before_seconds;
+    if (f.plan.prefill.empty() && !f.plan.decode.empty()) {
+      ++stats_.decode_steps;
+      stats_.decode_rows += std::int64_t(f.plan.decode.size());
+      stats_.decode_host_seconds += host + out.host_seconds;
+      stats_.decode_step_seconds += whole;
+      stats_.decode_device_seconds += out.device_seconds;
+      stats_.decode_idle_seconds += out.idle_before_seconds;
+    }
+    ++stats_.steps;
+    stats_.forward_tokens += f.plan.forward_tokens();
+    stats_.sampled_tokens += std::int64_t(results_.size());
   }
 
   Exec* exec_;
@@ -538,10 +648,12 @@ class engine {
   memory::radix_cache prefix_;
   Scheduler sched_;
   std::unordered_map<std::uint64_t, record> live_;
-  std::unordered_map<std::uint64_t, record> held_;  // finished hold_kv requests, KV pinned
+  std::unordered_map<std::uint64_t, record> held_;      // finished hold_kv requests, KV pinned
+  std::unordered_map<std::uint64_t, record> retiring_;  // released, last row still in flight
+  std::optional<flight> inflight_;                      // launched, not collected yet
+  std::int32_t placeholder_[1] = {0};                   // the token of a pending row
   engine_stats stats_;
   std::vector<step_row<params_type>> rows_;
-  std::vector<std::uint64_t> sampled_ids_;
   std::vector<sched::token_result> results_;
   step_output last_out_;
 };

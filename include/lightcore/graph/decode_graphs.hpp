@@ -2,7 +2,7 @@
 // once per bucket (largest first, inside the cache_tensor_manager's graph_scope, so that every
 // graph shares one activation pool) and replayed for any batch that fits the bucket.
 //
-//   graph::bucket_graphs<backend::cuda> g(256);              // buckets 1, 2, 4, ..., 256
+//   graph::bucket_graphs g(256);                 // buckets 1, 2, ..., 32, 48, 64, ..., 256
 //   g.capture(mem, stream, [&](std::int64_t rows) { step(rows); });  // step: device work only
 //   copy_inputs(stream);                                      // outside the graph
 //   g.replay(g.bucket_for(n), stream);
@@ -14,6 +14,7 @@
 #pragma once
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -29,13 +30,20 @@
 
 namespace lightcore::graph {
 
-// Buckets up to max_batch: the powers of two below it, then max_batch itself (1, 2, 4, ..., 256
-// for 256; 1, 2, 4, ..., 64, 100 for 100), ascending. max_batch must be >= 1.
-inline std::vector<std::int64_t> batch_buckets(std::int64_t max_batch) {
-  LC_CHECK(max_batch >= 1, "batch_buckets: max_batch must be >= 1; got " << max_batch);
+// Buckets up to max_batch, ascending: every size 1..dense (small batches pay for no padding
+// rows, and a padded row costs most there, where the step is latency-bound), then every
+// multiple of `step` above dense, then max_batch itself (1..32, 48, ..., 256 for 256 with the
+// defaults; 1..32, 48, 64, 80, 96, 100 for 100). A replay pads at most step - 1 rows.
+// max_batch, dense and step must be >= 1.
+inline std::vector<std::int64_t> batch_buckets(std::int64_t max_batch, std::int64_t dense = 32,
+                                               std::int64_t step = 16) {
+  LC_CHECK(max_batch >= 1 && dense >= 1 && step >= 1,
+           "batch_buckets: max_batch, dense and step must be >= 1; got " << max_batch << ", "
+                                                                         << dense << ", " << step);
   std::vector<std::int64_t> b;
-  for (std::int64_t p = 1; p < max_batch; p *= 2) b.push_back(p);
-  b.push_back(max_batch);
+  for (std::int64_t n = 1; n <= std::min(dense, max_batch); ++n) b.push_back(n);
+  for (std::int64_t n = (dense / step + 1) * step; n < max_batch; n += step) b.push_back(n);
+  if (b.back() != max_batch) b.push_back(max_batch);
   return b;
 }
 
@@ -105,6 +113,12 @@ class cuda_graph {
 class bucket_graphs {
  public:
   explicit bucket_graphs(std::int64_t max_batch) : buckets_(batch_buckets(max_batch)) {}
+  explicit bucket_graphs(std::vector<std::int64_t> buckets) : buckets_(std::move(buckets)) {
+    LC_CHECK(!buckets_.empty() && buckets_.front() >= 1 &&
+                 std::is_sorted(buckets_.begin(), buckets_.end()) &&
+                 std::adjacent_find(buckets_.begin(), buckets_.end()) == buckets_.end(),
+             "bucket_graphs: buckets must be ascending, distinct and >= 1");
+  }
 
   std::vector<std::int64_t> const& buckets() const noexcept { return buckets_; }
   std::int64_t max_batch() const noexcept { return buckets_.back(); }
@@ -118,6 +132,7 @@ class bucket_graphs {
                backend::cuda::stream_type const& stream, Enqueue&& enqueue) {
     graphs_.clear();
     stream.synchronize();
+    auto const t0 = std::chrono::steady_clock::now();
     std::vector<cuda_graph> g(buckets_.size());
     for (std::size_t i = buckets_.size(); i-- > 0;) {
       std::int64_t const rows = buckets_[i];
@@ -125,7 +140,11 @@ class bucket_graphs {
       g[i] = cuda_graph::capture(stream, [&] { enqueue(rows); });
     }
     graphs_ = std::move(g);
+    capture_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
+
+  // Wall time of the last capture() (every bucket, instantiation included).
+  double capture_seconds() const noexcept { return capture_seconds_; }
 
   // Launches the graph of `bucket` (one of buckets()) on `stream`.
   void replay(std::int64_t bucket, backend::cuda::stream_type const& stream) const {
@@ -142,6 +161,7 @@ class bucket_graphs {
  private:
   std::vector<std::int64_t> buckets_;
   std::vector<cuda_graph> graphs_;
+  double capture_seconds_ = 0.0;
 };
 
 #endif  // LIGHTCORE_WITH_CUDA

@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <deque>
 #include <span>
 #include <string>
 #include <unordered_map>
@@ -188,17 +189,25 @@ class scheduler {
     return true;
   }
 
-  // Decides the next step. Must alternate with complete(): the plan's decisions assume the
-  // previous step's tokens have been counted.
+  // Decides the next step. Called with no plan in flight, or with one (overlapped scheduling:
+  // the engine plans step t + 1 while step t runs): that plan's rows are then counted as done
+  // with one unfinished token per sampling row, except where max_new_tokens makes the token the
+  // last one; a request that turns out to have finished (a stop token) or is aborted meanwhile
+  // keeps its row in the new plan, and its token there is ignored by complete().
   template <class Memory>
   step_plan schedule(Memory const& memory) {
     static_assert(kv_memory<Memory>,
                   "scheduler::schedule(memory): memory must satisfy sched::kv_memory "
                   "(available_tokens(), prefix_hit(request), capacity(), each -> int64)");
-    LC_CHECK(!in_flight_, "schedule: the plan of step "
-                              << step_
-                              << " has not been completed; call complete(plan, results) "
-                                 "before scheduling the next step");
+    LC_CHECK(flight_.size() <= 1, "schedule: the plans of steps "
+                                      << flight_.front().plan.step << " and "
+                                      << flight_.back().plan.step
+                                      << " are in flight; complete the older one first (at most "
+                                         "one plan runs ahead)");
+    if (!flight_.empty() && !flight_.front().advanced) {
+      advance(flight_.front().plan);
+      flight_.front().advanced = true;
+    }
     std::int64_t const capacity = memory.capacity();
     LC_CHECK(capacity >= config_.max_seq_len, "schedule: the KV pool holds "
                                                   << capacity << " tokens, fewer than max_seq_len "
@@ -211,7 +220,7 @@ class scheduler {
                                          << capacity << " (its capacity)");
 
     step_plan plan;
-    plan.step = step_;
+    plan.step = next_plan_++;
     // Slots the engine frees before allocating. A request's prefix hits may be shared with
     // other requests, so only the slots it computed itself are sure to come back.
     std::int64_t avail = reported;
@@ -268,65 +277,59 @@ class scheduler {
     }
 
     if (plan.paused.empty()) admit(memory, capacity, plan, avail, prefill_budget);
-    in_flight_ = true;
+    flight_.push_back({plan, false});
     return plan;
   }
 
   // Advances the requests of `plan` by the engine's results: one per sampling row (decode rows
-  // and last chunks), in any order. Rows of requests aborted since schedule() are ignored. The
-  // plan and the results are checked before anything changes, so a rejected call can be retried.
+  // and last chunks), in any order, for every request still live; results of requests that have
+  // finished or been aborted since (or of released ones) are ignored. Plans are completed once,
+  // in order. The plan and the results are checked before anything changes, so a rejected call
+  // can be retried.
   void complete(step_plan const& plan, std::span<token_result const> results) {
-    LC_CHECK(in_flight_ && plan.step == step_, "complete: got the plan of step "
-                                                   << plan.step << " but the step in flight is "
-                                                   << (in_flight_ ? std::to_string(step_) : "none")
-                                                   << "; each plan is completed once, in order");
+    LC_CHECK(
+        !flight_.empty() && plan.step == flight_.front().plan.step,
+        "complete: got the plan of step "
+            << plan.step << " but the oldest step in flight is "
+            << (flight_.empty() ? std::string("none") : std::to_string(flight_.front().plan.step))
+            << "; each plan is completed once, in order");
+    step_plan const& mine = flight_.front().plan;
     std::unordered_map<std::uint64_t, token_result const*> by_id;
     for (token_result const& t : results)
       LC_CHECK(by_id.emplace(t.id, &t).second,
                "complete: two results for request " << t.id << "; one per sampling row");
-    std::unordered_set<std::uint64_t> sampling;  // ids whose rows sample, aborted ones included
-    auto expect_result = [&](std::uint64_t id, request const* r) {
-      sampling.insert(id);
-      LC_CHECK(r == nullptr || by_id.contains(id), "complete: no result for request "
-                                                       << id << ", which sampled a token in step "
-                                                       << step_);
-    };
-    for (prefill_chunk const& c : plan.prefill) {
-      request const* r = live(c.id, request_state::prefilling);
-      LC_CHECK(r == nullptr || (c.start == r->computed && c.length <= r->to_compute()),
-               "complete: chunk [" << c.start << ", " << c.start + c.length << ") of request "
-                                   << c.id << " does not continue its " << r->computed
-                                   << " computed tokens; the plan was altered");
-      if (c.is_last) expect_result(c.id, r);
-    }
-    for (std::uint64_t const id : plan.decode) expect_result(id, live(id, request_state::decoding));
+    std::unordered_set<std::uint64_t> sampling;  // ids whose rows sample
+    for (prefill_chunk const& c : mine.prefill)
+      if (c.is_last) sampling.insert(c.id);
+    for (std::uint64_t const id : mine.decode) sampling.insert(id);
     for (token_result const& t : results)
       LC_CHECK(sampling.contains(t.id), "complete: result for request "
                                             << t.id << ", which has no sampling row in step "
-                                            << step_
+                                            << plan.step
                                             << " (only decode rows and last chunks sample)");
-
-    // The rows of a request aborted in flight still filled their slots: count them, so that its
-    // release gives back exactly what the engine frees.
-    for (prefill_chunk const& c : plan.prefill) {
-      if (request* a = aborted_in_flight(c.id)) a->computed += c.length;
-      request* r = live(c.id, request_state::prefilling);
-      if (r == nullptr) continue;
-      r->computed += c.length;
-      stats_.prefill_tokens += c.length;
-      if (!c.is_last) continue;
-      r->state = request_state::decoding;
-      emit(*r, *by_id.at(c.id));
+    bool const advanced = flight_.front().advanced;
+    for (std::uint64_t const id : sampling) {
+      auto const it = table_.find(id);
+      if (it == table_.end() || is_done(it->second.state)) continue;
+      // Before advance(), a live request's row must be its state's (the plan was not altered).
+      bool const chunk = std::any_of(mine.prefill.begin(), mine.prefill.end(),
+                                     [&](prefill_chunk const& c) { return c.id == id; });
+      LC_CHECK(advanced || it->second.state ==
+                               (chunk ? request_state::prefilling : request_state::decoding),
+               "complete: request "
+                   << id << " is " << to_string(it->second.state) << " but its row expects it "
+                   << (chunk ? "prefilling" : "decoding") << "; the plan was altered");
+      LC_CHECK(by_id.contains(id), "complete: no result for request "
+                                       << id << ", which sampled a token in step " << plan.step);
     }
-    for (std::uint64_t const id : plan.decode) {
-      if (request* a = aborted_in_flight(id)) ++a->computed;
-      request* r = live(id, request_state::decoding);
-      if (r == nullptr) continue;
-      ++r->computed;
-      ++stats_.decode_tokens;
-      emit(*r, *by_id.at(id));
+    if (!advanced) advance(mine);
+    for (token_result const& t : results) {
+      if (!t.finished) continue;
+      auto const it = table_.find(t.id);
+      if (it == table_.end() || is_done(it->second.state)) continue;
+      finish(it->second);
     }
-    in_flight_ = false;
+    flight_.pop_front();
     ++step_;
     ++stats_.steps;
   }
@@ -343,7 +346,8 @@ class scheduler {
   // Requests not yet released (queued, running, or done and awaiting the next plan's release).
   std::size_t size() const noexcept { return table_.size(); }
   bool idle() const noexcept { return table_.empty(); }
-  std::uint64_t step() const noexcept { return step_; }
+  std::uint64_t step() const noexcept { return step_; }  // completed steps
+  std::size_t plans_in_flight() const noexcept { return flight_.size(); }
   scheduler_config const& config() const noexcept { return config_; }
   scheduler_stats const& stats() const noexcept { return stats_; }
   Admission const& admission() const noexcept { return admission_; }
@@ -402,29 +406,59 @@ class scheduler {
     }
   }
 
-  void emit(request& r, token_result const& t) {
+  // Counts a plan's rows as run: every row's slots are computed (those of requests finished or
+  // aborted since too, so that their release is exact); a live sampling row adds one token,
+  // which ends the request when it reaches max_new_tokens. A stop token is known only from
+  // the results (complete()).
+  void advance(step_plan const& plan) {
+    for (prefill_chunk const& c : plan.prefill) {
+      auto const it = table_.find(c.id);
+      if (it == table_.end()) continue;
+      request& r = it->second;
+      if (is_done(r.state)) {
+        r.computed += c.length;  // finished or aborted since: its slots were filled anyway
+        continue;
+      }
+      LC_CHECK(r.state == request_state::prefilling && c.start == r.computed &&
+                   c.length <= r.to_compute(),
+               "complete: chunk [" << c.start << ", " << c.start + c.length << ") of request "
+                                   << c.id << " does not continue its " << r.computed
+                                   << " computed tokens; the plan was altered");
+      r.computed += c.length;
+      stats_.prefill_tokens += c.length;
+      if (!c.is_last) continue;
+      r.state = request_state::decoding;
+      add_token(r);
+    }
+    for (std::uint64_t const id : plan.decode) {
+      auto const it = table_.find(id);
+      if (it == table_.end()) continue;
+      request& r = it->second;
+      ++r.computed;
+      if (is_done(r.state)) continue;
+      LC_CHECK(r.state == request_state::decoding,
+               "complete: request " << id << " is " << to_string(r.state)
+                                    << " but its decode row expects it decoding; the plan was "
+                                       "altered");
+      ++stats_.decode_tokens;
+      add_token(r);
+    }
+  }
+
+  void add_token(request& r) {
     ++r.generated;
-    if (!t.finished && r.generated < r.max_new_tokens) return;
+    if (r.generated >= r.max_new_tokens) finish(r);
+  }
+
+  void finish(request& r) {
+    if (r.state == request_state::paused)
+      erase_id(queue_, r.id);
+    else
+      erase_id(running_, r.id);
     r.state = request_state::finished;
     admission_.record_finished(r);
-    erase_id(running_, r.id);
     to_release_.push_back(r.id);
     ++stats_.finished;
-  }
-
-  request* live(std::uint64_t id, request_state expected) {
-    auto const it = table_.find(id);
-    if (it == table_.end() || it->second.state == request_state::aborted) return nullptr;
-    LC_CHECK(it->second.state == expected, "complete: request "
-                                               << id << " is " << to_string(it->second.state)
-                                               << " but its row expects it " << to_string(expected)
-                                               << "; the plan was altered");
-    return &it->second;
-  }
-
-  request* aborted_in_flight(std::uint64_t id) {
-    auto const it = table_.find(id);
-    return it != table_.end() && it->second.state == request_state::aborted ? &it->second : nullptr;
   }
 
   // Paused requests go back to the head of the queue, ordered among themselves by arrival.
@@ -456,8 +490,13 @@ class scheduler {
   std::vector<std::uint64_t> adopted_;  // decoding, KV held, waiting for room in running_
   std::vector<std::uint64_t> to_release_;
   std::uint64_t next_arrival_ = 0;
-  std::uint64_t step_ = 0;
-  bool in_flight_ = false;
+  std::uint64_t step_ = 0;       // completed steps
+  std::uint64_t next_plan_ = 0;  // the number of the next plan
+  struct in_flight {
+    step_plan plan;
+    bool advanced = false;  // its rows were counted by a schedule() that ran ahead
+  };
+  std::deque<in_flight> flight_;  // oldest first; at most two
   scheduler_stats stats_;
 };
 

@@ -1,0 +1,41 @@
+// index: copy_indexed on CUDA. One block-stride loop over the entries; the arrays are small (a
+// step's rows or new slots), so one wave of a few blocks covers them.
+#include <cuda_runtime_api.h>
+
+#include "kernels/index/index.hpp"
+#include "lightcore/backend/cuda.hpp"
+#include "lightcore/core/cuda_check.hpp"
+
+namespace lightcore::kernels::detail {
+namespace {
+
+__global__ void copy_indexed_kernel(std::int32_t* __restrict__ dst,
+                                    std::int32_t const* __restrict__ dst_index,
+                                    std::int32_t const* __restrict__ src,
+                                    std::int32_t const* __restrict__ src_index, std::int32_t n,
+                                    std::int32_t n_dst, std::int32_t n_src) {
+  for (std::int32_t k = std::int32_t(blockIdx.x * blockDim.x + threadIdx.x); k < n;
+       k += std::int32_t(gridDim.x * blockDim.x)) {
+    std::int32_t const to = dst_index[k];
+    std::int32_t const from = src_index == nullptr ? k : src_index[k];
+    if (0 <= to && to < n_dst && 0 <= from && from < n_src) dst[to] = src[from];
+  }
+}
+
+}  // namespace
+
+void copy_indexed_cuda(tensor_view const& dst, tensor_view const& dst_index, tensor_view const& src,
+                       tensor_view const& src_index, CUstream_st* stream) {
+  backend::device_guard const guard(dst.where().index);
+  auto const n = std::int32_t(dst_index.size(0));
+  constexpr int threads = 256;
+  constexpr int blocks = 4;  // fixed: capturable, and a step's entries are few
+  auto clamp = [](std::int64_t v) { return std::int32_t(std::min<std::int64_t>(v, INT32_MAX)); };
+  copy_indexed_kernel<<<blocks, threads, 0, stream>>>(
+      dst.data_as<std::int32_t>(), dst_index.data_as<std::int32_t>(), src.data_as<std::int32_t>(),
+      src_index.data() == nullptr ? nullptr : src_index.data_as<std::int32_t>(), n,
+      clamp(dst.size(0)), clamp(src.size(0)));
+  LC_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace lightcore::kernels::detail
