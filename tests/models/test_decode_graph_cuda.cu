@@ -61,7 +61,8 @@ TEST(DecodeGraphBuckets, EverySizeTo32ThenEvery16) {
   EXPECT_EQ(graph::bucket_for(b, 33), 48);
   EXPECT_EQ(graph::bucket_for(b, 200), 208);
   EXPECT_EQ(graph::bucket_for(b, 257), 0);
-  EXPECT_EQ(graph::batch_buckets(64, 4, 16), (std::vector<std::int64_t>{1, 2, 3, 4, 16, 32, 48, 64}));
+  EXPECT_EQ(graph::batch_buckets(64, 4, 16),
+            (std::vector<std::int64_t>{1, 2, 3, 4, 16, 32, 48, 64}));
   EXPECT_THROW(graph::bucket_for(b, 0), std::exception);
   EXPECT_THROW(graph::batch_buckets(0), std::exception);
 }
