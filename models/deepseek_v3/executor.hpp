@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <deque>
 #include <limits>
 #include <optional>
@@ -23,6 +24,7 @@
 #include "lightcore/core/tensor.hpp"
 #include "lightcore/engine/step.hpp"
 #include "lightcore/memory/cache_tensor_manager.hpp"
+#include "lightcore/memory/staging_ring.hpp"
 #include "models/deepseek_v3/model.hpp"
 
 namespace lightcore::models::deepseek_v3 {
@@ -32,35 +34,16 @@ namespace lightcore::models::deepseek_v3 {
 struct no_decode_graphs {
   bool accepts(std::vector<request_step> const&) const noexcept { return false; }
   template <class Context>
+  void capture(Context&, std::vector<tensor_view> const&, tensor_view const&) {}
+  struct no_buckets {
+    double capture_seconds() const noexcept { return 0.0; }
+  };
+  no_buckets graphs() const noexcept { return {}; }
+  template <class Context>
   tensor_view forward(Context&, std::vector<request_step> const&, std::vector<tensor_view> const&,
                       tensor_view const&, tensor_view const&) {
     LC_THROW("executor: this backend runs no decode graphs");
   }
-};
-
-// Host memory from B::allocate_host (page-locked on CUDA), freed with the object.
-template <Backend B>
-class host_block {
- public:
-  host_block() = default;
-  host_block(B& b, std::size_t bytes) : b_(&b), bytes_(bytes), p_(b.allocate_host(bytes)) {}
-  host_block(host_block&& o) noexcept
-      : b_(o.b_), bytes_(std::exchange(o.bytes_, 0)), p_(std::exchange(o.p_, nullptr)) {}
-  host_block& operator=(host_block&& o) noexcept {
-    std::swap(b_, o.b_);
-    std::swap(bytes_, o.bytes_);
-    std::swap(p_, o.p_);
-    return *this;
-  }
-  ~host_block() {
-    if (p_ != nullptr) b_->deallocate_host(p_, bytes_);
-  }
-  std::byte* data() const noexcept { return static_cast<std::byte*>(p_); }
-
- private:
-  B* b_ = nullptr;
-  std::size_t bytes_ = 0;
-  void* p_ = nullptr;
 };
 
 template <Backend B>
@@ -94,7 +77,7 @@ class executor {
     // Three host slots in turn: two steps in flight and the previous one's end event.
     constexpr std::size_t k = std::size_t(kernels::sampling_max_logprobs);
     std::size_t const per_slot = std::size_t(max_rows) * (2 + 2 * k) * 4;
-    pinned_ = host_block<B>(backend, 3 * per_slot);
+    pinned_ = memory::host_buffer<B>(backend, 3 * per_slot);
     for (std::size_t i = 0; i < 3; ++i) {
       host_slot& h = host_.emplace_back(host_slot{backend.make_event(), backend.make_event()});
       std::byte* at = pinned_.data() + i * per_slot;
@@ -208,6 +191,41 @@ class executor {
     return out;
   }
 
+  // Writes req_to_token entries (flat index row * columns + position) on the step stream, before
+  // the next launched step: one copy from page-locked memory and one scatter, however many
+  // requests changed (the engine batches a step's slot updates here).
+  void update_table(tensor_view const& req_to_token, std::span<std::int32_t const> index,
+                    std::span<std::int32_t const> values) {
+    LC_CHECK(index.size() == values.size(),
+             "executor::update_table: " << index.size() << " indices for " << values.size()
+                                        << " values");
+    if (index.empty()) return;
+    std::size_t const n = index.size();
+    std::byte* const h = table_ring_.next(2 * n * 4, stream_);
+    std::memcpy(h, index.data(), n * 4);
+    std::memcpy(h + n * 4, values.data(), n * 4);
+    auto d = mem_.acquire("table.updates", dtype::i32, {2 * std::int64_t(n)});
+    backend_->copy(d.view().data(), h, 2 * n * 4, stream_);
+    tensor_view const flat(req_to_token.data(), dtype::i32,
+                           {req_to_token.size(0) * req_to_token.size(1)}, req_to_token.where());
+    kernels::copy_indexed(*backend_, flat, d.view().slice(0, 0, std::int64_t(n)),
+                          d.view().slice(0, std::int64_t(n), 2 * std::int64_t(n)), tensor_view{},
+                          stream_);
+  }
+
+  // Captures the decode graphs over the engine's KV pools and req_to_token (at start-up, so that
+  // no step pays for it); a no-op without graphs. They are captured again if those move.
+  void prepare(std::vector<tensor_view> const& kv, tensor_view const& req_to_token) {
+    if (!graphs_) return;
+    modules::deepseek::forward_context<B> ctx{*backend_, stream_, gemm_, mem_};
+    graphs_->capture(ctx, kv, req_to_token);
+    stream_.synchronize();
+  }
+  // Wall time of the last graph capture (every bucket), 0 without graphs.
+  double graph_capture_seconds() const noexcept {
+    return graphs_ ? graphs_->graphs().capture_seconds() : 0.0;
+  }
+
   // Steps launched and not collected.
   std::size_t in_flight_steps() const noexcept { return flight_.size(); }
 
@@ -263,13 +281,13 @@ class executor {
     std::size_t const to_at = hist_at + padded(std::max<std::size_t>(history, 1) * 4);
     std::size_t const from_at = to_at + padded(std::max<std::size_t>(pending, 1) * 4);
     std::size_t const total = from_at + padded(std::max<std::size_t>(pending, 1) * 4);
-    staging_.resize(total);
-    auto* params = reinterpret_cast<kernels::sampling_request*>(staging_.data() + params_at);
-    auto* positions = reinterpret_cast<std::int32_t*>(staging_.data() + pos_at);
-    auto* offsets = reinterpret_cast<std::int32_t*>(staging_.data() + off_at);
-    auto* hist = reinterpret_cast<std::int32_t*>(staging_.data() + hist_at);
-    auto* to = reinterpret_cast<std::int32_t*>(staging_.data() + to_at);
-    auto* from = reinterpret_cast<std::int32_t*>(staging_.data() + from_at);
+    std::byte* const staging = sample_ring_.next(total, stream_);
+    auto* params = reinterpret_cast<kernels::sampling_request*>(staging + params_at);
+    auto* positions = reinterpret_cast<std::int32_t*>(staging + pos_at);
+    auto* offsets = reinterpret_cast<std::int32_t*>(staging + off_at);
+    auto* hist = reinterpret_cast<std::int32_t*>(staging + hist_at);
+    auto* to = reinterpret_cast<std::int32_t*>(staging + to_at);
+    auto* from = reinterpret_cast<std::int32_t*>(staging + from_at);
     offsets[0] = 0;
     std::size_t h = 0, k_pending = 0;
     for (std::size_t i = 0; i < rows.size(); ++i) {
@@ -286,7 +304,7 @@ class executor {
       offsets[i + 1] = std::int32_t(h);
     }
     auto inputs = mem_.acquire("sample.inputs", dtype::u8, {std::int64_t(total)});
-    backend_->copy(inputs.view().data(), staging_.data(), total, stream_);
+    backend_->copy(inputs.view().data(), staging, total, stream_);
     auto* base = static_cast<std::byte*>(inputs.view().data());
     device const where = backend_->where();
     tensor_view const d_params(base + params_at, dtype::u8,
@@ -327,12 +345,12 @@ class executor {
   tensor_view tokens_;  // [max_rows] i32 on the device: the last launched step's sampled ids
   std::int64_t prev_rows_ = 0;  // rows of the last launched step
   std::vector<host_slot> host_;
-  host_block<B> pinned_;  // the host slots' arrays
+  memory::host_buffer<B> pinned_;  // the host slots' arrays
+  memory::staging_ring<B> sample_ring_{*backend_}, table_ring_{*backend_};
   std::deque<in_flight> flight_;
   std::int32_t next_slot_ = 0, last_slot_ = -1;
   // Host buffers reused by every step.
   std::vector<request_step> reqs_;
-  std::vector<std::byte> staging_;
   std::optional<graphs_type> graphs_;  // after model_, which it refers to
 };
 

@@ -22,6 +22,7 @@
 #include "kernels/rope/yarn.hpp"
 #include "lightcore/core/tensor.hpp"
 #include "lightcore/graph/decode_graphs.hpp"
+#include "lightcore/memory/staging_ring.hpp"
 #include "models/deepseek_v3/weights.hpp"
 #include "modules/deepseek/mla_attention.hpp"
 #include "modules/deepseek/mlp.hpp"
@@ -495,7 +496,7 @@ class decode_graphs {
              "decode_graphs: scratch_row " << o.scratch_row << " and scratch_slot "
                                            << o.scratch_slot
                                            << " must both be set (>= 0) or both be -1");
-    host_.assign(std::size_t(inputs * graphs_.max_batch()), 0);
+    // (host_ points into the staging ring, page-locked: a new buffer per step, see stage().)
   }
 
   decode_graph_options const& options() const noexcept { return options_; }
@@ -505,6 +506,11 @@ class decode_graphs {
   bool accepts(std::vector<request_step> const& reqs) const {
     return !reqs.empty() && std::int64_t(reqs.size()) <= graphs_.max_batch() &&
            std::all_of(reqs.begin(), reqs.end(), model_type::is_decode);
+  }
+
+  // Captures every bucket over these buffers now (the first forward() would otherwise).
+  void capture(context& ctx, std::vector<tensor_view> const& kv, tensor_view const& req_to_token) {
+    bind(ctx, kv, req_to_token);
   }
 
   // The step through its bucket's graph: logits [n, logits_columns()] f32 for the n requests in
@@ -591,8 +597,10 @@ class decode_graphs {
                      tensor_view const& req_to_token, tensor_view const& pending_ids) {
     std::int64_t const n = std::int64_t(reqs.size()), bucket = graphs_.bucket_for(n);
     std::int64_t const stride = graphs_.max_batch();
+    std::size_t const bytes = std::size_t(inputs * stride) * sizeof(std::int32_t);
+    auto* const host = reinterpret_cast<std::int32_t*>(ring_.next(bytes, ctx.stream));
     auto at = [&](row r, std::int64_t i) -> std::int32_t& {
-      return host_[std::size_t(r * stride + i)];
+      return host[std::size_t(r * stride + i)];
     };
     std::int64_t pending = 0;
     for (std::int64_t i = 0; i < n; ++i)
@@ -633,9 +641,9 @@ class decode_graphs {
         }
       }
     }
-    // Pageable memory: the copy is staged before the call returns, so host_ may change after.
-    model_->backend().copy(device_.data(), host_.data(), host_.size() * sizeof(std::int32_t),
-                           ctx.stream);
+    // Page-locked memory: the copy is queued without waiting; the ring's next turns leave this
+    // buffer alone until it has run.
+    model_->backend().copy(device_.data(), host, bytes, ctx.stream);
     if (pending > 0)
       kernels::copy_indexed(model_->backend(), device_.select(0, ids),
                             device_.select(0, pending_to).slice(0, 0, pending), pending_ids,
@@ -662,8 +670,8 @@ class decode_graphs {
   decode_graph_options options_;
   graph::bucket_graphs graphs_;
   memory::cache_tensor_manager<backend::cuda>* mem_ = nullptr;
-  tensor_view device_;              // [inputs, max_batch] i32, persistent
-  std::vector<std::int32_t> host_;  // its host image
+  tensor_view device_;  // [inputs, max_batch] i32, persistent
+  memory::staging_ring<backend::cuda> ring_{model_->backend()};  // its host images, in turn
   std::vector<void const*> bound_;  // req_to_token and the KV pools the graphs were captured on
   dims bound_table_;
 };

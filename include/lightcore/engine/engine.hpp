@@ -136,7 +136,14 @@ class engine {
         config_(config),
         pool_(backend, config.kv),
         prefix_({config.prefix_cache, config.kv.capacity}),
-        sched_(checked_scheduler_config(config), std::forward<SchedulerArgs>(scheduler_args)...) {}
+        sched_(checked_scheduler_config(config), std::forward<SchedulerArgs>(scheduler_args)...) {
+    LC_CHECK(std::int64_t(config.kv.max_requests) * config.kv.max_tokens <= INT32_MAX,
+             "engine: req_to_token of " << config.kv.max_requests << " x " << config.kv.max_tokens
+                                        << " entries; at most 2^31 - 1");
+    // Decode graphs are captured now, over this pool, not by the first decode step.
+    if constexpr (requires { exec.prepare(pool_.layers(), pool_.req_to_token()); })
+      exec.prepare(pool_.layers(), pool_.req_to_token());
+  }
 
   engine(engine const&) = delete;
   engine& operator=(engine const&) = delete;
@@ -203,7 +210,7 @@ class engine {
     rec.slots = std::move(kv.slots);
     rec.pinned = kv.prefix_hit;
     rec.lock = kv.prefix_node;
-    pool_.write_slots(*rec.row, 0, rec.slots, exec_->stream());
+    write_slots(*rec.row, 0, rec.slots);
     live_.emplace(r.id, std::move(rec));
   }
 
@@ -259,6 +266,7 @@ class engine {
     double host = 0.0;
     if (!sched_.idle()) {
       next = plan_step();
+      flush_slots();
       if (!rows_.empty()) {
         if constexpr (overlapping_executor<Exec>) {
           if (config_.overlap) {
@@ -430,12 +438,12 @@ class engine {
     r.lock = m.node;
     r.slots.assign(m.slots.begin(), m.slots.end());
     r.pinned = start;
-    pool_.write_slots(*r.row, 0, r.slots, exec_->stream());
+    write_slots(*r.row, 0, r.slots);
   }
 
   // n more slots for the request, from the free list or, when it runs short, by evicting the
   // least recently used unreferenced prefixes.
-  void extend(record& r, std::int64_t n, typename B::stream_type const& stream) {
+  void extend(record& r, std::int64_t n) {
     std::int64_t const short_by = n - pool_.slots().available();
     if (short_by > 0)
       prefix_.evict(short_by, [&](std::span<std::int32_t const> s) { pool_.slots().free(s); });
@@ -444,8 +452,7 @@ class engine {
              "engine: the KV pool has " << pool_.slots().available() << " free slots for " << n
                                         << " new tokens after eviction; the scheduler "
                                            "over-committed the pool");
-    pool_.write_slots(*r.row, std::int64_t(pos),
-                      std::span<std::int32_t const>(r.slots).subspan(pos), stream);
+    write_slots(*r.row, std::int64_t(pos), std::span<std::int32_t const>(r.slots).subspan(pos));
   }
 
   // Gives the request's computed KV to the prefix cache (which keeps what it did not hold yet),
@@ -520,13 +527,12 @@ class engine {
     for (sched::prefill_chunk const& c : plan.prefill)
       if (c.is_first) pin_prefix(c.id, live_.at(c.id), c.start);
     rows_.clear();
-    auto const& stream = exec_->stream();
     for (sched::prefill_chunk const& c : plan.prefill) {
       record& r = live_.at(c.id);
       LC_CHECK(std::int64_t(r.slots.size()) == c.start,
                "engine: request " << c.id << " holds " << r.slots.size()
                                   << " slots but its chunk starts at " << c.start);
-      extend(r, c.length, stream);
+      extend(r, c.length);
       step_row<params_type> row;
       row.tokens = std::span<std::int32_t const>(r.tokens).subspan(std::size_t(c.start),
                                                                    std::size_t(c.length));
@@ -552,7 +558,7 @@ class engine {
       LC_CHECK(std::int64_t(r.slots.size()) == pos, "engine: decoding request "
                                                         << id << " holds " << r.slots.size()
                                                         << " slots for " << pos + 1 << " tokens");
-      extend(r, 1, stream);
+      extend(r, 1);
       step_row<params_type> row;
       row.tokens = pending >= 0
                        ? std::span<std::int32_t const>(placeholder_)
@@ -567,6 +573,38 @@ class engine {
       rows_.push_back(row);
     }
     return f;
+  }
+
+  static constexpr bool batched_table_updates =
+      requires(Exec & e, tensor_view const& t, std::span<std::int32_t const> i) {
+    e.update_table(t, i, i);
+  };
+
+  // Slot ids of positions [pos0, pos0 + n) of a request row: in the host mirror at once; on the
+  // device in one batch before the next step (executors with update_table), or at once.
+  void write_slots(std::int32_t row, std::int64_t pos0, std::span<std::int32_t const> slots) {
+    if constexpr (batched_table_updates) {
+      std::int64_t const capacity = pool_.slots().capacity();
+      for (std::int32_t const s : slots)
+        LC_CHECK(s >= 0 && s < capacity,
+                 "engine: slot id " << s << " is out of range; allowed: 0.." << capacity - 1);
+      pool_.table().set(row, pos0, slots);
+      std::int64_t const base = std::int64_t(row) * config_.kv.max_tokens + pos0;
+      for (std::size_t i = 0; i < slots.size(); ++i) {
+        table_index_.push_back(std::int32_t(base + std::int64_t(i)));
+        table_value_.push_back(slots[i]);
+      }
+    } else {
+      pool_.write_slots(row, pos0, slots, exec_->stream());
+    }
+  }
+
+  void flush_slots() {
+    if constexpr (batched_table_updates) {
+      exec_->update_table(pool_.req_to_token(), table_index_, table_value_);
+      table_index_.clear();
+      table_value_.clear();
+    }
   }
 
   step_output collect() {
@@ -648,10 +686,11 @@ class engine {
   memory::radix_cache prefix_;
   Scheduler sched_;
   std::unordered_map<std::uint64_t, record> live_;
-  std::unordered_map<std::uint64_t, record> held_;      // finished hold_kv requests, KV pinned
-  std::unordered_map<std::uint64_t, record> retiring_;  // released, last row still in flight
-  std::optional<flight> inflight_;                      // launched, not collected yet
-  std::int32_t placeholder_[1] = {0};                   // the token of a pending row
+  std::unordered_map<std::uint64_t, record> held_;       // finished hold_kv requests, KV pinned
+  std::unordered_map<std::uint64_t, record> retiring_;   // released, last row still in flight
+  std::optional<flight> inflight_;                       // launched, not collected yet
+  std::int32_t placeholder_[1] = {0};                    // the token of a pending row
+  std::vector<std::int32_t> table_index_, table_value_;  // req_to_token updates not yet sent
   engine_stats stats_;
   std::vector<step_row<params_type>> rows_;
   std::vector<sched::token_result> results_;
