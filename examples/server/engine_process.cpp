@@ -18,6 +18,8 @@
 #include "lightcore/ipc/request_table.hpp"
 #include "models/deepseek_v3/executor.hpp"
 #include "models/deepseek_v3/weights_loader.hpp"
+#include "pd_decode.hpp"
+#include "pd_prefill.hpp"
 #include "wire.hpp"
 #if defined(LIGHTCORE_WITH_CUDA)
 #include "lightcore/backend/cuda.hpp"
@@ -206,9 +208,37 @@ int serve(B& backend, engine_options const& o) {
             << backend.where() << ", KV pool " << ec.kv.capacity << " tokens, ready in " << load_s
             << " s\n";
 
+  // Prefill/decode roles: the control endpoint and the role's state, owned by this thread.
+  using engine_type = decltype(eng);
+  pd_outbox outbox;
+  pd_inbox inbox;
+  std::unique_ptr<pd_node> node;
+  std::unique_ptr<pd_control_server> control;  // after node: its handlers go first
+  std::int32_t control_port = 0;
+  if (o.role != "single") {
+    control = std::make_unique<pd_control_server>();
+    control_port = control->bind(o.control_host, o.control_port);
+    pd_role_options ro;
+    ro.control_url = "http://" + (o.advertise_host.empty() ? o.control_host : o.advertise_host) +
+                     ":" + std::to_string(control_port);
+    ro.kv_host = o.kv_host;
+    ro.kv_port = o.kv_port;
+    ro.timeout = std::chrono::milliseconds(o.pd_timeout_ms);
+    if (o.role == "prefill")
+      node = std::make_unique<pd_prefill<B, engine_type>>(eng, exec.stream(), outbox, inbox, ro);
+    else
+      node = std::make_unique<pd_decode<B, engine_type>>(eng, outbox, inbox, ro);
+    node->routes(control->http());
+    control->listen();
+    std::cerr << "engine: " << o.role << " control endpoint on " << ro.control_url << "\n";
+  }
+
   if (o.ready_fd >= 0) {
     char const byte = 1;
     LC_CHECK(::write(o.ready_fd, &byte, 1) == 1, "cannot report readiness to the front end");
+    if (node)
+      LC_CHECK(::write(o.ready_fd, &control_port, sizeof control_port) == sizeof control_port,
+               "cannot report the control port to the front end");
     ::close(o.ready_fd);
   }
 
@@ -263,8 +293,15 @@ int serve(B& backend, engine_options const& o) {
   std::vector<ipc::top_entry> tops(top_k);
   for (;;) {
     // Block while idle; otherwise take what has arrived and step.
-    auto first = table.next_event(eng.idle() ? ipc::no_timeout : std::chrono::nanoseconds(0));
+    // With a role, work also comes through the control endpoint: the idle wait is bounded.
+    auto const idle_wait = node ? std::chrono::nanoseconds(std::chrono::milliseconds(1))
+                                : std::chrono::nanoseconds(ipc::no_timeout);
+    auto first = table.next_event(eng.idle() ? idle_wait : std::chrono::nanoseconds(0));
     for (auto ev = first; ev; ev = table.next_event(std::chrono::nanoseconds(0))) on_event(*ev);
+    if (node) {
+      inbox.run_all();
+      node->poll();
+    }
     if (eng.idle()) {
       publish(eng, sv, 0);
       continue;
@@ -288,6 +325,7 @@ int serve(B& backend, engine_options const& o) {
         }
       }
       for (engine::token_event const& t : events) {
+        if (node && node->on_token(t)) continue;
         auto it = slots.find(t.id);
         if (it == slots.end()) continue;
         one[0] = t.token;
@@ -305,6 +343,10 @@ int serve(B& backend, engine_options const& o) {
         table.fail(h, std::string("the engine failed: ") + e.what());
         table.release(h);
       }
+      // The process ends now: control handlers still waiting for this thread's answers must not
+      // hold its exit (their peers see the connection drop), so the endpoint is not joined.
+      (void)control.release();
+      (void)node.release();
       return 1;
     }
   }

@@ -22,7 +22,9 @@ struct engine_options {
   std::filesystem::path model;       // a checkpoint directory; empty: dummy weights of config
   std::filesystem::path config;      // config.json for dummy weights
   std::string config_text;           // or its text (the built-in model)
-  int ready_fd = -1;                 // written one byte once the model is loaded; -1: none
+  int ready_fd = -1;                 // written one byte once the model is loaded (then, for
+                                     // the prefill and decode roles, the control port as an
+                                     // int32); -1: none
   std::uint64_t seed = 0;            // dummy weights' seed
   std::int64_t kv_tokens = 0;        // token slots of the KV pool; 0: from kv_memory_fraction
                                      // on the GPU, 65536 on the CPU
@@ -31,6 +33,15 @@ struct engine_options {
   std::int64_t max_seq_len = 4096;   // tokens: prompt + output of one request
   std::int64_t max_tokens_per_step = 2048;  // tokens of one forward pass (chunked prefill)
   bool prefix_cache = true;
+  // Prefill/decode separation (docs/pd.md, "Server roles"): "single" (default) serves the
+  // request table alone; "prefill" and "decode" also run the control endpoint below.
+  std::string role = "single";
+  std::string control_host = "127.0.0.1";  // the control endpoint's bind address
+  std::string advertise_host;              // how peers reach it; default: control_host
+  int control_port = 0;                    // 0: any free port (reported through ready_fd)
+  std::string kv_host = "127.0.0.1";       // decode: the TCP KV server's bind address
+  int kv_port = 0;                         // decode: its port; 0: any free port
+  std::int64_t pd_timeout_ms = 30'000;     // ms: a KV transfer's whole budget; default 30 s
 };
 
 // Runs until the process is told to stop (SIGTERM / SIGINT) or the loop fails; returns the exit

@@ -477,9 +477,12 @@ std::string frontend::render_metrics() {
 
 void frontend::routes() {
   auto& s = *http_;
-  // The API key, when set: every endpoint but /health and /metrics (probes and scrapers).
+  // The API key, when set: every endpoint but /health, /metrics (probes and scrapers) and /pd/info.
   s.set_pre_routing_handler([this](httplib::Request const& req, httplib::Response& res) {
-    if (options_.api_key.empty() || req.path == "/health" || req.path == "/metrics")
+    // /pd/info names the control endpoint to routers, which hold no API key (the control
+    // endpoint has none either: it belongs on a private network).
+    if (options_.api_key.empty() || req.path == "/health" || req.path == "/metrics" ||
+        req.path == "/pd/info")
       return httplib::Server::HandlerResponse::Unhandled;
     std::string const auth = req.get_header_value("Authorization");
     if (auth == "Bearer " + options_.api_key) return httplib::Server::HandlerResponse::Unhandled;
@@ -492,7 +495,11 @@ void frontend::routes() {
     return httplib::Server::HandlerResponse::Handled;
   });
   s.Get("/health", [this](httplib::Request const&, httplib::Response& res) {
-    if (engine_alive() && !stopping_.load()) {
+    auto const why_not = options_.unavailable ? options_.unavailable() : std::nullopt;
+    if (engine_alive() && !stopping_.load() && why_not) {
+      res.status = 503;
+      res.set_content(dump({{"status", "unavailable"}, {"reason", *why_not}}), "application/json");
+    } else if (engine_alive() && !stopping_.load()) {
       res.set_content(R"({"status":"ok"})", "application/json");
     } else {
       res.status = 503;
@@ -534,6 +541,9 @@ void frontend::routes() {
       if (!parsed) return reject(res, parsed.error());
       metrics_.requests_received.inc();
       if (!engine_alive()) return reject(res, engine_down());
+      if (options_.unavailable)
+        if (auto why = options_.unavailable())
+          return reject(res, {503, *why, "", "server_error", "no_instance"});
       if (parsed.value().logprobs &&
           std::uint32_t(parsed.value().top_logprobs) > options_.max_top_logprobs) {
         std::string const field = which == route::completion ? "logprobs" : "top_logprobs";
@@ -701,6 +711,7 @@ void frontend::routes() {
   s.Post("/v1/chat/completions", handler(route::chat));
   s.Post("/generate", handler(route::generate));
   s.Post("/generate_stream", handler(route::generate_stream));
+  if (options_.extra_routes) options_.extra_routes(s);
   s.set_error_handler([this](httplib::Request const& req, httplib::Response& res) {
     if (!res.body.empty()) return;
     api_error e{res.status, "", "", "invalid_request_error", ""};

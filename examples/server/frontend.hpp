@@ -7,8 +7,10 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -35,10 +37,15 @@ struct frontend_options {
   std::vector<std::int32_t> eos_ids;   // stop ids added unless a request ignores EOS
   int http_threads = 0;                // 0: one per table slot plus a few
   std::string api_key;                 // non-empty: "Authorization: Bearer <key>" is required
-                                       // everywhere but /health and /metrics; default none
+                                       // everywhere but /health, /metrics, /pd/info; default none
   std::int64_t max_queue = 0;          // requests waiting in the engine; more get 429; 0: none
   std::uint32_t max_top_logprobs = 0;  // alternatives per token a request may ask for (0..20;
                                        // the request table keeps that many); default 0
+  // More routes (the /pd/* endpoints of a prefill/decode role); default none.
+  std::function<void(httplib::Server&)> extra_routes;
+  // A reason why generation requests cannot be served now (they get 503 with it), or nullopt;
+  // the pd-router's "no instance is available". Default: none.
+  std::function<std::optional<std::string>()> unavailable;
 };
 
 class frontend {

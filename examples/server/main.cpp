@@ -9,6 +9,10 @@
 // vocabulary at toy width, seeded random weights). Like every model it runs where --device says:
 // with the default, auto, that is the GPU when the build has CUDA and a GPU is visible, else the
 // CPU. --mock-engine runs no model at all (the front end and the IPC measured alone).
+//
+// --role prefill / decode / pd-router run the parts of a prefill/decode-separated deployment
+// (docs/pd.md, "Server roles"); the pd-router loads no model and forks no engine.
+#include <httplib.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -19,6 +23,7 @@
 #include <cstring>
 #include <filesystem>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
 
@@ -28,6 +33,8 @@
 #include "lightcore/io/hf_config.hpp"
 #include "lightcore/ipc/shm_region.hpp"
 #include "lightcore/ipc/signal_cleanup.hpp"
+#include "pd_control.hpp"
+#include "pd_router.hpp"
 
 namespace lightcore::server {
 extern char const* const tiny_model_config;  // tiny_model.json, embedded at build time
@@ -72,11 +79,22 @@ constexpr flag flags[] = {
     {"--max-queue", "N",
      "requests waiting in the engine for admission, at most (default 0: no limit); more get 429"},
     {"--api-key", "KEY",
-     "require \"Authorization: Bearer KEY\" on every endpoint but /health and /metrics "
+     "require \"Authorization: Bearer KEY\" on every endpoint but /health, /metrics and /pd/info "
      "(default: $LIGHTCORE_API_KEY, else none)"},
     {"--mock-engine", nullptr,
      "run no model: one token per live request per step (front-end and IPC benchmarks)"},
     {"--no-prefix-cache", nullptr, "disable the radix prefix cache"},
+    {"--role", "R",
+     "single (default), prefill, decode or pd-router (prefill/decode separation, docs/pd.md)"},
+    {"--control-port", "N", "prefill/decode: the engine's control endpoint port (default 0: any)"},
+    {"--advertise-host", "ADDR",
+     "prefill/decode: the address peers reach this instance's control and KV endpoints at "
+     "(default: --host)"},
+    {"--kv-host", "ADDR", "decode: the TCP KV server's bind address (default: --host)"},
+    {"--kv-port", "N", "decode: the TCP KV server's port (default 0: any free port)"},
+    {"--pd-timeout-ms", "N", "prefill/decode/pd-router: a KV transfer's budget (default 30000)"},
+    {"--prefill", "URL", "pd-router: a prefill instance, http://host:port (repeatable)"},
+    {"--decode", "URL", "pd-router: a decode instance, http://host:port (repeatable)"},
     {"--help", nullptr, "this list"},
 };
 
@@ -96,6 +114,9 @@ struct options {
   std::filesystem::path tokenizer = ".cache/tokenizer";
   std::uint32_t slots = 256;
   std::string config_text;  // the dummy model's config.json
+  server_role role = server_role::single;
+  router_options router;
+  bool kv_host_given = false;
 };
 
 std::int64_t to_int(std::string const& flag, std::string const& v, std::int64_t lo,
@@ -180,6 +201,32 @@ options parse(int argc, char** argv) {
       o.slots = std::uint32_t(to_int(a, v, 1, 65536));
     } else if (a == "--max-queue") {
       o.front.max_queue = to_int(a, v, 0, INT32_MAX);
+    } else if (a == "--role") {
+      try {
+        o.role = role_from_name(v);
+      } catch (std::exception const& e) {
+        usage(2, std::string("--role: ") + e.what());
+      }
+      o.engine.role = std::string(name_of(o.role));
+    } else if (a == "--control-port") {
+      o.engine.control_port = int(to_int(a, v, 0, 65535));
+    } else if (a == "--advertise-host") {
+      o.engine.advertise_host = v;
+    } else if (a == "--kv-host") {
+      o.engine.kv_host = v;
+      o.kv_host_given = true;
+    } else if (a == "--kv-port") {
+      o.engine.kv_port = int(to_int(a, v, 0, 65535));
+    } else if (a == "--pd-timeout-ms") {
+      o.engine.pd_timeout_ms = to_int(a, v, 1, INT32_MAX);
+      o.router.timeout_ms = o.engine.pd_timeout_ms;
+    } else if (a == "--prefill" || a == "--decode") {
+      try {
+        parse_http_url(v);
+      } catch (std::exception const& e) {
+        usage(2, a + ": " + e.what());
+      }
+      (a == "--prefill" ? o.router.prefill : o.router.decode).push_back(v);
     } else if (a == "--api-key") {
       if (v.empty()) usage(2, "--api-key: the key is empty; allowed: a non-empty string");
       o.front.api_key = v;
@@ -188,6 +235,14 @@ options parse(int argc, char** argv) {
   }
   if (!o.engine.model.empty() && !o.engine.config.empty())
     usage(2, "--model and --dummy exclude each other");
+  if (o.role == server_role::router && (o.router.prefill.empty() || o.router.decode.empty()))
+    usage(2, "--role pd-router needs at least one --prefill URL and one --decode URL");
+  if (o.role != server_role::router && (!o.router.prefill.empty() || !o.router.decode.empty()))
+    usage(2, "--prefill and --decode are flags of --role pd-router");
+  if (o.role != server_role::single && o.engine.mock)
+    usage(2, "--mock-engine serves the single role only");
+  o.engine.control_host = o.front.host;
+  if (!o.kv_host_given) o.engine.kv_host = o.front.host;
   if (!key_given)
     if (char const* k = std::getenv("LIGHTCORE_API_KEY"); k != nullptr && *k != 0)
       o.front.api_key = k;
@@ -235,6 +290,20 @@ int main(int argc, char** argv) try {
       ipc::instance_name("lightcore", ipc::default_instance_id(), "stats"), tc.slots);
   o.engine.stats_name = stats.name();
 
+  // The pd-router runs no model: a dispatcher in this process serves the table by running each
+  // request on a prefill and a decode instance.
+  if (o.role == server_role::router) {
+    pd_registry registry(o.router);
+    o.front.unavailable = [&registry] { return registry.unavailable(); };
+    frontend front(o.front, table, stats, tok);
+    int const port = front.bind();
+    pd_dispatcher dispatcher(table, registry, o.router);
+    std::cout << "lightcore_server: pd-router for " << o.front.api.served_model_name
+              << " serving on http://" << o.front.host << ":" << port << std::endl;
+    front.serve();
+    return 0;
+  }
+
   // The engine process. It reports readiness (or its death) through a pipe, and dies with us.
   int ready[2];
   LC_CHECK(::pipe(ready) == 0, "pipe: " << std::strerror(errno));
@@ -254,14 +323,32 @@ int main(int argc, char** argv) try {
   ::close(ready[1]);
   char byte = 0;
   ssize_t const got = ::read(ready[0], &byte, 1);
+  std::int32_t control_port = 0;
+  bool const has_control = o.role != server_role::single;
+  bool const port_read =
+      !has_control || ::read(ready[0], &control_port, sizeof control_port) == sizeof control_port;
   ::close(ready[0]);
-  if (got != 1) {
+  if (got != 1 || !port_read) {
     int status = 0;
     ::waitpid(child, &status, 0);
     std::cerr << "lightcore_server: the engine process failed to start\n";
     return 1;
   }
 
+  if (has_control) {
+    // The public address names the engine's control endpoint, where peers and routers go.
+    std::string const control =
+        "http://" + (o.engine.advertise_host.empty() ? o.front.host : o.engine.advertise_host) +
+        ":" + std::to_string(control_port);
+    std::string const role(name_of(o.role));
+    o.front.extra_routes = [control, role](httplib::Server& s) {
+      s.Get("/pd/info", [control, role](httplib::Request const&, httplib::Response& res) {
+        res.set_content(nlohmann::json{{"role", role}, {"control", control}}.dump(),
+                        "application/json");
+      });
+    };
+    std::cerr << "lightcore_server: " << role << " control endpoint " << control << "\n";
+  }
   frontend front(o.front, table, stats, tok);
   int const port = front.bind();
   std::cout << "lightcore_server: serving " << o.front.api.served_model_name << " on http://"

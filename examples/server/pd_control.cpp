@@ -1,0 +1,211 @@
+// The control plane's plumbing: the outbox thread, the engine-thread queue, streamed replies.
+#include "pd_control.hpp"
+
+#include <nlohmann/json.hpp>
+#include <utility>
+
+#include "lightcore/core/error.hpp"
+
+namespace lightcore::server {
+
+http_endpoint parse_http_url(std::string const& url) {
+  std::string const scheme = "http://";
+  LC_CHECK(url.rfind(scheme, 0) == 0,
+           "'" << url << "' is not an address of the form http://host:port");
+  std::string rest = url.substr(scheme.size());
+  if (!rest.empty() && rest.back() == '/') rest.pop_back();
+  auto const colon = rest.rfind(':');
+  LC_CHECK(colon != std::string::npos && colon > 0 && colon + 1 < rest.size(),
+           "'" << url << "' names no port; allowed: http://host:port");
+  http_endpoint e;
+  e.host = rest.substr(0, colon);
+  try {
+    std::size_t used = 0;
+    e.port = std::stoi(rest.substr(colon + 1), &used);
+    LC_CHECK(used == rest.size() - colon - 1, "");
+  } catch (std::exception const&) {
+    e.port = -1;
+  }
+  LC_CHECK(e.port > 0 && e.port < 65536, "'" << url << "' has no valid port; allowed: 1..65535");
+  return e;
+}
+
+pd_outbox::pd_outbox() : worker_([this] { run(); }) {}
+
+pd_outbox::~pd_outbox() {
+  {
+    std::lock_guard g(m_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  worker_.join();
+}
+
+void pd_outbox::post(std::string url, std::string path, std::string body) {
+  {
+    std::lock_guard g(m_);
+    queue_.push_back({std::move(url), std::move(path), std::move(body)});
+  }
+  cv_.notify_one();
+}
+
+void pd_outbox::run() {
+  for (;;) {
+    item it;
+    {
+      std::unique_lock lk(m_);
+      cv_.wait(lk, [&] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) return;
+      it = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    auto& c = clients_[it.url];
+    if (!c) {
+      try {
+        http_endpoint const e = parse_http_url(it.url);
+        c = std::make_unique<httplib::Client>(e.host, e.port);
+        c->set_connection_timeout(std::chrono::seconds(2));
+        c->set_read_timeout(std::chrono::seconds(5));
+        c->set_keep_alive(true);
+      } catch (std::exception const&) {
+        ++failures_;
+        clients_.erase(it.url);
+        continue;
+      }
+    }
+    auto r = c->Post(it.path, it.body, "application/json");
+    if (!r || r->status != 200) {
+      ++failures_;
+      clients_.erase(it.url);  // a fresh connection next time (the peer may have restarted)
+    }
+  }
+}
+
+void pd_inbox::post(std::function<void()> job) {
+  std::lock_guard g(m_);
+  jobs_.push_back(std::move(job));
+}
+
+std::size_t pd_inbox::run_all() {
+  std::vector<std::function<void()>> jobs;
+  {
+    std::lock_guard g(m_);
+    jobs.swap(jobs_);
+  }
+  for (auto& j : jobs) j();
+  return jobs.size();
+}
+
+void pd_reply::push(std::string line) {
+  {
+    std::lock_guard g(m_);
+    if (closed_) return;
+    lines_.push_back(std::move(line));
+  }
+  cv_.notify_all();
+}
+
+void pd_reply::close() {
+  {
+    std::lock_guard g(m_);
+    closed_ = true;
+  }
+  cv_.notify_all();
+}
+
+bool pd_reply::closed() const {
+  std::lock_guard g(m_);
+  return closed_;
+}
+
+bool pd_reply::wait_pop(std::vector<std::string>& out, std::chrono::milliseconds timeout) {
+  std::unique_lock lk(m_);
+  cv_.wait_for(lk, timeout, [&] { return closed_ || !lines_.empty(); });
+  while (!lines_.empty()) {
+    out.push_back(std::move(lines_.front()));
+    lines_.pop_front();
+  }
+  return !closed_;
+}
+
+void stream_reply(httplib::Response& res, std::shared_ptr<pd_reply> reply) {
+  res.set_header("Cache-Control", "no-cache");
+  res.set_chunked_content_provider(
+      "application/x-ndjson",
+      [reply](std::size_t, httplib::DataSink& sink) {
+        std::vector<std::string> lines;
+        bool const open = reply->wait_pop(lines, std::chrono::milliseconds(200));
+        for (std::string& l : lines) {
+          l += '\n';
+          if (!sink.write(l.data(), l.size())) {
+            reply->abandon();
+            return false;
+          }
+        }
+        // An idle wait writes nothing; a client gone meanwhile is noticed at the next write.
+        if (!open) sink.done();
+        return true;
+      },
+      [reply](bool success) {
+        if (!success) reply->abandon();
+      });
+}
+
+void single_reply(httplib::Response& res, std::shared_ptr<pd_reply> const& reply,
+                  std::chrono::milliseconds limit) {
+  auto const end = std::chrono::steady_clock::now() + limit;
+  std::vector<std::string> lines;
+  while (lines.empty() && std::chrono::steady_clock::now() < end)
+    if (!reply->wait_pop(lines, std::chrono::milliseconds(100)) && lines.empty()) break;
+  if (lines.empty()) {
+    reply->abandon();
+    return reply_json_error(res, 504, "the engine gave no answer in time", "timeout");
+  }
+  // A line may carry its own status (an error): {"status": 4xx/5xx, "error": {...}}.
+  auto j = nlohmann::json::parse(lines.front(), nullptr, false);
+  if (j.is_object() && j.contains("status") && j.at("status").is_number_integer()) {
+    res.status = j.at("status").get<int>();
+    j.erase("status");
+  }
+  res.set_content(j.dump(), "application/json");
+}
+
+pd_control_server::pd_control_server() : http_(std::make_unique<httplib::Server>()) {
+  http_->new_task_queue = [] { return new httplib::ThreadPool(64); };
+  http_->set_tcp_nodelay(true);
+}
+
+pd_control_server::~pd_control_server() {
+  http_->stop();
+  if (listener_.joinable()) listener_.join();
+}
+
+int pd_control_server::bind(std::string const& host, int port) {
+  int bound = port;
+  if (port == 0) {
+    bound = http_->bind_to_any_port(host);
+    LC_CHECK(bound > 0, "cannot bind the control endpoint on " << host << " to any port");
+  } else {
+    LC_CHECK(http_->bind_to_port(host, port),
+             "cannot bind the control endpoint on " << host << ":" << port);
+  }
+  return bound;
+}
+
+void pd_control_server::listen() {
+  listener_ = std::thread([this] { http_->listen_after_bind(); });
+}
+
+void reply_json_error(httplib::Response& res, int status, std::string const& message,
+                      std::string const& code) {
+  res.status = status;
+  res.set_content(
+      nlohmann::json{{"error",
+                      {{"message", message},
+                       {"type", status >= 500 ? "server_error" : "invalid_request_error"},
+                       {"code", code}}}}
+          .dump(),
+      "application/json");
+}
+
+}  // namespace lightcore::server
