@@ -101,12 +101,19 @@ void bm_sampling(benchmark::State& state) {
   stream.synchronize();
   kernels::sampling_outputs const out{tokens, logprobs, top_ids, top_logprobs};
   tensor_view const ws = workspace.view().slice(0, 0, ws_bytes);
+  // The route the engine's executor takes: straight to the exact path when every row would go
+  // there anyway (here: temperature-only rows).
+  bool all_exact = true;
+  for (kernels::sampling_request const& r : host_requests)
+    all_exact = all_exact && kernels::sampling_row_kind(r, vocab) == kernels::sampling_row_exact;
+  auto const route =
+      all_exact ? kernels::sampling_route::exact : kernels::sampling_route::automatic;
   double const seconds = median_seconds(
       &state, gpu, stream,
       [&](int call) {
         kernels::sampling_inputs const in{logits[std::size_t(call % sets)], requests, positions,
                                           ids, offsets};
-        kernels::sample(gpu, in, out, ws, stream);
+        kernels::sample(gpu, in, out, ws, stream, route);
       },
       call_numbering::running);
   set_bandwidth_counters(state, bytes, seconds);

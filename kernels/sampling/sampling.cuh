@@ -1,7 +1,17 @@
-// sampling: the CUDA kernel and its launcher. Only instantiations/sampling_f32.cu includes this;
+// sampling: the CUDA kernels and their launcher. Only instantiations/sampling_f32.cu includes this;
 // the dispatch (sampling_cuda.cu) sees the declaration in sampling.hpp alone.
 //
-// Plan: one thread-block cluster of 8 blocks per row, one launch for the whole batch. Block r of
+// Plan: three launches of fixed geometry (a function of batch and vocab alone).
+//   launch 1 (sampling_chunks.cuh) streams every row once, one small block per 4096-logit chunk:
+//            penalties, the penalised argmax and, for rows with filters, the chunk's candidates
+//            (l >= a floor chosen from 8 levels below the chunk's max) into the workspace
+//   launch 2 (sampling_chunks.cuh), one block per row: greedy merges the chunk argmaxes; rows with
+//            top_k / top_p / min_p gather the candidates at or above the highest chunk floor, run
+//            the filters and the race on them, and keep the answer only where the thresholds
+//            prove that no unlisted token is kept; other rows are listed for launch 3
+//   launch 3 (below), the exact path: a persistent grid of 8-block clusters over the listed rows
+//            (rows with logprobs, temperature-only rows, rows whose candidates prove nothing).
+// The exact path: one cluster of 8 blocks per row. Block r of
 // the cluster owns the logits [r * S, (r + 1) * S) of its row (S = vocab / 8 rounded up to 4) and
 // keeps them in shared memory, so that the row is read from HBM exactly once and every later
 // pass reads shared memory (~65 KB per block at vocab 129280). Cross-block results go through
@@ -21,23 +31,22 @@
 //           the order-preserving keys over the whole row, histograms in shared memory summed
 //           across the cluster; top_p the same select weighted by exp(z - z_max); the race:
 //           Philox + two logs for each kept token (one Philox call per 4 tokens), argmax
-// Predicted (H100, batch 256, vocab 129280, top-k 50 + top-p 0.9): HBM 132 MB at ~3 TB/s =
-// 44 us, 2048 blocks at 2 per SM (~90 KB shared each), ~9 waves of 30 clusters; the exact path's
-// six radix rounds cost ~200 instructions per logit (measured 1001 us), the candidate path ~20
-// (load, max, 5 level compares, compaction) and 4 cluster barriers: ~110-130 us. Measured:
-// 219 us (greedy 71 us, 1.6x the read): the instructions fell 3.1x, but every pass and barrier
-// after the load lengthens a block's life while HBM idles (DRAM 18%). docs/perf/sampling.md
-// has the profile and the restructuring that would close the gap.
+// The single-launch history (this kernel alone: 1001 us, then 209 us for top-k 50 + top-p 0.9 at
+// batch 256) and the two-launch prediction and measurements are in docs/perf/sampling.md.
 #pragma once
 
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <mutex>
 #include <type_traits>
 
 #include "kernels/sampling/sampling.hpp"
 #include "kernels/sampling/sampling_candidates.cuh"
+#include "kernels/sampling/sampling_chunks.cuh"
 #include "kernels/sampling/sampling_cluster.cuh"
 #include "kernels/sampling/sampling_math.hpp"
 #include "kernels/sampling/sampling_params.hpp"
@@ -92,27 +101,17 @@ __device__ inline std::int64_t sample_exact(sampling_ctx& c, sampling_params con
   return unpack_index(cluster_reduce(c, best, op_max_u64{}));
 }
 
-template <class T>
-__global__ void __cluster_dims__(sampling_traits::cluster, 1, 1)
-    __launch_bounds__(sampling_traits::threads, sampling_traits::blocks_per_sm)
-        sampling_kernel(sampling_params const p, int const slice, bool const vector_loads) {
-  static_assert(std::is_same_v<T, float>, "sampling reads f32 logits");
+// One row on the exact path, by every block of the cluster; the blocks leave it in step (no block
+// reads another's shared memory after it), so the cluster can go on to its next row.
+__device__ inline void sample_row_exact(sampling_ctx& c, sampling_params const& p,
+                                        std::int64_t const row, int const slice,
+                                        bool const vector_loads) {
   namespace sm = sampling_math;
   using traits = sampling_traits;
-  __shared__ sampling_shared shared;
-  extern __shared__ __align__(16) unsigned char dynamic_shared[];
-  cg::cluster_group cluster = cg::this_cluster();
-  std::int64_t const row = blockIdx.x / traits::cluster;
+  cg::cluster_group& cluster = c.cluster;
   int const rank = int(cluster.block_rank());
-  std::int64_t const begin = std::int64_t(rank) * slice;
-  int const len = int(max64(0, min64(p.vocab - begin, slice)));
-  sampling_ctx c{cluster,
-                 shared,
-                 reinterpret_cast<float*>(dynamic_shared),
-                 reinterpret_cast<std::uint32_t*>(dynamic_shared + std::size_t(slice) * 4),
-                 begin,
-                 len,
-                 0u};
+  std::int64_t const begin = c.begin;
+  int const len = c.len;
   sampling_request const r = p.requests[row];
   int const tid = int(threadIdx.x);
   float const* logits = p.logits + row * p.logits_stride + begin;
@@ -252,7 +251,92 @@ __global__ void __cluster_dims__(sampling_traits::cluster, 1, 1)
       p.top_logprobs[row * sampling_max_logprobs + k] = neg_inf;
     }
   }
-  if (!released) cluster.sync();  // no block may exit while another still reads its shared memory
+  if (!released) cluster.sync();  // no block may go on while another still reads its shared memory
+}
+
+// Launch 3, the exact path: one cluster of 8 blocks per resident cluster slot, looping over the
+// rows that launch 2 listed (none, usually: the kernel then costs one short wave). AllRows (a
+// batch whose every row takes the exact path, sampling_route::exact): one cluster per row, no
+// launches 1 and 2.
+template <class T, bool AllRows>
+__global__ void __cluster_dims__(sampling_traits::cluster, 1, 1)
+    __launch_bounds__(sampling_traits::threads, sampling_traits::blocks_per_sm)
+        sampling_kernel(sampling_params const p, int const slice, bool const vector_loads) {
+  static_assert(std::is_same_v<T, float>, "sampling reads f32 logits");
+  using traits = sampling_traits;
+  __shared__ sampling_shared shared;
+  extern __shared__ __align__(16) unsigned char dynamic_shared[];
+  cg::cluster_group cluster = cg::this_cluster();
+  std::int64_t const begin = std::int64_t(cluster.block_rank()) * slice;
+  sampling_ctx c{cluster,
+                 shared,
+                 reinterpret_cast<float*>(dynamic_shared),
+                 reinterpret_cast<std::uint32_t*>(dynamic_shared + std::size_t(slice) * 4),
+                 begin,
+                 int(max64(0, min64(p.vocab - begin, slice))),
+                 0u};
+  int const clusters = int(gridDim.x / traits::cluster);
+  if constexpr (AllRows) {
+    for (std::int64_t row = blockIdx.x / traits::cluster; row < p.batch; row += clusters)
+      sample_row_exact(c, p, int(row), slice, vector_loads);
+  } else {
+    sampling_workspace const ws = carve_workspace(p);
+    int const rows = *ws.fallback_count;
+    for (int i = int(blockIdx.x / traits::cluster); i < rows; i += clusters)
+      sample_row_exact(c, p, ws.fallback_rows[i], slice, vector_loads);
+  }
+}
+
+// Cluster slots of the exact kernel that the device holds at once with `shared_bytes` of dynamic
+// shared memory (its persistent grid), from the kernel's resources alone. Cached per device with
+// the size it was computed for (one vocab per process, in practice).
+inline int exact_path_clusters(void const* kernel, std::size_t shared_bytes) {
+  constexpr int max_devices = 64;
+  static std::atomic<std::uint64_t> cached[max_devices] = {};  // bytes << 32 | clusters
+  int device = 0;
+  LC_CUDA_CHECK(cudaGetDevice(&device));
+  if (device < max_devices) {
+    std::uint64_t const hit = cached[device].load(std::memory_order_relaxed);
+    if (hit != 0 && (hit >> 32) == shared_bytes) return int(hit & 0xFFFF'FFFFu);
+  }
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(sampling_traits::cluster * 64, 1, 1);
+  config.blockDim = dim3(sampling_traits::threads, 1, 1);
+  config.dynamicSmemBytes = shared_bytes;
+  int clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess || clusters < 1) {
+    (void)cudaGetLastError();  // not sticky: fall back to a safe count
+    int sms = 0;
+    LC_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    clusters = sms * sampling_traits::blocks_per_sm / sampling_traits::cluster / 2;
+    if (clusters < 1) clusters = 1;
+  }
+  if (device < max_devices)
+    cached[device].store((std::uint64_t(shared_bytes) << 32) | std::uint64_t(clusters),
+                         std::memory_order_relaxed);
+  return clusters;
+}
+
+// The dynamic shared memory limits of launches 2 and 3, raised per device to the largest size
+// asked for so far (one vocab per process in practice: then set once, to exactly its size).
+template <class T>
+void raise_shared_limits(std::size_t merge_bytes, std::size_t exact_bytes) {
+  constexpr int max_devices = 64;
+  static std::atomic<std::size_t> raised[max_devices] = {};
+  static std::mutex raising;
+  int device = 0;
+  LC_CUDA_CHECK(cudaGetDevice(&device));
+  LC_CHECK(device < max_devices, "sample on CUDA supports device ordinals < " << max_devices);
+  if (raised[device].load(std::memory_order_acquire) >= exact_bytes) return;
+  std::lock_guard<std::mutex> const lock(raising);
+  if (raised[device].load(std::memory_order_relaxed) >= exact_bytes) return;
+  LC_CUDA_CHECK(cudaFuncSetAttribute(
+      sampling_merge_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(merge_bytes)));
+  LC_CUDA_CHECK(cudaFuncSetAttribute(
+      sampling_kernel<T, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(exact_bytes)));
+  LC_CUDA_CHECK(cudaFuncSetAttribute(
+      sampling_kernel<T, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(exact_bytes)));
+  raised[device].store(exact_bytes, std::memory_order_release);
 }
 
 template <class T>
@@ -260,15 +344,43 @@ void launch_sampling(sampling_params const& p, CUstream_st* stream) {
   using traits = sampling_traits;
   LC_CHECK(p.vocab <= sampling_cuda_max_vocab,
            "sample on CUDA supports vocab <= " << sampling_cuda_max_vocab << "; got " << p.vocab);
-  // The slice is a multiple of 4 so that 16-byte loads stay aligned in every block.
-  std::int64_t const slice = (p.vocab + traits::cluster * 4 - 1) / (traits::cluster * 4) * 4;
-  std::size_t const bytes = std::size_t(slice) * 4 + std::size_t((slice + 31) / 32) * 4;
+  LC_CHECK(p.workspace != nullptr, "sample on CUDA needs its workspace");
   bool const vector_loads = p.vocab % 4 == 0 && p.logits_stride % 4 == 0 &&
                             reinterpret_cast<std::uintptr_t>(p.logits) % 16 == 0;
-  LC_CUDA_CHECK(cudaFuncSetAttribute(sampling_kernel<T>,
-                                     cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-  auto const blocks = unsigned(p.batch * traits::cluster);
-  sampling_kernel<T><<<blocks, traits::threads, bytes, stream>>>(p, int(slice), vector_loads);
+  // The slice of the exact path is a multiple of 4 so that 16-byte loads stay aligned in every
+  // block; its shared memory holds the slice and its history bitmap.
+  auto const slice_of = [](std::int64_t vocab) {
+    return (vocab + traits::cluster * 4 - 1) / (traits::cluster * 4) * 4;
+  };
+  auto const exact_bytes = [](std::int64_t slice) {
+    return std::size_t(slice) * 4 + std::size_t((slice + 31) / 32) * 4;
+  };
+  std::size_t const merge_bytes = std::size_t(merge_capacity) * 8;
+  std::int64_t const slice = slice_of(p.vocab);
+  std::size_t const bytes = exact_bytes(slice);
+  raise_shared_limits<T>(merge_bytes, bytes);
+  if (p.exact_only) {
+    // One cluster per row (batch <= sampling_max_batch keeps the grid in range).
+    auto const blocks = unsigned(p.batch * traits::cluster);
+    sampling_kernel<T, true>
+        <<<blocks, traits::threads, bytes, stream>>>(p, int(slice), vector_loads);
+    LC_CUDA_CHECK_LAUNCH();
+    return;
+  }
+  // Launch 1: every (row, chunk).
+  auto const chunks = unsigned((p.vocab + sampling_chunk - 1) / sampling_chunk);
+  sampling_chunk_kernel<T>
+      <<<unsigned(p.batch) * chunks, chunk_traits::threads, 0, stream>>>(p, vector_loads);
+  LC_CUDA_CHECK_LAUNCH();
+  // Launch 2: every row.
+  sampling_merge_kernel<T><<<unsigned(p.batch), traits::threads, merge_bytes, stream>>>(p);
+  LC_CUDA_CHECK_LAUNCH();
+  // Launch 3: the rows listed for the exact path.
+  int const clusters =
+      exact_path_clusters(reinterpret_cast<void const*>(sampling_kernel<T, false>), bytes);
+  auto const blocks = unsigned(std::min<std::int64_t>(p.batch, clusters) * traits::cluster);
+  sampling_kernel<T, false>
+      <<<blocks, traits::threads, bytes, stream>>>(p, int(slice), vector_loads);
   LC_CUDA_CHECK_LAUNCH();
 }
 

@@ -1,5 +1,5 @@
 // sampling: the next token of every request in a batch from its f32 logits, with per-request
-// parameters, in one kernel launch on the GPU (fixed geometry, no host synchronisation, no
+// parameters, in three kernel launches on the GPU (fixed geometry, no host synchronisation, no
 // allocation: capturable in a CUDA graph), and a CPU reference that chooses the same tokens.
 //
 // Semantics, row by row (b = the row, l = its logits [vocab], r = requests[b]):
@@ -62,20 +62,32 @@ struct sampling_outputs {
   tensor_view top_logprobs;  // [batch, sampling_max_logprobs] f32, padded with -inf
 };
 
-// The largest vocab the CUDA kernel takes: a cluster of 8 blocks keeps each row in shared memory,
-// at most 48 Ki logits per block.
+// The largest vocab the CUDA kernel takes: the exact path (a cluster of 8 blocks) keeps a row in
+// shared memory, at most 48 Ki logits per block.
 inline constexpr std::int64_t sampling_cuda_max_vocab = std::int64_t(8) * 48 * 1024;
 inline constexpr std::int64_t sampling_max_batch = std::int64_t(1) << 20;
 
-// The workspace bytes a step over [batch, vocab] needs. The kernel keeps every row in the shared
-// memory of a thread-block cluster and needs no global scratch now (0); callers size and pass the
-// workspace anyway, so that a variant that does (vocabularies past sampling_cuda_max_vocab) fits
-// without changing the call sites.
+// The CUDA path streams each row in chunks of sampling_chunk logits (launch 1), each chunk writing
+// a summary and at most sampling_chunk_candidates candidate tokens to the workspace; launch 2
+// merges them per row (sampling.cuh).
+inline constexpr std::int64_t sampling_chunk = 4096;
+inline constexpr std::int64_t sampling_chunk_candidates = 512;
+inline constexpr std::int64_t sampling_chunk_summary_bytes = 24;  // see sampling_chunks.cuh
+
+// The workspace bytes a CUDA step over [batch, vocab] needs (the CPU backend needs none and
+// ignores the workspace): a 16-byte header, the list of rows left to the exact path, and per
+// row and chunk a summary and a candidate list of (logit, id) pairs. 33.8 MB at batch 256, vocab
+// 129280. Depends on the shape alone, so a CUDA graph can keep one buffer. After a step, its first
+// 4 bytes hold (i32) how many rows took the exact path (for tests and diagnostics).
 inline std::int64_t sampling_workspace_bytes(std::int64_t batch, std::int64_t vocab) {
   LC_CHECK(batch >= 0 && vocab >= 1,
            "sampling_workspace_bytes needs batch >= 0 and vocab >= 1; got batch "
                << batch << ", vocab " << vocab);
-  return 0;
+  if (batch == 0) return 0;
+  auto const round16 = [](std::int64_t x) { return (x + 15) / 16 * 16; };
+  std::int64_t const chunks = (vocab + sampling_chunk - 1) / sampling_chunk;
+  return 16 + round16(batch * 4) + round16(batch * chunks * sampling_chunk_summary_bytes) +
+         batch * chunks * sampling_chunk_candidates * 8;
 }
 
 // The requests of a batch as the u8 view that sampling_inputs::requests takes.
@@ -112,15 +124,25 @@ void sampling_kept_cpu(float const* z, std::int64_t vocab, sampling_request cons
 
 }  // namespace detail
 
+// Which CUDA launches a step takes. automatic: the streamed candidates for every row that can use
+// them, the exact path for the rest. exact: every row straight to the exact path, one cluster
+// per row, for a batch whose rows would all take it anyway (sampling_row_kind(r, vocab) ==
+// sampling_row_exact for each: logprob rows, temperature-only rows), which then saves the
+// streaming launches. Any route gives the same tokens; the CPU backend ignores it.
+enum class sampling_route : std::uint8_t { automatic, exact };
+
 // Samples one token per row of in.logits with the semantics above; writes every element of out.
-// The workspace is a u8 view of at least sampling_workspace_bytes(batch, vocab) bytes on the
-// device. Ordered on `stream` (the CPU backend runs it before returning). On the CUDA backend the
-// per-request parameters, positions and history are read on the device and not checked (see
-// sampling_request); vocab must be <= sampling_cuda_max_vocab.
+// The workspace is a u8 view on the device; on the CUDA backend of at least
+// sampling_workspace_bytes(batch, vocab) bytes (its contents need no initialisation). Ordered on
+// `stream` (the CPU backend runs it before returning). On the CUDA backend the per-request
+// parameters, positions and history are read on the device and not checked (see sampling_request);
+// vocab must be <= sampling_cuda_max_vocab.
 template <Backend B>
 void sample(B& backend, sampling_inputs const& in, sampling_outputs const& out,
-            tensor_view const& workspace, [[maybe_unused]] typename B::stream_type const& stream) {
-  sampling_params const p = detail::make_sampling_params(backend.where(), in, out, workspace);
+            tensor_view const& workspace, [[maybe_unused]] typename B::stream_type const& stream,
+            sampling_route route = sampling_route::automatic) {
+  sampling_params p = detail::make_sampling_params(backend.where(), in, out, workspace);
+  p.exact_only = route == sampling_route::exact;
   if (p.batch == 0) return;
   if constexpr (B::kind == device_kind::cpu) {
     detail::sample_cpu(p);

@@ -215,6 +215,101 @@ inline constexpr int candidates_drawn = 1;
 inline constexpr int pairwise_candidates = sampling_traits::threads;
 static_assert(2 * pairwise_candidates <= sampling_traits::max_bins);  // z and w in hist[1]
 
+// The value thresholds (as order keys) that the filters put on a candidate list z[0, n) in this
+// block's shared memory: top_k's alone (0 when off) and all of top_k's and top_p's (0 when
+// neither is on). With top_k on, top_p's goal is a fraction of the mass top_k keeps; without, of
+// row_total, the whole row's. Every key of the list lies in [key_lo, key_hi].
+struct candidate_floors {
+  std::uint32_t top_k;
+  std::uint32_t all;
+};
+
+__device__ inline candidate_floors filter_candidates(sampling_shared& s, float const* z, int n,
+                                                     sampling_request const& r, bool top_k_on,
+                                                     float z_max, float row_total,
+                                                     std::uint32_t key_lo, std::uint32_t key_hi) {
+  namespace sm = sampling_math;
+  int const tid = int(threadIdx.x);
+  candidate_floors out{0u, 0u};
+  if (n <= pairwise_candidates) {
+    // One candidate per thread. top_k: the k-th largest z is the largest z_i that at least k
+    // candidates reach; top_p: the largest z_i (of those top_k kept) whose kept mass from the
+    // top, M_i = sum of w_j over kept z_j >= z_i, reaches the goal; when float sums fall a hair
+    // short everywhere, every kept token stays (as in list_select).
+    float* const w = reinterpret_cast<float*>(s.hist[0]);
+    float const zi = tid < n ? z[tid] : __int_as_float(int(0xFF80'0000u));
+    if (tid < n) w[tid] = sm::exp_nonpositive(zi - z_max);
+    __syncthreads();
+    float floor = __int_as_float(int(0xFF80'0000u));
+    if (top_k_on) {
+      std::uint32_t reach = 0;
+#pragma unroll 4
+      for (int j = 0; j < n; ++j) reach += z[j] >= zi ? 1u : 0u;
+      float const mine_k = tid < n && reach >= std::uint32_t(r.top_k) ? zi : floor;
+      floor = block_reduce(s, mine_k, op_max_f32{});
+      out.top_k = sm::order_key(floor);
+    }
+    if (r.top_p < 1.0f) {
+      // The tokens top_k kept, compacted in thread order: the pairs below are over those only.
+      bool const in = tid < n && zi >= floor;
+      std::uint32_t kept_n;
+      std::uint32_t const at = block_exclusive_scan(s, in ? 1u : 0u, kept_n);
+      float* const kz = reinterpret_cast<float*>(s.hist[1]);
+      float* const kw = kz + pairwise_candidates;
+      if (in) {
+        kz[at] = zi;
+        kw[at] = w[tid];
+      }
+      __syncthreads();
+      float above = 0.0f, kept = 0.0f;
+#pragma unroll 4
+      for (int j = 0; j < int(kept_n); ++j) {
+        float const zj = kz[j], wj = kw[j];
+        kept = sm::add_rn(kept, wj);
+        if (zj >= zi) above = sm::add_rn(above, wj);
+      }
+      float const goal = sm::mul_rn(r.top_p, top_k_on ? kept : row_total);
+      float const mine_p = in && above >= goal ? zi : __int_as_float(int(0xFF80'0000u));
+      float const bound_p = block_reduce(s, mine_p, op_max_f32{});
+      if (bound_p > floor) floor = bound_p;
+    }
+    out.all = sm::order_key(floor);
+  } else {
+    if (top_k_on)
+      out.top_k = list_select<false>(s, z, n, 0.0f, std::uint32_t(r.top_k), 0u, z_max, -1.0f,
+                                     key_lo, key_hi);
+    out.all = out.top_k;
+    if (r.top_p < 1.0f)
+      out.all = list_select<true>(s, z, n, r.top_p, 0u, out.top_k, z_max,
+                                  top_k_on ? -1.0f : row_total, key_lo, key_hi);
+  }
+  return out;
+}
+
+// The exponential race over the candidates z[0, n) (ids ids[0, n)) that the filters keep: key >=
+// floor_key and, with min_p, a weight >= min_p. Every thread gets the winning token.
+__device__ inline std::int64_t race_candidates(sampling_shared& s, float const* z,
+                                               std::int32_t const* ids, int n,
+                                               sampling_request const& r, std::int32_t position,
+                                               float z_max, std::uint32_t floor_key) {
+  namespace sm = sampling_math;
+  unsigned long long best = 0;
+  for (int j = int(threadIdx.x); j < n; j += int(blockDim.x)) {
+    float const v = z[j];
+    if (sm::order_key(v) < floor_key) continue;
+    if (r.min_p != 0.0f && !(sm::exp_nonpositive(v - z_max) >= r.min_p)) continue;
+    std::int32_t const id = ids[j];
+    sm::philox_out const words = sm::sampling_random_words(r.seed, position, id / 4);
+    std::uint32_t const bits = (id & 3) == 0   ? words.v[0]
+                               : (id & 3) == 1 ? words.v[1]
+                               : (id & 3) == 2 ? words.v[2]
+                                               : words.v[3];
+    float const key = sm::race_key(v - z_max, sm::uniform_open(bits));
+    best = op_max_u64{}(best, pack_argmax(key, id));
+  }
+  return unpack_index(block_reduce(s, best, op_max_u64{}));
+}
+
 // Steps 3 and 4 of a row with top-k or top-p over the penalised slices (c.vals = l), by the
 // candidate path. Every block of the cluster calls it and gets the same outcome; with
 // candidates_drawn the token is in block 0 (`token` is not set in the others).
@@ -326,76 +421,11 @@ __device__ inline int sample_candidates(sampling_ctx& c, sampling_params const& 
     n += count;
   }
   c.cluster.sync();  // the other blocks leave; also orders the list for every thread of block 0
-  std::uint32_t floor_key = 0;
-  if (n <= pairwise_candidates) {
-    // One candidate per thread. top_k: the k-th largest z is the largest z_i that at least k
-    // candidates reach; top_p: the largest z_i (of those top_k kept) whose kept mass from the
-    // top, M_i = sum of w_j over kept z_j >= z_i, reaches the goal; when float sums fall a hair
-    // short everywhere, every kept token stays (as in list_select).
-    float* const w = reinterpret_cast<float*>(c.s.hist[0]);
-    float const zi = tid < n ? z[tid] : __int_as_float(int(0xFF80'0000u));
-    if (tid < n) w[tid] = sm::exp_nonpositive(zi - z_max);
-    __syncthreads();
-    float floor = __int_as_float(int(0xFF80'0000u));
-    if (top_k_on) {
-      std::uint32_t reach = 0;
-#pragma unroll 4
-      for (int j = 0; j < n; ++j) reach += z[j] >= zi ? 1u : 0u;
-      float const mine_k = tid < n && reach >= std::uint32_t(r.top_k) ? zi : floor;
-      floor = block_reduce(c.s, mine_k, op_max_f32{});
-    }
-    if (r.top_p < 1.0f) {
-      // The tokens top_k kept, compacted in thread order: the pairs below are over those only.
-      bool const in = tid < n && zi >= floor;
-      std::uint32_t kept_n;
-      std::uint32_t const at = block_exclusive_scan(c.s, in ? 1u : 0u, kept_n);
-      float* const kz = reinterpret_cast<float*>(c.s.hist[1]);
-      float* const kw = kz + pairwise_candidates;
-      if (in) {
-        kz[at] = zi;
-        kw[at] = w[tid];
-      }
-      __syncthreads();
-      float above = 0.0f, kept = 0.0f;
-#pragma unroll 4
-      for (int j = 0; j < int(kept_n); ++j) {
-        float const zj = kz[j], wj = kw[j];
-        kept = sm::add_rn(kept, wj);
-        if (zj >= zi) above = sm::add_rn(above, wj);
-      }
-      float const goal = sm::mul_rn(r.top_p, top_k_on ? kept : all.total);
-      float const mine_p = in && above >= goal ? zi : __int_as_float(int(0xFF80'0000u));
-      float const bound_p = block_reduce(c.s, mine_p, op_max_f32{});
-      if (bound_p > floor) floor = bound_p;
-    }
-    floor_key = sm::order_key(floor);
-  } else {
-    // Every candidate has z in [the level's zc, z_max]: keys in [key_lo, key_hi].
-    std::uint32_t const key_lo = sm::order_key(a / t <= z_max ? a / t : z_max);
-    std::uint32_t const key_hi = sm::order_key(z_max);
-    if (top_k_on)
-      floor_key = list_select<false>(c.s, z, n, 0.0f, std::uint32_t(r.top_k), 0u, z_max, -1.0f,
-                                     key_lo, key_hi);
-    if (r.top_p < 1.0f)
-      floor_key = list_select<true>(c.s, z, n, r.top_p, 0u, floor_key, z_max,
-                                    top_k_on ? -1.0f : all.total, key_lo, key_hi);
-  }
-  unsigned long long best = 0;
-  std::int32_t const position = p.positions[row];
-  for (int j = tid; j < n; j += traits::threads) {
-    float const v = z[j];
-    if (sm::order_key(v) < floor_key) continue;
-    if (r.min_p != 0.0f && !(sm::exp_nonpositive(v - z_max) >= r.min_p)) continue;
-    std::int32_t const id = ids[j];
-    sm::philox_out const words = sm::sampling_random_words(r.seed, position, id / 4);
-    std::uint32_t const bits = (id & 3) == 0   ? words.v[0]
-                               : (id & 3) == 1 ? words.v[1]
-                               : (id & 3) == 2 ? words.v[2]
-                                               : words.v[3];
-    float const key = sm::race_key(v - z_max, sm::uniform_open(bits));
-    best = op_max_u64{}(best, pack_argmax(key, id));
-  }
-  token = unpack_index(block_reduce(c.s, best, op_max_u64{}));
+  // Every candidate has z in [the level's zc, z_max]: keys in [key_lo, key_hi].
+  std::uint32_t const key_lo = sm::order_key(a / t <= z_max ? a / t : z_max);
+  candidate_floors const floors =
+      filter_candidates(c.s, z, n, r, top_k_on, z_max, all.total, key_lo, sm::order_key(z_max));
+  token = race_candidates(c.s, z, ids, n, r, p.positions[row], z_max, floors.all);
   return candidates_drawn;
 }
 

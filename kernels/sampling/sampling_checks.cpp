@@ -77,11 +77,6 @@ sampling_params make_sampling_params(device where, sampling_inputs const& in,
   check_vector(out.logprobs, "logprobs", dtype::f32, batch);
   check_matrix(out.top_ids, "top_ids", dtype::i32, batch, sampling_max_logprobs);
   check_matrix(out.top_logprobs, "top_logprobs", dtype::f32, batch, sampling_max_logprobs);
-  std::int64_t const need = sampling_workspace_bytes(batch, vocab);
-  LC_CHECK(workspace.type() == dtype::u8 && workspace.rank() == 1 && workspace.size(0) >= need,
-           "sample needs a u8 workspace of at least " << need << " bytes (sampling_workspace_bytes("
-                                                      << batch << ", " << vocab << ")); got "
-                                                      << workspace);
   LC_CHECK(on(where, l) && on(where, in.requests) && on(where, in.positions) &&
                on(where, in.history_ids) && on(where, in.history_offsets) &&
                on(where, out.tokens) && on(where, out.logprobs) && on(where, out.top_ids) &&
@@ -91,6 +86,19 @@ sampling_params make_sampling_params(device where, sampling_inputs const& in,
                         << in.positions.where() << ", history on " << in.history_ids.where()
                         << " / " << in.history_offsets.where() << ", outputs on "
                         << out.tokens.where() << ", workspace on " << workspace.where());
+  if (where.kind == device_kind::cuda) {
+    // Checked before the workspace: a caller past the limit learns that first.
+    LC_CHECK(vocab <= sampling_cuda_max_vocab,
+             "sample on CUDA supports vocab <= " << sampling_cuda_max_vocab << "; got " << vocab);
+    std::int64_t const need = sampling_workspace_bytes(batch, vocab);
+    LC_CHECK(workspace.type() == dtype::u8 && workspace.rank() == 1 && workspace.size(0) >= need,
+             "sample needs a u8 workspace of at least "
+                 << need << " bytes (sampling_workspace_bytes(" << batch << ", " << vocab
+                 << ")); got " << workspace);
+    LC_CHECK(
+        need == 0 || batch == 0 || reinterpret_cast<std::uintptr_t>(workspace.data()) % 16 == 0,
+        "sample needs a 16-byte aligned workspace; got " << workspace.data());
+  }
   sampling_params p;
   p.batch = batch;
   p.vocab = vocab;
@@ -105,6 +113,7 @@ sampling_params make_sampling_params(device where, sampling_inputs const& in,
   p.logprobs = static_cast<float*>(out.logprobs.data());
   p.top_ids = static_cast<std::int32_t*>(out.top_ids.data());
   p.top_logprobs = static_cast<float*>(out.top_logprobs.data());
+  p.workspace = static_cast<unsigned char*>(workspace.data());
   if (batch == 0) return p;
   LC_CHECK(p.logits && p.requests && p.positions && p.history_offsets && p.tokens && p.logprobs &&
                p.top_ids && p.top_logprobs && (p.history_total == 0 || p.history_ids),

@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "lightcore/core/macros.hpp"
+
 namespace lightcore::kernels {
 
 // Top-n alternatives per row: the width of the top_ids / top_logprobs outputs.
@@ -25,6 +27,20 @@ struct sampling_request {
   std::int32_t num_logprobs = -1;   // [-1, sampling_max_logprobs]; -1 = no logprobs at all
   std::uint64_t seed = 0;           // Philox key: same seed + position + logits = same token
 };
+
+// How the CUDA path treats a row: the exact path (logprob rows, which need the raw top-n;
+// temperature-only rows, whose race needs every token; a temperature that is not a positive
+// number), its greedy argmax, or the streamed candidates with their filters.
+inline constexpr int sampling_row_exact = 0;
+inline constexpr int sampling_row_greedy = 1;
+inline constexpr int sampling_row_filtered = 2;
+
+LC_HOST_DEVICE inline int sampling_row_kind(sampling_request const& r, std::int64_t vocab) {
+  if (r.num_logprobs >= 0) return sampling_row_exact;
+  if (r.temperature == 0.0f) return sampling_row_greedy;
+  bool const filtered = (r.top_k > 0 && r.top_k < vocab) || r.top_p < 1.0f || r.min_p > 0.0f;
+  return r.temperature > 0.0f && filtered ? sampling_row_filtered : sampling_row_exact;
+}
 static_assert(sizeof(sampling_request) == 40, "sampling_request is a fixed 40-byte record");
 
 // One sampling step over a batch. Shapes in elements; strides in elements.
@@ -40,8 +56,10 @@ struct sampling_params {
   float* top_logprobs = nullptr;                  // [batch, sampling_max_logprobs], contiguous
   std::int64_t batch = 0;
   std::int64_t vocab = 0;
-  std::int64_t logits_stride = 0;  // elements between rows of logits (>= vocab)
-  std::int64_t history_total = 0;  // elements of history_ids
+  std::int64_t logits_stride = 0;      // elements between rows of logits (>= vocab)
+  std::int64_t history_total = 0;      // elements of history_ids
+  unsigned char* workspace = nullptr;  // CUDA: sampling_workspace_bytes(batch, vocab), 16-aligned
+  bool exact_only = false;  // CUDA: every row takes the exact path (sampling_route::exact)
 };
 
 }  // namespace lightcore::kernels

@@ -325,8 +325,16 @@ class executor {
     auto ws = mem_.acquire(
         "sample.workspace", dtype::u8,
         {std::max<std::int64_t>(1, kernels::sampling_workspace_bytes(n, logits.size(1)))});
-    kernels::sample(*backend_, {logits, d_params, d_pos, d_hist, d_off},
-                    {tokens, lp.view(), top_ids.view(), top_lp.view()}, ws.view(), stream_);
+    // A batch whose every row takes the exact path anyway (temperature-only or logprob rows)
+    // goes straight there.
+    bool all_exact = true;
+    for (row_type const& r : rows)
+      all_exact = all_exact && kernels::sampling_row_kind(r.sampling, logits.size(1)) ==
+                                   kernels::sampling_row_exact;
+    kernels::sample(
+        *backend_, {logits, d_params, d_pos, d_hist, d_off},
+        {tokens, lp.view(), top_ids.view(), top_lp.view()}, ws.view(), stream_,
+        all_exact ? kernels::sampling_route::exact : kernels::sampling_route::automatic);
     host_slot& hs = host_[std::size_t(f.parity)];
     backend_->copy(hs.tokens, tokens.data(), std::size_t(n) * 4, stream_);
     if (f.want_lp) backend_->copy(hs.logprobs, lp.view().data(), std::size_t(n) * 4, stream_);

@@ -40,6 +40,7 @@ struct sampling_result {
   std::vector<float> logprobs;
   std::vector<std::int32_t> top_ids;
   std::vector<float> top_logprobs;
+  std::int32_t exact_rows = -1;  // CUDA: rows the streamed launches left to the exact path
 };
 
 // Logits like an lm head's: normal with standard deviation `spread`, a few tokens lifted well

@@ -298,6 +298,19 @@ TEST(SamplingCpu, SameInputsSameTokensAndRowsAreIndependent) {
   EXPECT_LT(same_position, 32);
 }
 
+// The CUDA workspace: a header, the exact-path row list and per (row, chunk) a 24-byte summary and
+// 512 candidates of 8 bytes; nothing for an empty batch; bad shapes named.
+TEST(SamplingWorkspace, SizeFollowsTheShape) {
+  using kernels::sampling_workspace_bytes;
+  EXPECT_EQ(sampling_workspace_bytes(0, 129280), 0);
+  EXPECT_EQ(sampling_workspace_bytes(1, 1), 16 + 16 + 32 + 4096);
+  EXPECT_EQ(sampling_workspace_bytes(256, 129280), 16 + 1024 + 256 * 32 * 24 + 256 * 32 * 4096);
+  EXPECT_EQ(sampling_workspace_bytes(3, 4097), 16 + 16 + 144 + 3 * 2 * 4096);
+  EXPECT_LT(sampling_workspace_bytes(64, 129280), sampling_workspace_bytes(65, 129280));
+  test::expect_error([] { sampling_workspace_bytes(-1, 10); }, {"batch >= 0", "got batch -1"});
+  test::expect_error([] { sampling_workspace_bytes(2, 0); }, {"vocab >= 1", "vocab 0"});
+}
+
 class SamplingErrors : public ::testing::Test {
  protected:
   sampling_batch b_ = [] {

@@ -37,6 +37,7 @@ struct gpu_layout {
   std::int64_t row_stride = 0;  // 0: vocab (dense rows)
   std::int64_t offset = 0;      // elements before row 0: 1 makes the rows misaligned for 16 bytes
   bool graph = false;
+  kernels::sampling_route route = kernels::sampling_route::automatic;
 };
 
 // Runs the batch on the GPU; the logits are laid out per `layout` and checked unchanged after.
@@ -76,7 +77,7 @@ sampling_result run_sampling_gpu(sampling_batch& b, gpu_layout layout = {}) {
   kernels::sampling_outputs const out{tokens, logprobs, top_ids, top_logprobs};
   tensor_view const ws = workspace.view().slice(0, 0, ws_bytes);
   test::run_maybe_in_graph(stream, layout.graph,
-                           [&] { kernels::sample(gpu, in, out, ws, stream); });
+                           [&] { kernels::sample(gpu, in, out, ws, stream, layout.route); });
 
   sampling_result r;
   r.tokens.resize(std::size_t(b.batch));
@@ -89,6 +90,7 @@ sampling_result run_sampling_gpu(sampling_batch& b, gpu_layout layout = {}) {
   gpu.copy(r.top_ids.data(), top_ids.data(), top_ids.nbytes(), stream);
   gpu.copy(r.top_logprobs.data(), top_logprobs.data(), top_logprobs.nbytes(), stream);
   gpu.copy(logits_after.data(), logits.data(), logits.nbytes(), stream);
+  gpu.copy(&r.exact_rows, workspace.data(), 4, stream);
   stream.synchronize();
   EXPECT_EQ(std::memcmp(logits_after.data(), host_logits.data(), logits.nbytes()), 0)
       << "the logits are read only";
@@ -115,9 +117,11 @@ std::int32_t cpu_token_with_top_p(sampling_batch const& b, std::int64_t row, flo
 // top_p row whose boundary the two sides' different float summation orders place differently: the
 // GPU token must then be the CPU's for top_p scaled by 1 -+ 1e-4. Logprobs: the GPU sums exp in
 // float (relative error ~1e-6 over 1e5 terms), the CPU in double: 1e-5 absolute + 2e-6 relative.
-void expect_matches_cpu(sampling_batch& b, gpu_layout layout = {}) {
+void expect_matches_cpu(sampling_batch& b, gpu_layout layout = {},
+                        std::int32_t* exact_rows = nullptr) {
   auto const want = test::run_sampling_cpu(b);
   auto const got = run_sampling_gpu(b, layout);
+  if (exact_rows != nullptr) *exact_rows = got.exact_rows;
   int boundary = 0, bad = 0;
   for (std::int64_t row = 0; row < b.batch; ++row) {
     auto const k = std::size_t(row);
@@ -265,6 +269,121 @@ TEST_F(SamplingCudaTest, CandidateListAndWholeRowPaths) {
     }
     expect_matches_cpu(b);
   }
+}
+
+// The streamed launches keep a row only when its candidates prove the answer; the others take
+// the exact path. Rows built to fail the proof: every logit equal (no level fits a chunk's list),
+// top_k beyond the candidates (20000), top_p 0.999 on flat rows, a tiny min_p, and the rows the
+// streamed launches never serve (temperature alone, logprobs). Rows built to pass: greedy, top_k
+// 50 (alone and with top_p), min_p 0.1, and any filter when a whole row fits one chunk's list.
+// Every row must match the CPU, and the count of exact-path rows (the workspace's first word) is
+// checked where it is known.
+TEST_F(SamplingCudaTest, StreamedCandidatesAndExactFallback) {
+  auto rng = test::test_rng();
+  sampling_request base;
+  base.temperature = 0.8f;
+  base.repetition_penalty = 1.1f;
+  base.presence_penalty = 0.2f;
+  base.frequency_penalty = 0.1f;
+  auto b = test::make_batch(10, 129280, rng, base, 64);
+  std::vector<sampling_request>& q = b.requests;
+  q[0].top_k = 50;  // every logit equal: each chunk's levels hold all 4096 tokens
+  std::fill_n(b.logits.begin(), b.vocab, 0.5f);
+  q[1].top_k = 20000;   // more than the candidates
+  q[2].top_p = 0.999f;  // flat row: the kept mass reaches far below every chunk floor
+  std::normal_distribution<float> flat(0.0f, 0.05f);
+  for (std::int64_t i = 0; i < b.vocab; ++i) b.logits[std::size_t(2 * b.vocab + i)] = flat(rng);
+  // (row 3: temperature alone)
+  q[4].temperature = 0.0f;  // greedy with logprobs
+  q[4].num_logprobs = 3;
+  q[5].temperature = 0.0f;  // greedy
+  q[6].top_k = 50;
+  q[7].top_k = 50;
+  q[7].top_p = 0.9f;
+  q[8].min_p = 0.1f;
+  q[9].top_k = 600;  // wider than one chunk's list: the union of the widest levels still proves it
+  std::int32_t exact = -1;
+  expect_matches_cpu(b, {}, &exact);
+  EXPECT_GE(exact, 5) << "rows 0 to 4 cannot be proved from candidates";
+  EXPECT_LE(exact, 6) << "rows 5 to 8 are proved from candidates";
+  std::cout << "  exact-path rows: " << exact << " of " << b.batch << "\n";
+
+  // A vocab that fits one chunk's list: every filtered row is proved, whatever its filters.
+  auto small = test::make_batch(24, 300, rng, base, 16);
+  float const ps[] = {1.0f, 0.5f, 0.999f};
+  for (std::size_t k = 0; k < small.requests.size(); ++k) {
+    sampling_request& r = small.requests[k];
+    r.top_k = int(k % 4) * 100;  // 0, 100, 200, 300 (= vocab: off)
+    r.top_p = ps[k % 3];
+    r.min_p = k % 5 == 0 ? 1e-6f : 0.0f;
+    if (r.top_k % 300 == 0 && r.top_p == 1.0f && r.min_p == 0.0f) r.min_p = 0.3f;
+  }
+  expect_matches_cpu(small, {}, &exact);
+  EXPECT_LE(exact, 2) << "a whole row is one chunk's list: only top_p rounding may fall back";
+
+  // Sharp, flat and coarse rows with every filter, against the CPU (either path).
+  for (float const spread : {0.05f, 0.5f, 3.0f, 12.0f}) {
+    SCOPED_TRACE(::testing::Message() << "spread " << spread);
+    auto c = test::make_batch(16, 50257, rng, base, 32);
+    c.logits = test::random_logits(c.batch, c.vocab, rng, spread);
+    for (std::size_t k = 0; k < c.requests.size(); ++k) {
+      sampling_request& r = c.requests[k];
+      int const ks[] = {0, 1, 7, 512, 513, 4096};
+      float const tops[] = {1.0f, 0.95f, 0.999f, 0.3f};
+      r.top_k = ks[k % 6];
+      r.top_p = tops[(k / 2) % 4];
+      r.min_p = k % 3 == 0 ? 1e-4f : 0.0f;
+      if (r.top_k == 0 && r.top_p == 1.0f && r.min_p == 0.0f) r.min_p = 0.02f;
+      r.temperature = k % 2 ? 0.3f : 1.7f;
+    }
+    expect_matches_cpu(c);
+  }
+}
+
+// sampling_route::exact sends every row to the exact path (one cluster per row): the same draws
+// as the CPU for every mode, temperature-only and logprob rows (the batches the executor routes
+// there) and filtered and greedy ones alike, in and out of a CUDA graph.
+TEST_F(SamplingCudaTest, ExactRouteMatchesCpuForEveryMode) {
+  auto rng = test::test_rng();
+  sampling_request base;
+  base.temperature = 0.9f;
+  base.repetition_penalty = 1.2f;
+  base.frequency_penalty = 0.1f;
+  auto b = test::make_batch(12, 129280, rng, base, 48);
+  for (std::size_t k = 0; k < b.requests.size(); ++k)
+    b.requests[k].num_logprobs = k % 3 == 0 ? int(k % 5) : -1;
+  for (sampling_request const& r : b.requests)
+    EXPECT_EQ(kernels::sampling_row_kind(r, b.vocab), kernels::sampling_row_exact);
+  gpu_layout exact;
+  exact.route = kernels::sampling_route::exact;
+  expect_matches_cpu(b, exact);
+  exact.graph = true;
+  expect_matches_cpu(b, exact);
+  exact.graph = false;
+  auto mixed = test::make_batch(24, 50257, rng, base, 32);
+  mix_requests(mixed, rng);
+  expect_matches_cpu(mixed, exact);
+}
+
+TEST_F(SamplingCudaTest, SmallWorkspaceIsRejected) {
+  backend::cuda gpu(0);
+  auto rng = test::test_rng();
+  auto b = test::make_batch(4, 5000, rng, sampling_request{}, 2);
+  std::int64_t const need = kernels::sampling_workspace_bytes(4, 5000);
+  tensor<backend::cuda> logits(gpu, dtype::f32, {4, 5000});
+  tensor<backend::cuda> requests(gpu, dtype::u8, {4, 40}), positions(gpu, dtype::i32, {4});
+  tensor<backend::cuda> offsets(gpu, dtype::i32, {5}), tok(gpu, dtype::i32, {4});
+  tensor<backend::cuda> lp(gpu, dtype::f32, {4}), tid(gpu, dtype::i32, {4, 20});
+  tensor<backend::cuda> tlp(gpu, dtype::f32, {4, 20}), ws(gpu, dtype::u8, {need});
+  std::string const size = "workspace of at least " + std::to_string(need) + " bytes";
+  test::expect_error(
+      [&] {
+        kernels::sample(gpu,
+                        {logits, requests, positions,
+                         tensor_view(nullptr, dtype::i32, {0}, gpu.where()), offsets},
+                        {tok, lp, tid, tlp}, ws.view().slice(0, 0, need - 1), gpu.make_stream());
+      },
+      {size.c_str(), "sampling_workspace_bytes(4, 5000)"});
 }
 
 TEST_F(SamplingCudaTest, PaddedAndMisalignedRows) {
