@@ -443,10 +443,16 @@ class engine {
 
   // n more slots for the request, from the free list or, when it runs short, by evicting the
   // least recently used unreferenced prefixes.
-  void extend(record& r, std::int64_t n) {
+  // Evicts the least recently used unreferenced prefixes until n slots are free (or nothing is
+  // left to evict).
+  void make_room(std::int64_t n) {
     std::int64_t const short_by = n - pool_.slots().available();
     if (short_by > 0)
       prefix_.evict(short_by, [&](std::span<std::int32_t const> s) { pool_.slots().free(s); });
+  }
+
+  void extend(record& r, std::int64_t n) {
+    make_room(n);
     std::size_t const pos = r.slots.size();
     LC_CHECK(pool_.slots().try_alloc(n, r.slots),
              "engine: the KV pool has " << pool_.slots().available() << " free slots for " << n
@@ -526,6 +532,8 @@ class engine {
     for (std::uint64_t const id : plan.paused) free_into_cache(live_.at(id));
     for (sched::prefill_chunk const& c : plan.prefill)
       if (c.is_first) pin_prefix(c.id, live_.at(c.id), c.start);
+    // Evict once for the whole step (an eviction walks the cache's leaves), not per request.
+    make_room(plan.forward_tokens());
     rows_.clear();
     for (sched::prefill_chunk const& c : plan.prefill) {
       record& r = live_.at(c.id);

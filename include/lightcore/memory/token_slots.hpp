@@ -36,7 +36,10 @@ class token_slots {
   bool try_alloc(std::int64_t n, std::vector<std::int32_t>& out) {
     LC_CHECK(n >= 0, "token_slots::try_alloc of " << n << " slots; the count must be >= 0");
     if (n > std::int64_t(free_.size())) return false;
-    out.reserve(out.size() + std::size_t(n));
+    // Geometric growth: a request that takes one slot per decode step must not reallocate (and
+    // copy) its whole slot list every step, as an exact reserve would.
+    std::size_t const need = out.size() + std::size_t(n);
+    if (out.capacity() < need) out.reserve(std::max(need, 2 * out.capacity()));
     for (std::int64_t i = 0; i < n; ++i) {
       std::int32_t const id = free_.back();
       free_.pop_back();
