@@ -120,7 +120,7 @@ class executor {
     f.parity = next_slot_;
     next_slot_ = (next_slot_ + 1) % std::int32_t(host_.size());
     f.rows = std::int64_t(rows.size());
-    f.sample.assign(rows.size(), 0);
+    host_[std::size_t(f.parity)].sample.assign(rows.size(), 0);  // keeps its capacity
     if (rows.empty()) return;
     host_slot& h = host_[std::size_t(f.parity)];
     h.begin.record(stream_);
@@ -141,7 +141,7 @@ class executor {
       reqs[i].prefill = r.prefill;
       reqs[i].pending = r.pending;
       any_pending |= r.pending >= 0;
-      f.sample[i] = r.sample ? 1 : 0;
+      h.sample[i] = r.sample ? 1 : 0;
     }
     tensor_view const prev = any_pending ? tokens_.slice(0, 0, prev_rows_) : tensor_view{};
     modules::deepseek::forward_context<B> ctx{*backend_, stream_, gemm_, mem_};
@@ -178,7 +178,7 @@ class executor {
     last_slot_ = f.parity;
     constexpr std::int64_t k = kernels::sampling_max_logprobs;
     for (std::size_t i = 0; i < std::size_t(f.rows); ++i) {
-      if (f.sample[i] == 0) continue;
+      if (h.sample[i] == 0) continue;
       out.tokens.push_back(h.tokens[i]);
       out.logprobs.push_back(f.want_lp ? h.logprobs[i] : std::numeric_limits<float>::quiet_NaN());
       if (f.want_top) {
@@ -233,16 +233,16 @@ class executor {
   // Page-locked host memory for one step's results, and the events around its device work.
   struct host_slot {
     typename B::event_type begin, end;
-    std::int32_t* tokens = nullptr;   // [max_rows]
-    float* logprobs = nullptr;        // [max_rows]
-    std::int32_t* top_ids = nullptr;  // [max_rows, sampling_max_logprobs]
-    float* top_logprobs = nullptr;    // [max_rows, sampling_max_logprobs]
+    std::int32_t* tokens = nullptr;      // [max_rows]
+    float* logprobs = nullptr;           // [max_rows]
+    std::int32_t* top_ids = nullptr;     // [max_rows, sampling_max_logprobs]
+    float* top_logprobs = nullptr;       // [max_rows, sampling_max_logprobs]
+    std::vector<std::uint8_t> sample{};  // per row of its step: it draws a token the caller keeps
   };
   struct in_flight {
     std::int64_t rows = 0;
     std::int32_t parity = 0;  // its host_slot
     bool want_lp = false, want_top = false;
-    std::vector<std::uint8_t> sample;  // per row: draws a token the caller keeps
     double host_seconds = 0.0;
   };
 

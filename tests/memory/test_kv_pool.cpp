@@ -136,6 +136,30 @@ TEST(KvPool, WriteSlotsLandsInTheDeviceTable) {
   EXPECT_EQ(table(*row0, 0), 0);  // refused writes reach neither mirror nor device
 }
 
+TEST(KvPool, StageSlotsRecordsTheMirrorAndReturnsFlatIndices) {
+  lc::backend::cpu host;
+  pool kv(host, {.layers = 1, .capacity = 64, .width = 8, .max_requests = 3, .max_tokens = 16});
+  auto row = kv.table().acquire_row();
+  ASSERT_TRUE(row);
+  std::vector<std::int32_t> const ids{7, 9, 11};
+  std::vector<std::int32_t> index, values;
+  kv.stage_slots(*row, 4, ids, index, values);
+  EXPECT_EQ(index, (std::vector<std::int32_t>{*row * 16 + 4, *row * 16 + 5, *row * 16 + 6}));
+  EXPECT_EQ(values, ids);
+  EXPECT_EQ(kv.table().row(*row)[5], 9);  // the mirror has them ...
+  auto const device = kv.req_to_token().as<std::int32_t, 2>();
+  EXPECT_EQ(device(*row, 5), 0);  // ... the device table not yet
+  std::vector<std::int32_t> const bad_id{64};
+  expect_error([&] { kv.stage_slots(*row, 0, bad_id, index, values); }, "allowed: 0..63");
+  expect_error([&] { kv.stage_slots(*row, 15, ids, index, values); }, "max_tokens = 16");
+  EXPECT_EQ(index.size(), 3u);  // refused calls append nothing
+  expect_error(
+      [&] {
+        pool(host, {.layers = 1, .capacity = 64, .max_requests = 65536, .max_tokens = 65536});
+      },
+      "at most 2^31 - 1");
+}
+
 TEST(KvPool, TokensForBudgetArithmetic) {
   // DeepSeek-V3: 61 layers of 576 bf16 elements = 70272 bytes per token.
   std::size_t const bpt = pool::bytes_per_token(61, 576, lc::dtype::bf16);

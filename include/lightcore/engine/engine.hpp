@@ -137,12 +137,9 @@ class engine {
         pool_(backend, config.kv),
         prefix_({config.prefix_cache, config.kv.capacity}),
         sched_(checked_scheduler_config(config), std::forward<SchedulerArgs>(scheduler_args)...) {
-    LC_CHECK(std::int64_t(config.kv.max_requests) * config.kv.max_tokens <= INT32_MAX,
-             "engine: req_to_token of " << config.kv.max_requests << " x " << config.kv.max_tokens
-                                        << " entries; at most 2^31 - 1");
     // Decode graphs are captured now, over this pool, not by the first decode step.
-    if constexpr (requires { exec.prepare(pool_.layers(), pool_.req_to_token()); })
-      exec.prepare(pool_.layers(), pool_.req_to_token());
+    if constexpr (requires { exec.prepare(kv_layers_, pool_.req_to_token()); })
+      exec.prepare(kv_layers_, pool_.req_to_token());
   }
 
   engine(engine const&) = delete;
@@ -261,45 +258,44 @@ class engine {
   std::vector<token_event> step() {
     std::vector<token_event> events;
     if (idle()) return events;
-    auto const t_start = std::chrono::steady_clock::now();
-    std::optional<flight> next;
-    double host = 0.0;
+    auto const t_start = clock::now();
+    // The two flights take turns: the one not in flight plans the next step (their vectors and
+    // maps keep their capacity, so a steady step allocates nothing here).
+    flight* next = nullptr;
+    double host = 0.0;  // the engine's own host time: planning and bookkeeping, not the executor
     if (!sched_.idle()) {
-      next = plan_step();
+      next = inflight_ == &flights_[0] ? &flights_[1] : &flights_[0];
+      plan_step(*next);
       flush_slots();
-      if (!rows_.empty()) {
-        if constexpr (overlapping_executor<Exec>) {
-          if (config_.overlap) {
-            exec_->launch(rows_, pool_.layers(), pool_.req_to_token());
-            next->launched = true;
-          }
+      host += seconds_since(t_start);
+      if constexpr (overlapping_executor<Exec>) {
+        if (config_.overlap && !rows_.empty()) {
+          exec_->launch(rows_, kv_layers_, pool_.req_to_token());
+          next->launched = true;
         }
       }
     }
-    host += seconds_since(t_start);
-    if (inflight_) {
+    if (inflight_ != nullptr) {
       // Step t: its tokens (the device ran it while the host planned step t + 1).
-      auto const t_wait = std::chrono::steady_clock::now();
       step_output out = collect();
-      auto const t_done = std::chrono::steady_clock::now();
-      finish_step(*inflight_, out, events);
+      auto const t_done = clock::now();
+      finish_step(*inflight_, std::move(out), events);
       host += seconds_since(t_done);
-      account(*inflight_, out, host, seconds_since(t_start), seconds(t_wait, t_done));
+      account(*inflight_, host, seconds_since(t_start));
       host = 0.0;
-      inflight_.reset();
+      inflight_ = nullptr;
     }
-    if (next) {
+    if (next != nullptr) {
       if (next->launched) {
-        inflight_ = std::move(next);
+        inflight_ = next;
       } else {
         // Sequential: run it now (or, with no rows, just complete it).
-        auto const t_run = std::chrono::steady_clock::now();
         step_output out;
-        if (!rows_.empty()) out = exec_->run(rows_, pool_.layers(), pool_.req_to_token());
-        auto const t_ran = std::chrono::steady_clock::now();
-        finish_step(*next, out, events);
+        if (!rows_.empty()) out = exec_->run(rows_, kv_layers_, pool_.req_to_token());
+        auto const t_ran = clock::now();
+        finish_step(*next, std::move(out), events);
         host += seconds_since(t_ran);
-        account(*next, out, host, seconds_since(t_start), seconds(t_run, t_ran));
+        account(*next, host, seconds_since(t_start));
       }
     }
     return events;
@@ -349,7 +345,7 @@ class engine {
   }
 
   // No request is queued, running, or waiting for its KV to be released.
-  bool idle() const noexcept { return sched_.idle() && !inflight_; }
+  bool idle() const noexcept { return sched_.idle() && inflight_ == nullptr; }
   std::size_t live_requests() const noexcept { return live_.size(); }
 
   engine_stats stats() const {
@@ -500,7 +496,7 @@ class engine {
       held_.emplace(id, std::move(r));
     } else {
       free_into_cache(r);
-      if (!aborted && inflight_ && inflight_->row_of.contains(id))
+      if (!aborted && inflight_ != nullptr && inflight_->row_of.contains(id))
         retiring_.emplace(id, std::move(r));
     }
     live_.erase(it);
@@ -523,8 +519,10 @@ class engine {
 
   // Schedules the next step and carries out its plan on the host: releases, pauses, prefix pins,
   // KV slots (queued req_to_token updates) and the rows of the mixed batch in rows_.
-  flight plan_step() {
-    flight f;
+  void plan_step(flight& f) {
+    f.sampled_ids.clear();
+    f.row_of.clear();
+    f.launched = false;
     memory_view const mem{this};
     f.plan = sched_.schedule(mem);
     sched::step_plan const& plan = f.plan;
@@ -559,7 +557,7 @@ class engine {
       record& r = live_.at(id);
       // Its previous token may still be on the device (drawn by the step in flight).
       std::int32_t pending = -1;
-      if (inflight_)
+      if (inflight_ != nullptr)
         if (auto const it = inflight_->row_of.find(id); it != inflight_->row_of.end())
           pending = it->second;
       std::int64_t const pos = std::int64_t(r.tokens.size()) - (pending >= 0 ? 0 : 1);
@@ -580,7 +578,6 @@ class engine {
       f.sampled_ids.push_back(id);
       rows_.push_back(row);
     }
-    return f;
   }
 
   static constexpr bool batched_table_updates =
@@ -591,20 +588,10 @@ class engine {
   // Slot ids of positions [pos0, pos0 + n) of a request row: in the host mirror at once; on the
   // device in one batch before the next step (executors with update_table), or at once.
   void write_slots(std::int32_t row, std::int64_t pos0, std::span<std::int32_t const> slots) {
-    if constexpr (batched_table_updates) {
-      std::int64_t const capacity = pool_.slots().capacity();
-      for (std::int32_t const s : slots)
-        LC_CHECK(s >= 0 && s < capacity,
-                 "engine: slot id " << s << " is out of range; allowed: 0.." << capacity - 1);
-      pool_.table().set(row, pos0, slots);
-      std::int64_t const base = std::int64_t(row) * config_.kv.max_tokens + pos0;
-      for (std::size_t i = 0; i < slots.size(); ++i) {
-        table_index_.push_back(std::int32_t(base + std::int64_t(i)));
-        table_value_.push_back(slots[i]);
-      }
-    } else {
+    if constexpr (batched_table_updates)
+      pool_.stage_slots(row, pos0, slots, table_index_, table_value_);
+    else
       pool_.write_slots(row, pos0, slots, exec_->stream());
-    }
   }
 
   void flush_slots() {
@@ -626,11 +613,12 @@ class engine {
   // The tokens of a finished step: each request's bookkeeping, its events, the scheduler's
   // completion. Rows of requests that ended meanwhile (aborted, or finished one step before:
   // overlap ran them once more) are dropped.
-  void finish_step(flight const& f, step_output const& out, std::vector<token_event>& events) {
-    LC_CHECK(out.tokens.size() == f.sampled_ids.size(),
-             "engine: the executor returned " << out.tokens.size() << " tokens for "
+  void finish_step(flight const& f, step_output&& out_, std::vector<token_event>& events) {
+    LC_CHECK(out_.tokens.size() == f.sampled_ids.size(),
+             "engine: the executor returned " << out_.tokens.size() << " tokens for "
                                               << f.sampled_ids.size() << " sampling rows");
-    last_out_ = out;  // kept: the events' alternatives point into it
+    last_out_ = std::move(out_);  // kept: the events' alternatives point into it
+    step_output const& out = last_out_;
     results_.clear();
     for (std::size_t i = 0; i < f.sampled_ids.size(); ++i) {
       std::uint64_t const id = f.sampled_ids[i];
@@ -669,7 +657,9 @@ class engine {
     retiring_.clear();
   }
 
-  void account(flight const& f, step_output const& out, double host, double whole, double) {
+  // host: the engine's own host time in the step (the executor reports its own in out).
+  void account(flight const& f, double host, double whole) {
+    step_output const& out = last_out_;
     stats_.engine_host_seconds += host;
     stats_.executor_host_seconds += out.host_seconds;
     stats_.step_seconds += whole;
@@ -696,7 +686,9 @@ class engine {
   std::unordered_map<std::uint64_t, record> live_;
   std::unordered_map<std::uint64_t, record> held_;       // finished hold_kv requests, KV pinned
   std::unordered_map<std::uint64_t, record> retiring_;   // released, last row still in flight
-  std::optional<flight> inflight_;                       // launched, not collected yet
+  flight flights_[2];                                    // planned steps, in turn
+  flight* inflight_ = nullptr;                           // the one launched and not collected yet
+  std::vector<tensor_view> kv_layers_ = pool_.layers();  // the pool's layer views (fixed)
   std::int32_t placeholder_[1] = {0};                    // the token of a pending row
   std::vector<std::int32_t> table_index_, table_value_;  // req_to_token updates not yet sent
   engine_stats stats_;

@@ -62,6 +62,9 @@ class kv_pool {
     layers_.reserve(std::size_t(config.layers));
     for (std::int32_t l = 0; l < config.layers; ++l)
       layers_.emplace_back(backend, config.type, dims{config.capacity, config.width});
+    LC_CHECK(std::int64_t(config.max_requests) * config.max_tokens <= std::int64_t{INT32_MAX},
+             "kv_pool: req_to_token of " << config.max_requests << " x " << config.max_tokens
+                                         << " entries; at most 2^31 - 1 (flat int32 indices)");
     req_to_token_ = tensor<B>(backend, dtype::i32, dims{config.max_requests, config.max_tokens});
     // Slot 0 everywhere: a kernel that reads past a request's length by mistake still reads a
     // valid row instead of leaving the pool.
@@ -102,16 +105,26 @@ class kv_pool {
   // updates cannot race with it.
   void write_slots(std::int32_t row, std::int64_t pos0, std::span<std::int32_t const> slots,
                    typename B::stream_type const& stream) {
-    for (std::int32_t const s : slots)
-      LC_CHECK(s >= 0 && s < config_.capacity, "kv_pool::write_slots: slot id "
-                                                   << s << " is out of range; allowed: 0.."
-                                                   << config_.capacity - 1);
+    check_slots(slots, "write_slots");
     table_.set(row, pos0, slots);
     if (slots.empty()) return;
     std::size_t const offset =
         std::size_t(row) * std::size_t(config_.max_tokens) + std::size_t(pos0);
     auto* const dst = static_cast<std::int32_t*>(req_to_token_.data()) + offset;
     backend_->copy(dst, table_.data() + offset, slots.size() * sizeof(std::int32_t), stream);
+  }
+
+  // The same entries recorded in the host mirror only, their flat device-table indices (row *
+  // max_tokens + position) and ids appended to `index` and `values`: for a caller that sends a
+  // whole step's updates at once (one copy and one scatter). Same checks as write_slots.
+  void stage_slots(std::int32_t row, std::int64_t pos0, std::span<std::int32_t const> slots,
+                   std::vector<std::int32_t>& index, std::vector<std::int32_t>& values) {
+    check_slots(slots, "stage_slots");
+    table_.set(row, pos0, slots);
+    std::int64_t const base = std::int64_t(row) * config_.max_tokens + pos0;
+    for (std::size_t i = 0; i < slots.size(); ++i)
+      index.push_back(std::int32_t(base + std::int64_t(i)));
+    values.insert(values.end(), slots.begin(), slots.end());
   }
 
   // Views for the forward pass.
@@ -145,6 +158,13 @@ class kv_pool {
   kv_pool_config const& config() const noexcept { return config_; }
 
  private:
+  void check_slots(std::span<std::int32_t const> slots, char const* what) const {
+    for (std::int32_t const s : slots)
+      LC_CHECK(s >= 0 && s < config_.capacity, "kv_pool::" << what << ": slot id " << s
+                                                           << " is out of range; allowed: 0.."
+                                                           << config_.capacity - 1);
+  }
+
   B* backend_;
   kv_pool_config config_;
   std::vector<tensor<B>> layers_;  // each [capacity, width]

@@ -294,11 +294,14 @@ class scheduler {
             << (flight_.empty() ? std::string("none") : std::to_string(flight_.front().plan.step))
             << "; each plan is completed once, in order");
     step_plan const& mine = flight_.front().plan;
-    std::unordered_map<std::uint64_t, token_result const*> by_id;
+    // Member scratch, cleared each call: a steady step allocates nothing here.
+    std::unordered_map<std::uint64_t, token_result const*>& by_id = by_id_;
+    by_id.clear();
     for (token_result const& t : results)
       LC_CHECK(by_id.emplace(t.id, &t).second,
                "complete: two results for request " << t.id << "; one per sampling row");
-    std::unordered_set<std::uint64_t> sampling;  // ids whose rows sample
+    std::unordered_set<std::uint64_t>& sampling = sampling_;  // ids whose rows sample
+    sampling.clear();
     for (prefill_chunk const& c : mine.prefill)
       if (c.is_last) sampling.insert(c.id);
     for (std::uint64_t const id : mine.decode) sampling.insert(id);
@@ -496,7 +499,9 @@ class scheduler {
     step_plan plan;
     bool advanced = false;  // its rows were counted by a schedule() that ran ahead
   };
-  std::deque<in_flight> flight_;  // oldest first; at most two
+  std::deque<in_flight> flight_;                                  // oldest first; at most two
+  std::unordered_map<std::uint64_t, token_result const*> by_id_;  // complete()'s scratch
+  std::unordered_set<std::uint64_t> sampling_;                    // complete()'s scratch
   scheduler_stats stats_;
 };
 
