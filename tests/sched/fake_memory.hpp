@@ -15,7 +15,9 @@
 
 #include "lightcore/core/error.hpp"
 #include "lightcore/sched/kv_memory.hpp"
+#include "lightcore/sched/policies.hpp"
 #include "lightcore/sched/request.hpp"
+#include "lightcore/sched/scheduler.hpp"
 #include "lightcore/sched/step_plan.hpp"
 
 namespace lightcore::sched::testing {
@@ -168,5 +170,23 @@ void run_table(Scheduler& s, fake_memory& mem, std::vector<expected_step> const&
     s.complete(plan, sample(plan, eos_at, outputs));
   }
 }
+
+// Every admission x order policy, as typed-test parameters: combo<A, O, Budget>::type is the
+// scheduler with a fixed chunk budget.
+template <class Admission, class Order, std::int64_t Budget>
+struct combo {
+  using type = scheduler<Admission, Order, chunk::fixed<Budget>>;
+};
+template <std::int64_t Budget>
+using every_policy = ::testing::Types<combo<admit::conservative, order::strict_fcfs, Budget>,
+                                      combo<admit::conservative, order::fcfs_skip_head, Budget>,
+                                      combo<admit::optimistic, order::strict_fcfs, Budget>,
+                                      combo<admit::optimistic, order::fcfs_skip_head, Budget>>;
+
+// A randomized request's ending: max_new_tokens, and the output index of its EOS.
+struct ending {
+  std::int64_t max_new;
+  std::int64_t eos_at;  // may lie beyond max_new: then max_new ends it
+};
 
 }  // namespace lightcore::sched::testing

@@ -25,16 +25,6 @@ using sc::testing::fake_memory;
 
 constexpr std::int64_t budget = 64;
 
-template <class Admission, class Order>
-struct combo {
-  using type = sc::scheduler<Admission, Order, sc::chunk::fixed<budget>>;
-};
-
-struct spec {
-  std::int64_t max_new;
-  std::int64_t eos_at;  // may lie beyond max_new: then max_new ends it
-};
-
 template <class S>
 void run_overlapped(S s, std::mt19937_64& rng, int requests, std::int64_t pool,
                     sc::scheduler_stats& stats) {
@@ -43,7 +33,7 @@ void run_overlapped(S s, std::mt19937_64& rng, int requests, std::int64_t pool,
     return std::uniform_int_distribution<std::int64_t>(lo, hi)(rng);
   };
   auto chance = [&](double p) { return std::uniform_real_distribution<double>(0, 1)(rng) < p; };
-  std::map<std::uint64_t, spec> specs;
+  std::map<std::uint64_t, sc::testing::ending> specs;
   std::map<std::uint64_t, std::int64_t> tokens;  // what the "engine" delivered per request
   std::set<std::uint64_t> ended, aborted, released, live;
   std::int64_t wasted_rows = 0, stop_endings = 0;
@@ -89,7 +79,7 @@ void run_overlapped(S s, std::mt19937_64& rng, int requests, std::int64_t pool,
           return;
         }
         std::int64_t const n = ++tokens[id];
-        spec const& sp = specs.at(id);
+        sc::testing::ending const& sp = specs.at(id);
         bool const stop = n == sp.eos_at && n < sp.max_new;
         bool const end = n == sp.eos_at || n == sp.max_new;
         if (stop) ++stop_endings;
@@ -122,10 +112,7 @@ void run_overlapped(S s, std::mt19937_64& rng, int requests, std::int64_t pool,
 
 template <class C>
 class Lookahead : public ::testing::Test {};
-using combos = ::testing::Types<combo<sc::admit::conservative, sc::order::strict_fcfs>,
-                                combo<sc::admit::conservative, sc::order::fcfs_skip_head>,
-                                combo<sc::admit::optimistic, sc::order::strict_fcfs>,
-                                combo<sc::admit::optimistic, sc::order::fcfs_skip_head>>;
+using combos = sc::testing::every_policy<budget>;
 TYPED_TEST_SUITE(Lookahead, combos);
 
 TYPED_TEST(Lookahead, EveryRequestGetsItsTokensAndThePoolEndsEmpty) {

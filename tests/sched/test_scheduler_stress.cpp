@@ -28,16 +28,6 @@ constexpr std::int64_t budget = 64;
 constexpr std::int64_t prefill_cap = 40;
 constexpr std::int64_t max_running = 16;
 
-template <class Admission, class Order>
-struct combo {
-  using type = sc::scheduler<Admission, Order, sc::chunk::fixed<budget>>;
-};
-
-struct spec {
-  std::int64_t max_new;
-  std::int64_t eos_at;  // may lie beyond max_new: then max_new ends it
-};
-
 struct outcome {
   sc::scheduler_stats stats;
   std::uint64_t steps = 0;
@@ -51,7 +41,7 @@ void stress(S s, std::mt19937_64& rng, int requests, bool prefixes, bool aborts,
     return std::uniform_int_distribution<std::int64_t>(lo, hi)(rng);
   };
   auto chance = [&](double p) { return std::uniform_real_distribution<double>(0, 1)(rng) < p; };
-  std::map<std::uint64_t, spec> specs;
+  std::map<std::uint64_t, sc::testing::ending> specs;
   std::map<std::uint64_t, std::int64_t> generated;  // last seen, while the record exists
   std::set<std::uint64_t> live, aborted, released;
   std::int64_t accepted_tokens = 0;
@@ -141,7 +131,7 @@ void stress(S s, std::mt19937_64& rng, int requests, bool prefixes, bool aborts,
       ASSERT_LE(r->generated, r->max_new_tokens);
       generated[id] = r->generated;
       if (r->state == request_state::finished) {
-        spec const& sp = specs.at(id);
+        sc::testing::ending const& sp = specs.at(id);
         ASSERT_EQ(r->generated, std::min(sp.eos_at, sp.max_new)) << "request " << id;
       }
       if (r->state == request_state::aborted) {
@@ -164,10 +154,7 @@ void stress(S s, std::mt19937_64& rng, int requests, bool prefixes, bool aborts,
 
 template <class C>
 class Stress : public ::testing::Test {};
-using combos = ::testing::Types<combo<sc::admit::conservative, sc::order::strict_fcfs>,
-                                combo<sc::admit::conservative, sc::order::fcfs_skip_head>,
-                                combo<sc::admit::optimistic, sc::order::strict_fcfs>,
-                                combo<sc::admit::optimistic, sc::order::fcfs_skip_head>>;
+using combos = sc::testing::every_policy<budget>;
 TYPED_TEST_SUITE(Stress, combos);
 
 TYPED_TEST(Stress, InvariantsHoldOverThousandsOfSteps) {
@@ -194,9 +181,9 @@ TYPED_TEST(Stress, InvariantsHoldOverThousandsOfSteps) {
 // others grow meanwhile, and the pause is the safety net of every mode.)
 template <class C>
 class ConservativeStress : public ::testing::Test {};
-using conservative_combos =
-    ::testing::Types<combo<sc::admit::conservative, sc::order::strict_fcfs>,
-                     combo<sc::admit::conservative, sc::order::fcfs_skip_head>>;
+using conservative_combos = ::testing::Types<
+    sc::testing::combo<sc::admit::conservative, sc::order::strict_fcfs, budget>,
+    sc::testing::combo<sc::admit::conservative, sc::order::fcfs_skip_head, budget>>;
 TYPED_TEST_SUITE(ConservativeStress, conservative_combos);
 
 TYPED_TEST(ConservativeStress, NeverPausesWhenPrefillsAreNotDelayed) {
