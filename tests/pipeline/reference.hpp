@@ -16,6 +16,27 @@ namespace lightcore::test {
 
 inline float round_bf16(float x) { return float(bf16(x)); }
 
+// The toy dense decoder both pipeline suites run: vocab 300, hidden 128, 2 layers, 8 query heads
+// over 2 KV heads of 128, 8 rows a step.
+inline modules::gqa::dense_config tiny_dense_config() {
+  modules::gqa::dense_config c;
+  c.vocab_size = 300;
+  c.hidden_size = 128;
+  c.layers = 2;
+  c.heads = {8, 2, 128};
+  c.intermediate = 256;
+  c.max_positions = 128;
+  c.max_rows = 8;
+  return c;
+}
+
+// n token ids below 300, a fixed function of the salt.
+inline std::vector<std::int32_t> dense_prompt(std::int64_t n, std::int32_t salt) {
+  std::vector<std::int32_t> p;
+  for (std::int64_t i = 0; i < n; ++i) p.push_back(std::int32_t((i * 37 + salt * 101 + 5) % 300));
+  return p;
+}
+
 template <class B>
 std::vector<float> host_floats(B& backend, tensor<B> const& t) {
   std::vector<bf16> h(std::size_t(t.view().numel()));

@@ -24,31 +24,13 @@ using backend::cpu;
 using modules::gqa::dense_model;
 using dense = pipeline::pipeline<modules::common::eager_policy<dense_model>, cpu>;
 
-modules::gqa::dense_config tiny_config() {
-  modules::gqa::dense_config c;
-  c.vocab_size = 300;
-  c.hidden_size = 128;
-  c.layers = 2;
-  c.heads = {8, 2, 128};
-  c.intermediate = 256;
-  c.max_positions = 128;
-  c.max_rows = 8;
-  return c;
-}
-
-std::vector<std::int32_t> prompt_of(std::int64_t n, std::int32_t salt) {
-  std::vector<std::int32_t> p;
-  for (std::int64_t i = 0; i < n; ++i) p.push_back(std::int32_t((i * 37 + salt * 101 + 5) % 300));
-  return p;
-}
-
 std::int32_t argmax(std::vector<float> const& v) {
   return std::int32_t(std::max_element(v.begin(), v.end()) - v.begin());
 }
 
 struct fixture {
   cpu backend;
-  modules::gqa::dense_config config = tiny_config();
+  modules::gqa::dense_config config = tiny_dense_config();
   modules::gqa::dense_weights<cpu> weights = modules::gqa::random_dense_weights(backend, config, 7);
   dense::model_type model{backend, weights};
   reference_model ref{backend, weights};
@@ -127,12 +109,12 @@ TEST(CustomPipeline, ForwardMatchesTheReference) {
   harness::seq a = h.start(), b = h.start(), c = h.start();
   // A alone (prefill), then A decoding beside B's prompt, then C's prompt in two chunks beside
   // both decoding, then decode-only steps.
-  auto l = h.step({&a}, {prompt_of(11, 1)}, {true});
+  auto l = h.step({&a}, {dense_prompt(11, 1)}, {true});
   check(a, l[0]);
-  l = h.step({&a, &b}, {{argmax(l[0])}, prompt_of(7, 2)}, {false, true});
+  l = h.step({&a, &b}, {{argmax(l[0])}, dense_prompt(7, 2)}, {false, true});
   check(a, l[0]);
   check(b, l[1]);
-  std::vector<std::int32_t> const pc = prompt_of(11, 3);
+  std::vector<std::int32_t> const pc = dense_prompt(11, 3);
   l = h.step(
       {&a, &c, &b},
       {{argmax(l[0])}, std::vector<std::int32_t>(pc.begin(), pc.begin() + 5), {argmax(l[1])}},
@@ -197,8 +179,8 @@ dense::request_type greedy(std::uint64_t id, std::vector<std::int32_t> prompt, s
 }
 
 std::vector<std::vector<std::int32_t>> const& prompts() {
-  static std::vector<std::vector<std::int32_t>> const p = {prompt_of(9, 1), prompt_of(23, 2),
-                                                           prompt_of(4, 3), prompt_of(30, 4)};
+  static std::vector<std::vector<std::int32_t>> const p = {dense_prompt(9, 1), dense_prompt(23, 2),
+                                                           dense_prompt(4, 3), dense_prompt(30, 4)};
   return p;
 }
 

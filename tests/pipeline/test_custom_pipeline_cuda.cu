@@ -41,24 +41,6 @@ static_assert(!pipeline::communicator_on<
 static_assert(std::same_as<models::deepseek_v3::deepseek_pipeline<cuda>::engine_type,
                            engine::engine<cuda, models::deepseek_v3::executor<cuda>>>);
 
-modules::gqa::dense_config tiny_config() {
-  modules::gqa::dense_config c;
-  c.vocab_size = 300;
-  c.hidden_size = 128;
-  c.layers = 2;
-  c.heads = {8, 2, 128};
-  c.intermediate = 256;
-  c.max_positions = 128;
-  c.max_rows = 8;
-  return c;
-}
-
-std::vector<std::int32_t> ids_of(std::int64_t n, std::int32_t salt) {
-  std::vector<std::int32_t> p;
-  for (std::int64_t i = 0; i < n; ++i) p.push_back(std::int32_t((i * 37 + salt * 101 + 5) % 300));
-  return p;
-}
-
 tensor<cuda> to_device(cuda& gpu, cpu& host, tensor<cpu> const& t) {
   tensor<cuda> d(gpu, t.view().type(), t.view().shape());
   std::vector<float> const f = host_floats(host, t);
@@ -103,11 +85,11 @@ std::vector<std::vector<float>> scripted_run(B& backend, dense_weights<B> const&
     std::vector<std::int32_t> tokens;
     bool prefill;
   };
-  std::vector<std::int32_t> const c = ids_of(11, 3);
+  std::vector<std::int32_t> const c = dense_prompt(11, 3);
   std::vector<std::int32_t> const c1(c.begin(), c.begin() + 5), c2(c.begin() + 5, c.end());
   std::vector<std::vector<part>> const script = {
-      {{0, ids_of(11, 1), true}},
-      {{0, {17}, false}, {1, ids_of(7, 2), true}},
+      {{0, dense_prompt(11, 1), true}},
+      {{0, {17}, false}, {1, dense_prompt(7, 2), true}},
       {{0, {29}, false}, {2, c1, true}, {1, {3}, false}},
       {{2, c2, true}, {0, {41}, false}, {1, {250}, false}},
       {{0, {5}, false}, {1, {6}, false}, {2, {7}, false}},
@@ -145,7 +127,7 @@ class CustomPipelineCuda : public cuda_test {};
 TEST_F(CustomPipelineCuda, LogitsMatchTheCpu) {
   cpu host;
   cuda gpu(0);
-  auto const wc = modules::gqa::random_dense_weights(host, tiny_config(), 7);
+  auto const wc = modules::gqa::random_dense_weights(host, tiny_dense_config(), 7);
   auto const wg = to_device(gpu, host, wc);
   auto const want = scripted_run(host, wc);
   auto const got = scripted_run(gpu, wg);
@@ -157,7 +139,7 @@ TEST_F(CustomPipelineCuda, LogitsMatchTheCpu) {
 TEST_F(CustomPipelineCuda, EngineGeneratesAsTheCpu) {
   cpu host;
   cuda gpu(0);
-  auto const wc = modules::gqa::random_dense_weights(host, tiny_config(), 7);
+  auto const wc = modules::gqa::random_dense_weights(host, tiny_dense_config(), 7);
   auto const wg = to_device(gpu, host, wc);
   auto generate = [](auto& backend, auto const& w) {
     using B = std::remove_reference_t<decltype(backend)>;
@@ -174,7 +156,7 @@ TEST_F(CustomPipelineCuda, EngineGeneratesAsTheCpu) {
     for (std::int32_t i = 0; i < 4; ++i) {
       typename p::request_type r;
       r.id = std::uint64_t(i);
-      r.prompt = ids_of(5 + 9 * i, i);
+      r.prompt = dense_prompt(5 + 9 * i, i);
       r.sampling.temperature = 0.0f;
       r.max_new_tokens = 6;
       rs.push_back(r);
