@@ -141,11 +141,69 @@ void expect_same(reply const& a, reply const& b, std::string const& what) {
     EXPECT_NEAR(a.logprobs[i], b.logprobs[i], 1e-4) << what << " token " << i;
 }
 
+// What every stand-in instance shares: a control HTTP server on a free port that answers
+// /pd/info and /pd/load from the description its subclass gives, and the endpoints the subclass
+// registers on http_ before serve(). A subclass calls stop() first in its destructor (the
+// handlers use its members).
+class stand_in {
+ public:
+  stand_in(stand_in const&) = delete;
+  stand_in& operator=(stand_in const&) = delete;
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+
+ protected:
+  stand_in() = default;
+  ~stand_in() { stop(); }
+
+  // A /pd/info: the role, this control URL, the tiny model's layout on the CPU, an idle load
+  // with kv_free of 1000 slots free, and the `extra` fields.
+  nlohmann::json describe(char const* role, std::int64_t kv_free, nlohmann::json extra) const {
+    nlohmann::json j = {{"role", role},
+                        {"control", url()},
+                        {"node", "stand-in"},
+                        {"device", "cpu"},
+                        {"layout", {{"layers", 4}, {"width", 576}, {"dtype", "bf16"}}},
+                        {"load",
+                         {{"queued_tokens", 0},
+                          {"waiting", 0},
+                          {"running", 0},
+                          {"kv_free", kv_free},
+                          {"kv_capacity", 1000},
+                          {"transfers", 0}}}};
+    j.update(extra);
+    return j;
+  }
+
+  template <class Info>
+  void serve(Info info) {
+    http_.Get("/pd/info", [info](httplib::Request const&, httplib::Response& res) {
+      res.set_content(info().dump(), "application/json");
+    });
+    http_.Get("/pd/load", [info](httplib::Request const&, httplib::Response& res) {
+      res.set_content(info()["load"].dump(), "application/json");
+    });
+    http_.set_keep_alive_max_count(1);  // stop() then waits for no idle keep-alive connection
+    port_ = http_.bind_to_any_port("127.0.0.1");
+    thread_ = std::thread([this] { http_.listen_after_bind(); });
+  }
+
+  void stop() {
+    http_.stop();
+    if (thread_.joinable()) thread_.join();
+  }
+
+  httplib::Server http_;
+
+ private:
+  int port_ = 0;
+  std::thread thread_;
+};
+
 // A decode instance that dies in the middle of a transfer: its control endpoint accepts the
 // allocation, its KV endpoint greets the prefill side like a tcp_kv_server (the tiny model's
 // layout), reads the first layer frame and closes the connection without acknowledging it.
 // Its /pd/decode waits for that, then drops the connection; die() stops it answering at all.
-class dying_decode {
+class dying_decode : public stand_in {
  public:
   dying_decode() {
     listen_fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
@@ -159,12 +217,6 @@ class dying_decode {
       throw std::runtime_error("the stand-in KV endpoint cannot listen");
     kv_port_ = ntohs(a.sin_port);
     kv_thread_ = std::thread([this] { serve_kv(); });
-    http_.Get("/pd/info", [this](httplib::Request const&, httplib::Response& res) {
-      res.set_content(info().dump(), "application/json");
-    });
-    http_.Get("/pd/load", [this](httplib::Request const&, httplib::Response& res) {
-      res.set_content(info()["load"].dump(), "application/json");
-    });
     http_.Post("/pd/allocate", [](httplib::Request const& req, httplib::Response& res) {
       auto const j = nlohmann::json::parse(req.body);
       std::vector<int> slots(j["tokens"].size());
@@ -189,9 +241,7 @@ class dying_decode {
       res.set_chunked_content_provider("application/x-ndjson",
                                        [](std::size_t, httplib::DataSink&) { return false; });
     });
-    http_.set_keep_alive_max_count(1);  // die() then waits for no idle keep-alive connection
-    port_ = http_.bind_to_any_port("127.0.0.1");
-    http_thread_ = std::thread([this] { http_.listen_after_bind(); });
+    serve([this] { return info(); });
   }
   ~dying_decode() {
     die();
@@ -199,31 +249,12 @@ class dying_decode {
     ::close(listen_fd_);
     kv_thread_.join();
   }
-  dying_decode(dying_decode const&) = delete;
-  dying_decode& operator=(dying_decode const&) = delete;
-
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
   int frames_seen() const { return frames_.load(); }
-  void die() {
-    http_.stop();
-    if (http_thread_.joinable()) http_thread_.join();
-  }
+  void die() { stop(); }
 
  private:
   nlohmann::json info() const {
-    return {{"role", "decode"},
-            {"control", url()},
-            {"node", "stand-in"},
-            {"device", "cpu"},
-            {"kv", "127.0.0.1:" + std::to_string(kv_port_)},
-            {"layout", {{"layers", 4}, {"width", 576}, {"dtype", "bf16"}}},
-            {"load",
-             {{"queued_tokens", 0},
-              {"waiting", 0},
-              {"running", 0},
-              {"kv_free", 1000},
-              {"kv_capacity", 1000},
-              {"transfers", 0}}}};
+    return describe("decode", 1000, {{"kv", "127.0.0.1:" + std::to_string(kv_port_)}});
   }
   void serve_kv() {
     int const fd = ::accept(listen_fd_, nullptr, nullptr);
@@ -246,28 +277,19 @@ class dying_decode {
 
   int listen_fd_ = -1;
   int kv_port_ = 0;
-  int port_ = 0;
   std::atomic<int> frames_{0};
   std::mutex m_;
   std::condition_variable cv_;
   bool kv_closed_ = false;
-  httplib::Server http_;
-  std::thread http_thread_;
   std::thread kv_thread_;
 };
 
 // A prefill instance that answers the first token and then goes silent: it never sends the KV.
 // It acknowledges the decode side's abort (as a kv_sender with nothing in flight does), so the
 // decode side frees the allocation at once instead of after its abort grace.
-class silent_prefill {
+class silent_prefill : public stand_in {
  public:
   silent_prefill() {
-    http_.Get("/pd/info", [this](httplib::Request const&, httplib::Response& res) {
-      res.set_content(info().dump(), "application/json");
-    });
-    http_.Get("/pd/load", [this](httplib::Request const&, httplib::Response& res) {
-      res.set_content(info()["load"].dump(), "application/json");
-    });
     http_.Post("/pd/prefill", [this](httplib::Request const& req, httplib::Response& res) {
       auto const j = nlohmann::json::parse(req.body);
       {
@@ -300,52 +322,24 @@ class silent_prefill {
       }
       client_for(decode).Post("/pd/message", j.dump(), "application/json");
     });
-    http_.set_keep_alive_max_count(1);
-    port_ = http_.bind_to_any_port("127.0.0.1");
-    thread_ = std::thread([this] { http_.listen_after_bind(); });
+    serve([this] { return info(); });
   }
-  ~silent_prefill() {
-    http_.stop();
-    thread_.join();
-  }
-  silent_prefill(silent_prefill const&) = delete;
-  silent_prefill& operator=(silent_prefill const&) = delete;
-
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  ~silent_prefill() { stop(); }
   int aborts() const { return aborts_.load(); }
 
  private:
-  nlohmann::json info() const {
-    return {{"role", "prefill"},
-            {"control", url()},
-            {"node", "stand-in"},
-            {"device", "cpu"},
-            {"layout", {{"layers", 4}, {"width", 576}, {"dtype", "bf16"}}},
-            {"load",
-             {{"queued_tokens", 0},
-              {"waiting", 0},
-              {"running", 0},
-              {"kv_free", 1000},
-              {"kv_capacity", 1000},
-              {"transfers", 0}}}};
-  }
+  nlohmann::json info() const { return describe("prefill", 1000, nlohmann::json::object()); }
 
-  int port_ = 0;
   std::atomic<int> aborts_{0};
   std::mutex m_;
   std::string decode_;
-  httplib::Server http_;
-  std::thread thread_;
 };
 
 // A decode instance that reports a given load and refuses every allocation with out_of_slots
 // (full), noting when it was asked: the order the router tries decode instances in.
-class full_decode {
+class full_decode : public stand_in {
  public:
   full_decode(std::int64_t kv_free, std::atomic<int>& clock) : kv_free_(kv_free), clock_(&clock) {
-    http_.Get("/pd/info", [this](httplib::Request const&, httplib::Response& res) {
-      res.set_content(info().dump(), "application/json");
-    });
     http_.Post("/pd/allocate", [this](httplib::Request const& req, httplib::Response& res) {
       asked_at_ = ++*clock_;
       auto const j = nlohmann::json::parse(req.body);
@@ -359,43 +353,17 @@ class full_decode {
                           .dump(),
                       "application/json");
     });
-    http_.set_keep_alive_max_count(1);
-    port_ = http_.bind_to_any_port("127.0.0.1");
-    thread_ = std::thread([this] { http_.listen_after_bind(); });
+    serve([this] { return info(); });
   }
-  ~full_decode() {
-    http_.stop();
-    thread_.join();
-  }
-  full_decode(full_decode const&) = delete;
-  full_decode& operator=(full_decode const&) = delete;
-
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  ~full_decode() { stop(); }
   int asked_at() const { return asked_at_.load(); }  // 0: never asked
 
  private:
-  nlohmann::json info() const {
-    return {{"role", "decode"},
-            {"control", url()},
-            {"node", "stand-in"},
-            {"device", "cpu"},
-            {"kv", "127.0.0.1:1"},
-            {"layout", {{"layers", 4}, {"width", 576}, {"dtype", "bf16"}}},
-            {"load",
-             {{"queued_tokens", 0},
-              {"waiting", 0},
-              {"running", 0},
-              {"kv_free", kv_free_},
-              {"kv_capacity", 1000},
-              {"transfers", 0}}}};
-  }
+  nlohmann::json info() const { return describe("decode", kv_free_, {{"kv", "127.0.0.1:1"}}); }
 
   std::int64_t kv_free_;
   std::atomic<int>* clock_;
   std::atomic<int> asked_at_{0};
-  int port_ = 0;
-  httplib::Server http_;
-  std::thread thread_;
 };
 
 using PdProcess = ServerProcess;
