@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "kernels/attention/gqa_decode_params.hpp"
+#include "kernels/common/split_kv.hpp"
 #include "kernels/mla/kv_cache.hpp"
 #include "kernels/mla/mla.hpp"
 #include "lightcore/backend/backend.hpp"
@@ -57,9 +58,7 @@ inline constexpr int gqa_decode_ctas_per_sm(std::int64_t head_dim) noexcept {
 // The bytes of the partial results a plan of `splits` needs (0 when it does not split).
 inline std::int64_t gqa_decode_workspace_bytes(std::int64_t batch, std::int64_t q_heads,
                                                std::int64_t head_dim, int splits) {
-  if (splits <= 1) return 0;
-  std::int64_t const rows = batch * splits * q_heads;
-  return (rows * head_dim * 4 + 255) / 256 * 256 + rows * 4;
+  return split_kv_workspace_bytes(batch * splits * q_heads, head_dim, splits);
 }
 
 }  // namespace detail

@@ -124,17 +124,10 @@ gqa_decode_params make_gqa_decode_params(device where, gqa_decode_args const& a,
   p.out_head_stride = a.out.stride(1);
   p.lse = has_lse ? static_cast<float*>(a.lse.data()) : nullptr;
   if (plan.num_splits > 1) {
-    LC_CHECK(workspace.type() == dtype::u8 && workspace.rank() == 1 &&
-                 workspace.size(0) >= plan.workspace_bytes && workspace.data() != nullptr &&
-                 reinterpret_cast<std::uintptr_t>(workspace.data()) % 256 == 0 &&
-                 workspace.where() == where,
-             op << " needs a u8 workspace of at least " << plan.workspace_bytes << " bytes on "
-                << where << ", 256-byte aligned; got " << workspace << " on " << workspace.where()
-                << " at " << workspace.data());
-    auto* const base = static_cast<unsigned char*>(workspace.data());
-    std::int64_t const rows = batch * plan.num_splits * q_heads;
-    p.partial_out = reinterpret_cast<float*>(base);
-    p.partial_lse = reinterpret_cast<float*>(base + (rows * head_dim * 4 + 255) / 256 * 256);
+    auto const partials = carve_split_kv_workspace(workspace, where, plan.workspace_bytes,
+                                                   batch * plan.num_splits * q_heads, head_dim, op);
+    p.partial_out = partials.out;
+    p.partial_lse = partials.lse;
   }
   return p;
 }

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/common/split_kv.hpp"
 #include "kernels/mla/kv_cache.hpp"
 #include "kernels/mla/mla_params.hpp"
 #include "lightcore/backend/backend.hpp"
@@ -77,10 +78,7 @@ inline bool aligned16(void const* ptr) noexcept {
 
 // The bytes of the partial results a plan of `splits` needs (0 when it does not split).
 inline std::int64_t mla_workspace_bytes(std::int64_t batch, std::int64_t heads, int splits) {
-  if (splits <= 1) return 0;
-  std::int64_t const rows = batch * splits * heads;
-  std::int64_t const out_bytes = (rows * mla_latent_dim * 4 + 255) / 256 * 256;
-  return out_bytes + rows * 4;
+  return split_kv_workspace_bytes(batch * splits * heads, mla_latent_dim, splits);
 }
 
 inline void check_index_vector(tensor_view const& v, std::int64_t n, char const* what,
