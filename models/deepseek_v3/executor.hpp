@@ -255,13 +255,17 @@ class executor {
     std::int64_t const n = std::int64_t(rows.size());
     // What this step's rows ask for: the history only feeds penalties, the logprob outputs only
     // rows that want them; what nobody asks for is neither uploaded nor copied back.
-    bool penalties = false;
+    // And a batch whose every row takes the exact path anyway (temperature-only or logprob rows)
+    // goes straight there.
+    bool penalties = false, all_exact = true;
     for (row_type const& r : rows) {
       kernels::sampling_request const& q = r.sampling;
       penalties |=
           q.repetition_penalty != 1.0f || q.presence_penalty != 0.0f || q.frequency_penalty != 0.0f;
       f.want_lp |= q.num_logprobs >= 0;
       f.want_top |= q.num_logprobs > 0;
+      all_exact =
+          all_exact && kernels::sampling_row_kind(q, logits.size(1)) == kernels::sampling_row_exact;
     }
     // The inputs in one staging block and one copy: [n] requests, [n] positions, [n + 1] history
     // offsets, the history, and the history entries that are a pending id (where, from which
@@ -325,12 +329,6 @@ class executor {
     auto ws = mem_.acquire(
         "sample.workspace", dtype::u8,
         {std::max<std::int64_t>(1, kernels::sampling_workspace_bytes(n, logits.size(1)))});
-    // A batch whose every row takes the exact path anyway (temperature-only or logprob rows)
-    // goes straight there.
-    bool all_exact = true;
-    for (row_type const& r : rows)
-      all_exact = all_exact && kernels::sampling_row_kind(r.sampling, logits.size(1)) ==
-                                   kernels::sampling_row_exact;
     kernels::sample(
         *backend_, {logits, d_params, d_pos, d_hist, d_off},
         {tokens, lp.view(), top_ids.view(), top_lp.view()}, ws.view(), stream_,
