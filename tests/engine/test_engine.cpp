@@ -293,6 +293,30 @@ TEST(Engine, PenaltiesSeeEachRequestsOwnHistory) {
   expect_all_slots_back(e);
 }
 
+// The alternatives of every token, the last one included (its step() also completes the plan
+// that releases the request), are valid when step() returns: greedy, the chosen token is the
+// top alternative.
+TEST(Engine, TopAlternativesOfEveryTokenOutliveTheirStep) {
+  fixture f;
+  for (bool const overlap : {true, false}) {
+    auto c = f.engine_config(512, 4);
+    c.overlap = overlap;
+    engine_t e(f.backend, f.exec, c);
+    request_t r = greedy(1, prompt_of(9, 4), 3);
+    r.sampling.num_logprobs = 2;
+    e.submit(r);
+    int seen = 0;
+    while (!e.idle())
+      for (engine::token_event const& t : e.step()) {
+        ++seen;
+        ASSERT_GE(t.top_ids.size(), 2u) << "token " << t.index;
+        EXPECT_EQ(t.top_ids[0], t.token) << "token " << t.index;
+        EXPECT_FLOAT_EQ(t.top_logprobs[0], t.logprob) << "token " << t.index;
+      }
+    EXPECT_EQ(seen, 3) << (overlap ? "overlapped" : "sequential");
+  }
+}
+
 TEST(Engine, RefusesBadRequests) {
   fixture f;
   engine_t e(f.backend, f.exec, f.engine_config(512, 4));

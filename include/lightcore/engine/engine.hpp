@@ -279,9 +279,10 @@ class engine {
       // Step t: its tokens (the device ran it while the host planned step t + 1).
       step_output out = collect();
       auto const t_done = clock::now();
+      step_times const times = times_of(out);
       finish_step(*inflight_, std::move(out), events);
       host += seconds_since(t_done);
-      account(*inflight_, host, seconds_since(t_start));
+      account(*inflight_, times, host, seconds_since(t_start));
       host = 0.0;
       inflight_ = nullptr;
     }
@@ -293,9 +294,10 @@ class engine {
         step_output out;
         if (!rows_.empty()) out = exec_->run(rows_, kv_layers_, pool_.req_to_token());
         auto const t_ran = clock::now();
+        step_times const times = times_of(out);
         finish_step(*next, std::move(out), events);
         host += seconds_since(t_ran);
-        account(*next, host, seconds_since(t_start));
+        account(*next, times, host, seconds_since(t_start));
       }
     }
     return events;
@@ -617,7 +619,10 @@ class engine {
     LC_CHECK(out_.tokens.size() == f.sampled_ids.size(),
              "engine: the executor returned " << out_.tokens.size() << " tokens for "
                                               << f.sampled_ids.size() << " sampling rows");
-    last_out_ = std::move(out_);  // kept: the events' alternatives point into it
+    // Kept: the events' alternatives point into it. A step without sampling rows (a plan that
+    // only releases) leaves it alone: the events of the step collected earlier in the same call
+    // still point there.
+    if (!f.sampled_ids.empty()) last_out_ = std::move(out_);
     step_output const& out = last_out_;
     results_.clear();
     for (std::size_t i = 0; i < f.sampled_ids.size(); ++i) {
@@ -657,21 +662,28 @@ class engine {
     retiring_.clear();
   }
 
-  // host: the engine's own host time in the step (the executor reports its own in out).
-  void account(flight const& f, double host, double whole) {
-    step_output const& out = last_out_;
+  // What the executor reported of a step's time (kept before its output moves).
+  struct step_times {
+    double host = 0.0, device = 0.0, idle = 0.0;
+  };
+  static step_times times_of(step_output const& o) {
+    return {o.host_seconds, o.device_seconds, o.idle_before_seconds};
+  }
+
+  // host: the engine's own host time in the step; times: the executor's.
+  void account(flight const& f, step_times const& out, double host, double whole) {
     stats_.engine_host_seconds += host;
-    stats_.executor_host_seconds += out.host_seconds;
+    stats_.executor_host_seconds += out.host;
     stats_.step_seconds += whole;
-    stats_.device_seconds += out.device_seconds;
-    stats_.device_idle_seconds += out.idle_before_seconds;
+    stats_.device_seconds += out.device;
+    stats_.device_idle_seconds += out.idle;
     if (f.plan.prefill.empty() && !f.plan.decode.empty()) {
       ++stats_.decode_steps;
       stats_.decode_rows += std::int64_t(f.plan.decode.size());
-      stats_.decode_host_seconds += host + out.host_seconds;
+      stats_.decode_host_seconds += host + out.host;
       stats_.decode_step_seconds += whole;
-      stats_.decode_device_seconds += out.device_seconds;
-      stats_.decode_idle_seconds += out.idle_before_seconds;
+      stats_.decode_device_seconds += out.device;
+      stats_.decode_idle_seconds += out.idle;
     }
     ++stats_.steps;
     stats_.forward_tokens += f.plan.forward_tokens();
