@@ -144,7 +144,7 @@ class executor {
       h.sample[i] = r.sample ? 1 : 0;
     }
     tensor_view const prev = any_pending ? tokens_.slice(0, 0, prev_rows_) : tensor_view{};
-    modules::deepseek::forward_context<B> ctx{*backend_, stream_, gemm_, mem_};
+    modules::deepseek::forward_context<B> ctx{*backend_, stream_, gemm_, mem_, after_layer_kv_};
     tensor_view logits;
     bool graphed = false;
     if (graphs_ && graphs_->accepts(reqs)) {
@@ -228,6 +228,14 @@ class executor {
 
   // Steps launched and not collected.
   std::size_t in_flight_steps() const noexcept { return flight_.size(); }
+
+  // Called with each layer's index while the next launched steps issue their forward eagerly,
+  // once the layer's KV rows are written in stream order (forward_context::after_layer_kv); null
+  // (the default) for none. The function must outlive its use; the engine sets it for a step
+  // that completes a prompt whose KV is streamed elsewhere.
+  void set_after_layer_kv(std::function<void(std::int64_t)> const* f) noexcept {
+    after_layer_kv_ = f;
+  }
 
  private:
   // Page-locked host memory for one step's results, and the events around its device work.
@@ -355,6 +363,7 @@ class executor {
   memory::staging_ring<B> sample_ring_{*backend_}, table_ring_{*backend_};
   std::deque<in_flight> flight_;
   std::int32_t next_slot_ = 0, last_slot_ = -1;
+  std::function<void(std::int64_t)> const* after_layer_kv_ = nullptr;
   // Host buffers reused by every step.
   std::vector<request_step> reqs_;
   std::optional<graphs_type> graphs_;  // after model_, which it refers to

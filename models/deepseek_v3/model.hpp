@@ -399,6 +399,7 @@ class model {
       row_parallel(!l.attn.o.fp8(), [&](tensor_view const& out) {
         modules::deepseek::mla_attention(ctx, c, l.attn, b, xn.view(), kv[std::size_t(i)], out);
       });
+      if (ctx.after_layer_kv != nullptr) (*ctx.after_layer_kv)(i);
       add_norm(l.post_attention_norm);
       if (l.moe) {
         // The dispatch policy sums the ranks' partials (routed and shared) itself.

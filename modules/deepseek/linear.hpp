@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 #include "kernels/gemm/gemm.hpp"
 #include "kernels/quant/quant.hpp"
@@ -21,6 +22,10 @@ struct forward_context {
   typename B::stream_type const& stream;
   kernels::gemm_context<B>& gemm;
   memory::cache_tensor_manager<B>& mem;
+  // Called with each layer's index once its attention is issued on the stream: the layer's KV
+  // rows are written when the stream reaches that point. Null (the default): not called. The
+  // prefill side of a PD deployment sends a prompt's KV layer by layer from here.
+  std::function<void(std::int64_t)> const* after_layer_kv = nullptr;
   using lease = typename memory::cache_tensor_manager<B>::lease;
 
   lease acquire(std::string_view role, dtype type, dims shape) {

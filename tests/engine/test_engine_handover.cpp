@@ -179,6 +179,107 @@ TEST(EngineHandover, PrefillThenAdoptGivesTheTokensOfOneEngine) {
   expect_all_slots_back(d);
 }
 
+// What a PD prefill side sees through engine::kv_stream_observer: which prompts a step completes
+// (before its forward), then every layer in order, each one's KV rows already written.
+struct stream_recorder final : engine::kv_stream_observer {
+  engine_t* e = nullptr;
+  struct start {
+    std::uint64_t id = 0;
+    std::vector<std::int32_t> tokens, slots;
+  };
+  std::vector<std::vector<start>> calls;          // per before_forward
+  std::vector<std::vector<std::int64_t>> layers;  // per before_forward, the after_layer calls
+  // Per call, per layer: the started slots' rows of that layer (and of the next one) when
+  // after_layer ran.
+  std::vector<std::vector<std::vector<std::byte>>> rows_at, next_rows_at;
+
+  std::vector<std::byte> rows_of(std::int64_t layer) const {
+    auto const v = e->kv_pool().layers()[std::size_t(layer)];
+    std::size_t const row = std::size_t(v.size(1)) * v.element_size();
+    std::vector<std::byte> out;
+    for (start const& s : calls.back())
+      for (std::int32_t const slot : s.slots) {
+        auto const* p = static_cast<std::byte const*>(v.data()) + std::size_t(slot) * row;
+        out.insert(out.end(), p, p + row);
+      }
+    return out;
+  }
+  void before_forward(std::span<engine::kv_stream_start const> starts) override {
+    calls.emplace_back();
+    for (auto const& s : starts)
+      calls.back().push_back(
+          {s.id, {s.kv.tokens.begin(), s.kv.tokens.end()}, {s.kv.slots.begin(), s.kv.slots.end()}});
+    layers.emplace_back();
+    rows_at.emplace_back();
+    next_rows_at.emplace_back();
+  }
+  void after_layer(std::int64_t layer) override {
+    layers.back().push_back(layer);
+    rows_at.back().push_back(rows_of(layer));
+    std::int64_t const n = std::int64_t(e->kv_pool().layers().size());
+    next_rows_at.back().push_back(layer + 1 < n ? rows_of(layer + 1) : std::vector<std::byte>{});
+  }
+};
+
+TEST(EngineHandover, StreamObserverSeesCompletedPromptsThenEachWrittenLayer) {
+  static_assert(engine_t::streams_kv);
+  model_fixture& f = fixture();
+  for (bool const overlap : {false, true}) {
+    SCOPED_TRACE(overlap ? "overlapped" : "sequential");
+    executor_t ex(f.backend, f.weights, ds::model_options{max_len}, 8);
+    engine::engine_config c = f.config_of(512);
+    c.overlap = overlap;
+    c.scheduler.max_tokens_per_step = 16;  // a 40-token prompt takes three chunks
+    engine_t e(f.backend, ex, c);
+    stream_recorder rec;
+    rec.e = &e;
+    e.set_kv_stream_observer(&rec);
+    auto const long_prompt = prompt_of(40, 3), short_prompt = prompt_of(6, 4);
+    e.submit(greedy(1, long_prompt, 1, true));
+    e.submit(greedy(2, prompt_of(5, 5), 3));  // no hold: never streamed
+    run(e);
+    e.submit(greedy(3, short_prompt, 1, true));
+    e.submit(greedy(4, prompt_of(7, 6), 1, true));
+    run(e);
+    std::int64_t const n_layers = std::int64_t(e.kv_pool().layers().size());
+    // One call for the step that completes request 1 (its last chunk), one for 3 and 4 together.
+    ASSERT_EQ(rec.calls.size(), 2u);
+    ASSERT_EQ(rec.calls[0].size(), 1u);
+    EXPECT_EQ(rec.calls[0][0].id, 1u);
+    EXPECT_EQ(rec.calls[0][0].tokens, long_prompt);
+    EXPECT_EQ(rec.calls[0][0].slots.size(), long_prompt.size()) << "every chunk's slots";
+    ASSERT_EQ(rec.calls[1].size(), 2u);
+    EXPECT_EQ(rec.calls[1][0].id + rec.calls[1][1].id, 7u);
+    for (std::size_t call = 0; call < rec.calls.size(); ++call) {
+      std::vector<std::int64_t> want(std::size_t(n_layers), 0);
+      for (std::int64_t l = 0; l < n_layers; ++l) want[std::size_t(l)] = l;
+      EXPECT_EQ(rec.layers[call], want) << "each layer once, in order";
+    }
+    // Each held prompt's rows as the transfer would read them at the end equal what every
+    // after_layer(l) saw of layer l; layer l + 1 was not written yet then (its last chunk's rows).
+    for (std::size_t call = 0; call < rec.calls.size(); ++call) {
+      for (auto const& s : rec.calls[call]) {
+        auto const held = e.held(s.id);
+        ASSERT_TRUE(held.has_value());
+        EXPECT_TRUE(
+            std::equal(held->slots.begin(), held->slots.end(), s.slots.begin(), s.slots.end()));
+      }
+      auto const calls = rec.calls;  // rows_of() reads the last call's slots
+      rec.calls.assign(1, calls[call]);
+      for (std::int64_t l = 0; l < n_layers; ++l) {
+        EXPECT_EQ(rec.rows_at[call][std::size_t(l)], rec.rows_of(l)) << "layer " << l;
+        if (l + 1 < n_layers)
+          EXPECT_NE(rec.next_rows_at[call][std::size_t(l)], rec.rows_of(l + 1))
+              << "layer " << l + 1 << " was already written at after_layer(" << l << ")";
+      }
+      rec.calls = calls;
+    }
+    for (std::uint64_t const id : {1u, 3u, 4u}) EXPECT_TRUE(e.release_held(id));
+    run(e);
+    expect_all_slots_back(e);
+  }
+}
+
 TEST(EngineHandover, HeldKvStaysUntilReleasedAndCountsAgainstThePool) {
   model_fixture& f = fixture();
   executor_t ex(f.backend, f.weights, ds::model_options{max_len}, 8);

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <optional>
 #include <span>
@@ -57,6 +58,28 @@ struct request {
 struct held_kv {
   std::span<std::int32_t const> tokens;
   std::span<std::int32_t const> slots;
+};
+
+// A hold_kv request whose prompt the step about to be issued completes.
+struct kv_stream_start {
+  std::uint64_t id = 0;
+  held_kv kv;  // the prompt's tokens and slots, valid during before_forward() only
+};
+
+// Streams a prompt's KV layer by layer while the step that completes the prompt computes it:
+// the prefill side of a PD deployment begins each transfer before the forward and sends layer
+// l as soon as the forward has issued it, so that the copy of layer l overlaps the compute of the
+// layers after it instead of waiting for the whole step. Called on the engine's thread, within
+// step(); only for steps that complete a hold_kv prompt, on executors that can call back per
+// layer (engine::streams_kv).
+class kv_stream_observer {
+ public:
+  virtual ~kv_stream_observer() = default;
+  // Before the step's forward is issued. The slots hold the prompt's KV once every layer is done.
+  virtual void before_forward(std::span<kv_stream_start const> starts) = 0;
+  // During the forward, for each layer in order: the layer's KV rows of every start are written
+  // when the executor's stream reaches this point (on the CPU backend: written).
+  virtual void after_layer(std::int64_t layer) = 0;
 };
 
 // A prompt's KV that another instance computed, landed in this engine's pool (a
@@ -240,6 +263,21 @@ class engine {
   }
   std::size_t held_requests() const noexcept { return held_.size(); }
 
+  // Whether the executor calls back per layer, so that a kv_stream_observer can be set.
+  static constexpr bool streams_kv =
+      requires(Exec & e, std::function<void(std::int64_t)> const* f) {
+    e.set_after_layer_kv(f);
+  };
+  // The observer of steps that complete hold_kv prompts (it must outlive its use); null: none.
+  void set_kv_stream_observer(kv_stream_observer* o) {
+    static_assert(streams_kv,
+                  "engine::set_kv_stream_observer: the executor cannot call back "
+                  "per layer (it has no set_after_layer_kv)");
+    kv_observer_ = o;
+    after_layer_kv_ = nullptr;
+    if (o != nullptr) after_layer_kv_ = [o](std::int64_t layer) { o->after_layer(layer); };
+  }
+
   // Aborts a live request; its KV is freed with the next step. Returns false for an unknown or
   // already finished id.
   bool abort(std::uint64_t id) {
@@ -267,6 +305,7 @@ class engine {
       next = inflight_ == &flights_[0] ? &flights_[1] : &flights_[0];
       plan_step(*next);
       flush_slots();
+      bool const streaming = begin_kv_stream(*next);
       host += seconds_since(t_start);
       if constexpr (overlapping_executor<Exec>) {
         if (config_.overlap && !rows_.empty()) {
@@ -274,6 +313,7 @@ class engine {
           next->launched = true;
         }
       }
+      if (streaming && next->launched) end_kv_stream();
     }
     if (inflight_ != nullptr) {
       // Step t: its tokens (the device ran it while the host planned step t + 1).
@@ -293,6 +333,7 @@ class engine {
         // Sequential: run it now (or, with no rows, just complete it).
         step_output out;
         if (!rows_.empty()) out = exec_->run(rows_, kv_layers_, pool_.req_to_token());
+        end_kv_stream();
         auto const t_ran = clock::now();
         step_times const times = times_of(out);
         finish_step(*next, std::move(out), events);
@@ -582,6 +623,33 @@ class engine {
     }
   }
 
+  // Arms the executor's per-layer callback when the planned step completes a hold_kv prompt and
+  // an observer is set, after telling the observer which prompts; returns whether it did.
+  bool begin_kv_stream(flight const& f) {
+    if constexpr (streams_kv) {
+      if (kv_observer_ == nullptr) return false;
+      kv_starts_.clear();
+      for (sched::prefill_chunk const& c : f.plan.prefill) {
+        if (!c.is_last) continue;
+        record const& r = live_.at(c.id);
+        if (!r.hold_kv || r.held_released) continue;
+        kv_starts_.push_back(
+            {c.id,
+             held_kv{std::span<std::int32_t const>(r.tokens).first(r.slots.size()), r.slots}});
+      }
+      if (kv_starts_.empty()) return false;
+      kv_observer_->before_forward(kv_starts_);
+      exec_->set_after_layer_kv(&after_layer_kv_);
+      return true;
+    } else {
+      (void)f;
+      return false;
+    }
+  }
+  void end_kv_stream() {
+    if constexpr (streams_kv) exec_->set_after_layer_kv(nullptr);
+  }
+
   static constexpr bool batched_table_updates =
       requires(Exec & e, tensor_view const& t, std::span<std::int32_t const> i) {
     e.update_table(t, i, i);
@@ -707,6 +775,9 @@ class engine {
   std::vector<step_row<params_type>> rows_;
   std::vector<sched::token_result> results_;
   step_output last_out_;
+  kv_stream_observer* kv_observer_ = nullptr;
+  std::function<void(std::int64_t)> after_layer_kv_;  // calls kv_observer_->after_layer
+  std::vector<kv_stream_start> kv_starts_;            // scratch of begin_kv_stream
 };
 
 }  // namespace lightcore::engine
