@@ -224,9 +224,12 @@ int serve(B& backend, engine_options const& o) {
     ro.kv_host = o.kv_host;
     ro.kv_port = o.kv_port;
     ro.timeout = std::chrono::milliseconds(o.pd_timeout_ms);
-    if (o.role == "prefill")
-      node = std::make_unique<pd_prefill<B, engine_type>>(eng, exec.stream(), outbox, inbox, ro);
-    else
+    if (o.role == "prefill") {
+      auto p = std::make_unique<pd_prefill<B, engine_type>>(eng, exec.stream(), outbox, inbox, ro);
+      // Each prompt's KV goes layer by layer while its prefill step runs.
+      if constexpr (engine_type::streams_kv) eng.set_kv_stream_observer(p.get());
+      node = std::move(p);
+    } else
       node = std::make_unique<pd_decode<B, engine_type>>(eng, outbox, inbox, ro);
     node->routes(control->http());
     control->listen();

@@ -20,7 +20,14 @@
 #include <thread>
 #include <vector>
 
+#include "lightcore/pd/messages.hpp"
+
 namespace lightcore::server {
+
+// A POST /pd/message body: one protocol message, or an array of them (what pd_outbox sends when
+// several were queued together), in order. Every one is parsed before any is handled, so a
+// malformed batch is refused whole (lightcore::error naming the element).
+std::vector<pd::message> parse_message_batch(std::string const& body);
 
 // An "http://host:port" address, split. Throws lightcore::error for another form.
 struct http_endpoint {
@@ -31,7 +38,9 @@ http_endpoint parse_http_url(std::string const& url);
 
 // Posts JSON bodies to other instances from one thread, in the order given, so that neither
 // the engine thread nor a transport's completion thread waits on the network. A failed post is
-// counted and dropped: the protocol's deadlines cover a lost message.
+// counted and dropped: the protocol's deadlines cover a lost message. Protocol messages queued
+// back to back for one endpoint go as one POST of a JSON array (a prompt sent layer by layer
+// queues a `layer` message per layer while the forward runs).
 class pd_outbox {
  public:
   pd_outbox();
@@ -39,13 +48,18 @@ class pd_outbox {
   pd_outbox(pd_outbox const&) = delete;
   pd_outbox& operator=(pd_outbox const&) = delete;
 
-  // url: "http://host:port"; path: with its query string.
+  // url: "http://host:port"; path: with its query string. A body posted as it is.
   void post(std::string url, std::string path, std::string body);
+  // A protocol message (a JSON object) that may share its POST with the messages queued next to
+  // it for the same url and path: the body is then the array of them, in order.
+  void post_message(std::string url, std::string path, std::string body);
+  std::uint64_t posts() const noexcept { return posts_.load(); }
   std::uint64_t failures() const noexcept { return failures_.load(); }
 
  private:
   struct item {
     std::string url, path, body;
+    bool message = false;  // may be batched with its neighbours (post_message)
   };
   void run();
 
@@ -54,6 +68,7 @@ class pd_outbox {
   std::deque<item> queue_;
   bool stopping_ = false;
   std::atomic<std::uint64_t> failures_{0};
+  std::atomic<std::uint64_t> posts_{0};
   std::map<std::string, std::unique_ptr<httplib::Client>> clients_;  // by url; run() only
   std::thread worker_;
 };

@@ -150,7 +150,7 @@ class pd_decode final : public pd_node {
     });
     s.Post("/pd/message", [this](httplib::Request const& req, httplib::Response& res) {
       try {
-        rx_.handle(pd::parse_message(nlohmann::json::parse(req.body)));
+        for (pd::message const& m : parse_message_batch(req.body)) rx_.handle(m);
       } catch (std::exception const& e) {
         return reply_json_error(res, 400, e.what(), "bad_request");
       }
@@ -316,7 +316,7 @@ class pd_decode final : public pd_node {
       if (it == reply_to_.end()) return;
       url = it->second;
     }
-    outbox_->post(url, "/pd/message?from=" + o_.control_url, pd::to_json(m).dump());
+    outbox_->post_message(url, "/pd/message?from=" + o_.control_url, pd::to_json(m).dump());
   }
 
   Engine* eng_;

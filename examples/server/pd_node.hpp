@@ -54,7 +54,8 @@ class pd_node {
 
   // The engine thread: publishes the load after a turn.
   template <class Engine>
-  void publish_load(Engine const& eng, std::int64_t queued_tokens, std::int64_t transfers) {
+  void publish_load(Engine const& eng, std::int64_t queued_tokens, std::int64_t transfers,
+                    std::int64_t streamed = 0) {
     engine::engine_stats const st = eng.stats();
     pd_load l;
     l.queued_tokens = queued_tokens;
@@ -63,6 +64,7 @@ class pd_node {
     l.kv_capacity = st.kv.capacity;
     l.kv_free = st.kv.capacity - st.kv.used + st.evictable_tokens;
     l.transfers = transfers;
+    l.streamed = streamed;
     std::lock_guard g(load_m_);
     load_ = l;
   }

@@ -1,8 +1,9 @@
 // The prefill role of an engine process: POST /pd/prefill runs a prompt with hold_kv and
-// max_new_tokens 1, answers the router with the first token, then sends the prompt's KV into the
-// slots the decode instance allocated (kv_sender, every layer after the prefill step), and gives
-// the held KV back once the transfer has ended either way. POST /pd/cancel ends a request or its
-// transfer; POST /pd/message takes the decode side's aborts.
+// max_new_tokens 1 and answers the router with the first token. The prompt's KV goes into the
+// slots the decode instance allocated (kv_sender) layer by layer while the step that completes
+// the prompt runs (the engine's kv_stream_observer; after the step on engines that cannot call
+// back per layer), and the held KV is given back once the transfer has ended either way. POST
+// /pd/cancel ends a request or its transfer; POST /pd/message takes the decode side's aborts.
 #pragma once
 
 #include <unistd.h>
@@ -13,6 +14,7 @@
 #include <span>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -108,11 +110,48 @@ struct pd_role_options {
 };
 
 template <Backend B, class Engine>
-class pd_prefill final : public pd_node {
+class pd_prefill final : public pd_node, public engine::kv_stream_observer {
  public:
   pd_prefill(Engine& eng, typename B::stream_type const& compute, pd_outbox& outbox,
              pd_inbox& inbox, pd_role_options options)
       : eng_(&eng), compute_(&compute), outbox_(&outbox), inbox_(&inbox), o_(std::move(options)) {}
+  ~pd_prefill() override {
+    if constexpr (Engine::streams_kv) eng_->set_kv_stream_observer(nullptr);
+  }
+
+  // The step about to run completes these prompts: their transfers begin now, from the slots the
+  // forward is about to fill.
+  void before_forward(std::span<engine::kv_stream_start const> starts) override {
+    streaming_.clear();
+    for (engine::kv_stream_start const& s : starts) {
+      auto it = jobs_.find(s.id);
+      if (it == jobs_.end()) continue;
+      job& j = it->second;
+      try {
+        // A link retired since (its connection broke) is no longer polled: nothing may begin on it.
+        LC_CHECK(!j.link->broken, "the connection to the decode instance broke");
+        std::uint64_t const eid = s.id;
+        j.link->begin(j.alloc, s.kv.slots,
+                      [this, eid](std::span<std::int32_t const>) { transfer_ended(eid); });
+        j.begun = true;
+        transfers_[j.request_id] = {j.link, j.alloc.id};
+        streaming_.push_back({j.link, j.alloc.id});
+        ++streamed_;
+      } catch (std::exception const& e) {
+        j.begin_error = e.what();
+      }
+    }
+  }
+  // Layer `layer` of those prompts is written in stream order: its copy is queued behind it.
+  void after_layer(std::int64_t layer) override {
+    for (transfer const& t : streaming_) {
+      try {
+        t.link->send_layer(t.id, std::int32_t(layer));  // false once the transfer failed
+      } catch (std::exception const&) {
+        // Cancelled by this side meanwhile: nothing more to send.
+      }
+    }
+  }
 
   void poll() override {
     for (auto it = links_.begin(); it != links_.end();) {
@@ -130,7 +169,7 @@ class pd_prefill final : public pd_node {
     }
     std::int64_t queued = 0;
     for (auto const& [id, j] : jobs_) queued += j.prompt_len;
-    publish_load(*eng_, queued, std::int64_t(transfers_.size()));
+    publish_load(*eng_, queued, std::int64_t(transfers_.size()), streamed_);
   }
 
   bool on_token(engine::token_event const& t) override {
@@ -152,8 +191,27 @@ class pd_prefill final : public pd_node {
     j.reply->close();
     if (tok.finished != "none") {
       // Nothing to decode: the KV goes to the prefix cache, the allocation is given back.
+      if (j.begun) {
+        // The transfer's end (the cancel, once no copy is in flight) gives the KV back.
+        // A transfer that already landed cannot be cancelled: D is told to drop it.
+        if (!j.link->cancel(j.alloc.id, "the request ended with its first token"))
+          abort_allocation(j, "the request ended with its first token");
+        if (ended_.erase(t.id) != 0) eng_->release_held(t.id);
+        return true;
+      }
       eng_->release_held(t.id);
       abort_allocation(j, "the request ended with its first token");
+      return true;
+    }
+    if (j.begun) {
+      // Streamed during the step. Its pins go back when the transfer has ended and the request
+      // holds its KV, whichever comes last.
+      if (ended_.erase(t.id) != 0) eng_->release_held(t.id);
+      return true;
+    }
+    if (!j.begin_error.empty()) {
+      eng_->release_held(t.id);
+      abort_allocation(j, "the transfer could not begin: " + j.begin_error);
       return true;
     }
     auto const held = eng_->held(t.id);
@@ -200,21 +258,29 @@ class pd_prefill final : public pd_node {
     });
     s.Post("/pd/message", [this](httplib::Request const& req, httplib::Response& res) {
       std::string const from = req.get_param_value("from");
-      pd::message m;
+      std::vector<pd::message> ms;
       try {
-        m = pd::parse_message(nlohmann::json::parse(req.body));
-        LC_CHECK(std::holds_alternative<pd::transfer_abort>(m),
-                 "a prefill instance takes only abort messages");
+        ms = parse_message_batch(req.body);
+        for (pd::message const& m : ms)
+          LC_CHECK(std::holds_alternative<pd::transfer_abort>(m),
+                   "a prefill instance takes only abort messages");
       } catch (std::exception const& e) {
         return reply_json_error(res, 400, e.what(), "bad_request");
       }
-      inbox_->post([this, from, m] {
-        // The link that holds the transfer (a retired one's are still ending), else the current
-        // one, which acknowledges an abort for a transfer it no longer knows.
-        auto const id = std::get<pd::transfer_abort>(m).id;
-        for (auto& [url, l] : retired_)
-          if (url == from && l->knows(id)) return l->handle(m);
-        if (auto it = links_.find(from); it != links_.end()) it->second->handle(m);
+      inbox_->post([this, from, ms = std::move(ms)] {
+        for (pd::message const& m : ms) {
+          // The link that holds the transfer (a retired one's are still ending), else the current
+          // one, which acknowledges an abort for a transfer it no longer knows.
+          auto const id = std::get<pd::transfer_abort>(m).id;
+          bool handled = false;
+          for (auto& [url, l] : retired_)
+            if (!handled && url == from && l->knows(id)) {
+              l->handle(m);
+              handled = true;
+            }
+          if (!handled)
+            if (auto it = links_.find(from); it != links_.end()) it->second->handle(m);
+        }
       });
       res.set_content("{}", "application/json");
     });
@@ -247,6 +313,8 @@ class pd_prefill final : public pd_node {
     std::string decode_url;
     std::shared_ptr<pd_link> link;
     std::shared_ptr<pd_reply> reply;
+    bool begun = false;       // its transfer began before the forward (kv_stream_observer)
+    std::string begin_error;  // why that begin failed; empty: it did not
   };
   struct transfer {
     std::shared_ptr<pd_link> link;
@@ -333,7 +401,11 @@ class pd_prefill final : public pd_node {
           {"status", 499}, {"error", {{"message", "cancelled"}, {"code", "cancelled"}}}}
                                  .dump());
       jt->second.reply->close();
-      abort_allocation(jt->second, "the request was cancelled");
+      if (jt->second.begun)
+        jt->second.link->cancel(jt->second.alloc.id, "the request was cancelled");
+      else
+        abort_allocation(jt->second, "the request was cancelled");
+      ended_.erase(eid);
       jobs_.erase(jt);
       return;
     }
@@ -341,12 +413,20 @@ class pd_prefill final : public pd_node {
       it->second.link->cancel(it->second.id, "the request was cancelled");
   }
 
+  // A streamed transfer ended (landed, failed or cancelled) and nothing reads its slots any more.
+  // The engine holds the prompt's KV only once the step has been collected: until then the
+  // release waits for the token.
+  void transfer_ended(std::uint64_t eid) {
+    if (eng_->release_held(eid)) return;
+    if (jobs_.contains(eid)) ended_.insert(eid);  // aborted requests hold nothing: nothing to do
+  }
+
   // Tells the decode side that nothing will be written into its allocation (P never began).
   void abort_allocation(job const& j, std::string const& text) {
     if (!j.alloc.accepted) return;
     pd::transfer_abort const a{j.alloc.id, pd::failure::cancelled, pd::side::prefill, text, false};
-    outbox_->post(j.decode_url, "/pd/message?from=" + o_.control_url,
-                  pd::to_json(pd::message(a)).dump());
+    outbox_->post_message(j.decode_url, "/pd/message?from=" + o_.control_url,
+                          pd::to_json(pd::message(a)).dump());
   }
 
   // A link's ended transfers: pins released by its poll(); forget them here.
@@ -365,7 +445,7 @@ class pd_prefill final : public pd_node {
       links_.erase(it);
     }
     auto sink = [this, url](pd::message const& m) {
-      outbox_->post(url, "/pd/message?from=" + o_.control_url, pd::to_json(m).dump());
+      outbox_->post_message(url, "/pd/message?from=" + o_.control_url, pd::to_json(m).dump());
     };
     pd::transfer_config cfg;
     cfg.timeout = o_.timeout;
@@ -417,9 +497,12 @@ class pd_prefill final : public pd_node {
   pd_inbox* inbox_;
   pd_role_options o_;
   std::uint64_t next_id_ = 0;
-  std::unordered_map<std::uint64_t, job> jobs_;                      // by engine id, until token 0
-  std::unordered_map<std::uint64_t, std::uint64_t> by_request_;      // router id -> engine id
-  std::unordered_map<std::uint64_t, transfer> transfers_;            // by router id
+  std::int64_t streamed_ = 0;                    // transfers begun before their prompt's forward
+  std::unordered_map<std::uint64_t, job> jobs_;  // by engine id, until token 0
+  std::unordered_map<std::uint64_t, std::uint64_t> by_request_;  // router id -> engine id
+  std::unordered_map<std::uint64_t, transfer> transfers_;        // by router id
+  std::vector<transfer> streaming_;          // transfers of the step being issued (after_layer)
+  std::unordered_set<std::uint64_t> ended_;  // engine ids: streamed transfer over, token not in
   std::unordered_map<std::string, std::shared_ptr<pd_link>> links_;  // by decode control url
   // Broken links (by decode control url) whose transfers are still ending.
   std::vector<std::pair<std::string, std::shared_ptr<pd_link>>> retired_;

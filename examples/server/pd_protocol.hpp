@@ -141,6 +141,8 @@ struct pd_load {
   std::int64_t kv_free = 0;      // KV slots free or evictable from the prefix cache
   std::int64_t kv_capacity = 0;  // KV slots in all
   std::int64_t transfers = 0;    // KV transfers under way
+  // Prefill: transfers begun before their prompt's forward and sent layer by layer, since start.
+  std::int64_t streamed = 0;
 };
 
 inline nlohmann::json to_json(pd_load const& l) {
@@ -149,13 +151,15 @@ inline nlohmann::json to_json(pd_load const& l) {
           {"running", l.running},
           {"kv_free", l.kv_free},
           {"kv_capacity", l.kv_capacity},
-          {"transfers", l.transfers}};
+          {"transfers", l.transfers},
+          {"streamed", l.streamed}};
 }
 
 inline pd_load load_from_json(nlohmann::json const& j) {
   io::json_fields const f(j, "load");
   return {f.integer("queued_tokens"), f.integer("waiting"),     f.integer("running"),
-          f.integer("kv_free"),       f.integer("kv_capacity"), f.integer("transfers", 0)};
+          f.integer("kv_free"),       f.integer("kv_capacity"), f.integer("transfers", 0),
+          f.integer("streamed", 0)};
 }
 
 }  // namespace lightcore::server

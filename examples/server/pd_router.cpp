@@ -29,6 +29,7 @@ httplib::Client make_client(std::string const& url, std::chrono::milliseconds re
   httplib::Client c(e.host, e.port);
   c.set_connection_timeout(2s);
   c.set_read_timeout(read_timeout);
+  c.set_tcp_nodelay(true);  // one small request each: no Nagle wait for the peer's ACK
   return c;
 }
 

@@ -127,6 +127,25 @@ TEST(PdTransferFailures, DecodeCancelOfALandedTransferFreesIt) {
   EXPECT_NE(error_of([&] { t.rx.take(s.r.id); }).find("unknown transfer"), std::string::npos);
 }
 
+// The prefill side gives up a transfer that already landed (its request ended with the first
+// token): the decode side frees it at once instead of keeping it until a claim timeout.
+TEST(PdTransferFailures, PrefillAbortOfALandedTransferFreesIt) {
+  pd_link t;
+  auto const d0 = t.decode.stats().used;
+  auto const s = start(t, 9);
+  for (std::int32_t l = 0; l < pd_layers; ++l) t.tx.send_layer(s.r.id, l);
+  ASSERT_EQ(t.rx.wait(s.r.id, 2s), pd::receiver_state::landed);
+  t.rx.handle(pd::transfer_abort{s.r.id, pd::failure::cancelled, pd::side::prefill,
+                                 "the request ended with its first token", false});
+  auto const events = t.rx.poll();
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_FALSE(events[0].landed);
+  EXPECT_EQ(events[0].error.origin, pd::side::prefill);
+  EXPECT_EQ(t.decode.stats().used, d0);
+  EXPECT_EQ(t.prefix.evictable_tokens(), t.prefix.cached_tokens()) << "prefix lock released";
+  EXPECT_NE(error_of([&] { t.rx.take(s.r.id); }).find("unknown transfer"), std::string::npos);
+}
+
 TEST(PdTransferFailures, PrefillTimeoutFreesBothSides) {
   pd_link t;
   auto const p0 = t.prefill.stats().used, d0 = t.decode.stats().used;

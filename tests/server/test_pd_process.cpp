@@ -424,6 +424,9 @@ TEST_F(PdProcess, GreedyOutputsThroughPrefillAndDecodeEqualASingleInstance) {
 
   expect_kv_released(p, "prefill");
   expect_kv_released(d, "decode");
+  // The prompts moved layer by layer, each transfer begun before its prompt's forward.
+  auto const pload = nlohmann::json::parse(client_for(control_of(p)).Get("/pd/load")->body);
+  EXPECT_GT(pload["streamed"].get<std::int64_t>(), 0) << pload.dump();
 }
 
 TEST_F(PdProcess, AKilledDecodeInstanceFailsOnlyItsRequest) {
@@ -587,6 +590,12 @@ TEST_F(PdProcess, ControlEndpointsRefuseBadMessagesClearly) {
   expect_error(
       dc.Post("/pd/message", R"({"type":"abort","version":2,"transfer_id":1})", "application/json"),
       400, "version 2");
+  // A batch of messages is refused whole when one of them is malformed, naming which.
+  expect_error(dc.Post("/pd/message", "[]", "application/json"), 400, "at least one message");
+  expect_error(dc.Post("/pd/message",
+                       R"([{"type":"layer","version":1,"transfer_id":1,"layer":0},{"type":"x"}])",
+                       "application/json"),
+               400, "message 1 of the batch");
   // An allocation whose layout differs from the decode pool's is refused with that reason.
   nlohmann::json alloc = {{"type", "allocate"},
                           {"version", 1},

@@ -223,9 +223,10 @@ class kv_receiver {
         }
       } else if (auto const* a = std::get_if<transfer_abort>(&m)) {
         record* r = live(a->id);
-        if (r == nullptr || r->state == receiver_state::landed ||
-            r->state == receiver_state::failed)
-          return stray();
+        if (r == nullptr || r->state == receiver_state::failed) return stray();
+        // On a landed transfer: the prefill side gives it up (its request ended with the first
+        // token after the KV had already moved); nobody will take() it, so it is freed now
+        // rather than after the claim timeout.
         if (r->state == receiver_state::aborting)
           r->state = receiver_state::failed;  // our own error stands; the ack frees the slots
         else
