@@ -227,7 +227,8 @@ int serve(B& backend, engine_options const& o) {
     if (o.role == "prefill") {
       auto p = std::make_unique<pd_prefill<B, engine_type>>(eng, exec.stream(), outbox, inbox, ro);
       // Each prompt's KV goes layer by layer while its prefill step runs.
-      if constexpr (engine_type::streams_kv) eng.set_kv_stream_observer(p.get());
+      if constexpr (engine_type::streams_kv)
+        if (o.pd_stream_layers) eng.set_kv_stream_observer(p.get());
       node = std::move(p);
     } else
       node = std::make_unique<pd_decode<B, engine_type>>(eng, outbox, inbox, ro);

@@ -42,6 +42,7 @@ struct engine_options {
   std::string kv_host = "127.0.0.1";       // decode: the TCP KV server's bind address
   int kv_port = 0;                         // decode: its port; 0: any free port
   std::int64_t pd_timeout_ms = 30'000;     // ms: a KV transfer's whole budget; default 30 s
+  bool pd_stream_layers = true;  // prefill: send KV layer by layer during the forward; default on
 };
 
 // Runs until the process is told to stop (SIGTERM / SIGINT) or the loop fails; returns the exit

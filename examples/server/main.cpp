@@ -93,6 +93,9 @@ constexpr flag flags[] = {
     {"--kv-host", "ADDR", "decode: the TCP KV server's bind address (default: --host)"},
     {"--kv-port", "N", "decode: the TCP KV server's port (default 0: any free port)"},
     {"--pd-timeout-ms", "N", "prefill/decode/pd-router: a KV transfer's budget (default 30000)"},
+    {"--pd-send-after-prefill", nullptr,
+     "prefill: send a prompt's KV after its prefill step instead of layer by layer during it "
+     "(for comparison)"},
     {"--prefill", "URL", "pd-router: a prefill instance, http://host:port (repeatable)"},
     {"--decode", "URL", "pd-router: a decode instance, http://host:port (repeatable)"},
     {"--help", nullptr, "this list"},
@@ -150,6 +153,7 @@ options parse(int argc, char** argv) {
       if (a == "--help") usage(0);
       if (a == "--no-prefix-cache") o.engine.prefix_cache = false;
       if (a == "--mock-engine") o.engine.mock = true;
+      if (a == "--pd-send-after-prefill") o.engine.pd_stream_layers = false;
       continue;
     }
     if (i + 1 >= argc) usage(2, a + " needs a value (" + f->value + ")");

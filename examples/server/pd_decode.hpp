@@ -93,7 +93,10 @@ class pd_decode final : public pd_node {
     }
     std::int64_t queued = 0;  // prompts whose decoding has not begun
     for (auto const& [id, w] : waiting_) queued += std::int64_t(w.tokens.size());
-    publish_load(*eng_, queued, std::int64_t(rx_.active()));
+    pd_load l;
+    l.queued_tokens = queued;
+    l.transfers = std::int64_t(rx_.active());
+    publish_load(*eng_, l);
   }
 
   bool on_token(engine::token_event const& t) override {

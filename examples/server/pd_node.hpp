@@ -53,18 +53,15 @@ class pd_node {
   virtual nlohmann::json info() const = 0;
 
   // The engine thread: publishes the load after a turn.
+  // l: the role's own fields (queued_tokens, transfers, the prefill side's transfer counts);
+  // the engine's are filled in here.
   template <class Engine>
-  void publish_load(Engine const& eng, std::int64_t queued_tokens, std::int64_t transfers,
-                    std::int64_t streamed = 0) {
+  void publish_load(Engine const& eng, pd_load l) {
     engine::engine_stats const st = eng.stats();
-    pd_load l;
-    l.queued_tokens = queued_tokens;
     l.waiting = std::int64_t(eng.scheduler().queued().size());
     l.running = std::int64_t(eng.scheduler().running().size());
     l.kv_capacity = st.kv.capacity;
     l.kv_free = st.kv.capacity - st.kv.used + st.evictable_tokens;
-    l.transfers = transfers;
-    l.streamed = streamed;
     std::lock_guard g(load_m_);
     load_ = l;
   }

@@ -136,7 +136,8 @@ class pd_prefill final : public pd_node, public engine::kv_stream_observer {
         j.begun = true;
         transfers_[j.request_id] = {j.link, j.alloc.id};
         streaming_.push_back({j.link, j.alloc.id});
-        ++streamed_;
+        ++transfer_stats_.streamed;
+        timing_[j.request_id] = {clock::now(), {}, transfer_bytes(j)};
       } catch (std::exception const& e) {
         j.begin_error = e.what();
       }
@@ -169,7 +170,10 @@ class pd_prefill final : public pd_node, public engine::kv_stream_observer {
     }
     std::int64_t queued = 0;
     for (auto const& [id, j] : jobs_) queued += j.prompt_len;
-    publish_load(*eng_, queued, std::int64_t(transfers_.size()), streamed_);
+    pd_load l = transfer_stats_;
+    l.queued_tokens = queued;
+    l.transfers = std::int64_t(transfers_.size());
+    publish_load(*eng_, l);
   }
 
   bool on_token(engine::token_event const& t) override {
@@ -203,6 +207,7 @@ class pd_prefill final : public pd_node, public engine::kv_stream_observer {
       abort_allocation(j, "the request ended with its first token");
       return true;
     }
+    if (auto tm = timing_.find(j.request_id); tm != timing_.end()) tm->second.token = clock::now();
     if (j.begun) {
       // Streamed during the step. Its pins go back when the transfer has ended and the request
       // holds its KV, whichever comes last.
@@ -222,6 +227,8 @@ class pd_prefill final : public pd_node, public engine::kv_stream_observer {
       std::uint64_t const eid = t.id;
       j.link->begin(j.alloc, held->slots,
                     [this, eid](std::span<std::int32_t const>) { eng_->release_held(eid); });
+      auto const now = clock::now();
+      timing_[j.request_id] = {now, now, transfer_bytes(j)};
     } catch (std::exception const& e) {
       eng_->release_held(t.id);
       abort_allocation(j, std::string("the transfer could not begin: ") + e.what());
@@ -421,6 +428,13 @@ class pd_prefill final : public pd_node, public engine::kv_stream_observer {
     if (jobs_.contains(eid)) ended_.insert(eid);  // aborted requests hold nothing: nothing to do
   }
 
+  // The bytes a transfer moves: the rows D does not hold, in every layer.
+  std::int64_t transfer_bytes(job const& j) const {
+    auto const& c = eng_->pool().config();
+    return std::int64_t(j.alloc.dst_slots.size()) * c.layers * c.width *
+           std::int64_t(size_of(c.type));
+  }
+
   // Tells the decode side that nothing will be written into its allocation (P never began).
   void abort_allocation(job const& j, std::string const& text) {
     if (!j.alloc.accepted) return;
@@ -434,6 +448,19 @@ class pd_prefill final : public pd_node, public engine::kv_stream_observer {
     for (pd::sender_event const& e : l.poll()) {
       if (auto it = transfers_.find(e.request_id); it != transfers_.end() && it->second.id == e.id)
         transfers_.erase(it);
+      if (auto tm = timing_.find(e.request_id); tm != timing_.end()) {
+        if (e.landed) {
+          auto const now = clock::now();
+          transfer_timing const& t = tm->second;
+          ++transfer_stats_.transfers_ended;
+          transfer_stats_.transfer_bytes += t.bytes;
+          transfer_stats_.transfer_seconds += std::chrono::duration<double>(now - t.begun).count();
+          if (t.token != clock::time_point{} && now > t.token)
+            transfer_stats_.transfer_after_token_seconds +=
+                std::chrono::duration<double>(now - t.token).count();
+        }
+        timing_.erase(tm);
+      }
       if (!e.landed && e.error.reason == pd::failure::transport) l.broken = true;
     }
   }
@@ -497,8 +524,14 @@ class pd_prefill final : public pd_node, public engine::kv_stream_observer {
   pd_inbox* inbox_;
   pd_role_options o_;
   std::uint64_t next_id_ = 0;
-  std::int64_t streamed_ = 0;                    // transfers begun before their prompt's forward
-  std::unordered_map<std::uint64_t, job> jobs_;  // by engine id, until token 0
+  using clock = std::chrono::steady_clock;
+  struct transfer_timing {
+    clock::time_point begun{}, token{};  // token: unset until the first token is collected
+    std::int64_t bytes = 0;
+  };
+  std::unordered_map<std::uint64_t, transfer_timing> timing_;    // by router id, until it ends
+  pd_load transfer_stats_;                                       // the transfer fields of /pd/load
+  std::unordered_map<std::uint64_t, job> jobs_;                  // by engine id, until token 0
   std::unordered_map<std::uint64_t, std::uint64_t> by_request_;  // router id -> engine id
   std::unordered_map<std::uint64_t, transfer> transfers_;        // by router id
   std::vector<transfer> streaming_;          // transfers of the step being issued (after_layer)

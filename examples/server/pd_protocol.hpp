@@ -143,6 +143,12 @@ struct pd_load {
   std::int64_t transfers = 0;    // KV transfers under way
   // Prefill: transfers begun before their prompt's forward and sent layer by layer, since start.
   std::int64_t streamed = 0;
+  // Prefill: of the transfers that ended, since start: the bytes moved, the seconds from each
+  // one's begin to its end, and the seconds by which each end came after the prompt's first
+  // token (0 for one that ended first): what P+D adds before decoding can start.
+  std::int64_t transfer_bytes = 0;
+  double transfer_seconds = 0.0, transfer_after_token_seconds = 0.0;
+  std::int64_t transfers_ended = 0;
 };
 
 inline nlohmann::json to_json(pd_load const& l) {
@@ -152,7 +158,11 @@ inline nlohmann::json to_json(pd_load const& l) {
           {"kv_free", l.kv_free},
           {"kv_capacity", l.kv_capacity},
           {"transfers", l.transfers},
-          {"streamed", l.streamed}};
+          {"streamed", l.streamed},
+          {"transfers_ended", l.transfers_ended},
+          {"transfer_bytes", l.transfer_bytes},
+          {"transfer_seconds", l.transfer_seconds},
+          {"transfer_after_token_seconds", l.transfer_after_token_seconds}};
 }
 
 inline pd_load load_from_json(nlohmann::json const& j) {

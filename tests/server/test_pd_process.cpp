@@ -46,6 +46,17 @@ std::string control_of(server_process const& s) {
   return nlohmann::json::parse(r->body).value("control", "");
 }
 
+httplib::Client client_for(std::string const& url);
+
+// Bytes of one token's KV over every layer of an instance's pool (its /pd/info layout; the tiny
+// model's pools are bf16).
+std::int64_t kv_bytes_per_token(server_process const& s) {
+  auto c = client_for(control_of(s));
+  auto const layout = nlohmann::json::parse(c.Get("/pd/info")->body).at("layout");
+  EXPECT_EQ(layout.at("dtype"), "bf16");
+  return layout.at("layers").get<std::int64_t>() * layout.at("width").get<std::int64_t>() * 2;
+}
+
 httplib::Client client_for(std::string const& url) {
   auto const colon = url.rfind(':');
   httplib::Client c(url.substr(7, colon - 7), std::stoi(url.substr(colon + 1)));
@@ -427,10 +438,17 @@ TEST_F(PdProcess, GreedyOutputsThroughPrefillAndDecodeEqualASingleInstance) {
   // The prompts moved layer by layer, each transfer begun before its prompt's forward.
   auto const pload = nlohmann::json::parse(client_for(control_of(p)).Get("/pd/load")->body);
   EXPECT_GT(pload["streamed"].get<std::int64_t>(), 0) << pload.dump();
+  // Landed transfers are counted with their bytes: whole rows of every layer.
+  EXPECT_GT(pload["transfers_ended"].get<std::int64_t>(), 0) << pload.dump();
+  EXPECT_GT(pload["transfer_bytes"].get<std::int64_t>(), 0) << pload.dump();
+  EXPECT_EQ(pload["transfer_bytes"].get<std::int64_t>() % kv_bytes_per_token(p), 0) << pload.dump();
 }
 
+// (P sends each prompt's KV after its prefill step here: the path the layer-by-layer one replaces.)
 TEST_F(PdProcess, AKilledDecodeInstanceFailsOnlyItsRequest) {
-  auto s = start_all({{"--role", "prefill"}, {"--role", "decode"}, {"--role", "decode"}});
+  auto s = start_all({{"--role", "prefill", "--pd-send-after-prefill"},
+                      {"--role", "decode"},
+                      {"--role", "decode"}});
   server_process& p = *s[0];
   auto router = start_router({&p}, {s[1].get(), s[2].get()});
   auto c = router->client();
@@ -482,6 +500,9 @@ TEST_F(PdProcess, AKilledDecodeInstanceFailsOnlyItsRequest) {
     EXPECT_EQ(r["usage"]["completion_tokens"], 6) << r.dump();
   }
   expect_kv_released(*survivor, "decode");
+  auto const pload = nlohmann::json::parse(client_for(control_of(p)).Get("/pd/load")->body);
+  EXPECT_EQ(pload["streamed"], 0) << pload.dump();
+  EXPECT_GE(pload["transfers_ended"].get<std::int64_t>(), 3) << pload.dump();
 
   // No decode instance at all: a clear 503 for each request.
   ASSERT_EQ(::kill(survivor->engine_pid(), SIGKILL), 0);
