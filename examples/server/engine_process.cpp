@@ -216,7 +216,7 @@ int serve(B& backend, engine_options const& o) {
   std::unique_ptr<pd_control_server> control;  // after node: its handlers go first
   std::int32_t control_port = 0;
   if (o.role != "single") {
-    control = std::make_unique<pd_control_server>();
+    control = std::make_unique<pd_control_server>(std::size_t(o.control_threads));
     control_port = control->bind(o.control_host, o.control_port);
     pd_role_options ro;
     ro.control_url = "http://" + (o.advertise_host.empty() ? o.control_host : o.advertise_host) +

@@ -42,6 +42,9 @@ struct engine_options {
   std::string kv_host = "127.0.0.1";       // decode: the TCP KV server's bind address
   int kv_port = 0;                         // decode: its port; 0: any free port
   std::int64_t pd_timeout_ms = 30'000;     // ms: a KV transfer's whole budget; default 30 s
+  // prefill/decode: control endpoint handler threads; main sets it from --slots (each request in
+  // flight holds one) plus room for the protocol's messages; default 288
+  std::int64_t control_threads = 288;
   bool pd_stream_layers = true;  // prefill: send KV layer by layer during the forward; default on
 };
 

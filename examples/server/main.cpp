@@ -284,6 +284,9 @@ int main(int argc, char** argv) try {
   // refuse anything larger before a record is touched.
   ipc::request_table_config tc;
   tc.slots = o.slots;
+  // Every request in flight holds a control handler thread on P and D; 32 more for the
+  // protocol's messages, /pd/info and /pd/load.
+  o.engine.control_threads = std::int64_t(o.slots) + 32;
   tc.max_prompt = std::uint32_t(o.front.api.max_prompt_tokens);
   tc.max_output = std::uint32_t(o.front.api.max_new_tokens);
   tc.top_logprobs = o.front.max_top_logprobs;

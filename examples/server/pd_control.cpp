@@ -212,8 +212,10 @@ void single_reply(httplib::Response& res, std::shared_ptr<pd_reply> const& reply
   res.set_content(j.dump(), "application/json");
 }
 
-pd_control_server::pd_control_server() : http_(std::make_unique<httplib::Server>()) {
-  http_->new_task_queue = [] { return new httplib::ThreadPool(64); };
+pd_control_server::pd_control_server(std::size_t threads)
+    : http_(std::make_unique<httplib::Server>()) {
+  LC_CHECK(threads >= 1, "pd_control_server: at least one handler thread");
+  http_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   http_->set_tcp_nodelay(true);
 }
 

@@ -118,7 +118,10 @@ void single_reply(httplib::Response& res, std::shared_ptr<pd_reply> const& reply
 // The control HTTP server on its own thread.
 class pd_control_server {
  public:
-  pd_control_server();
+  // threads: HTTP handler threads. Each request in flight holds one for its whole life (P's
+  // /pd/prefill waits for the first token, D's /pd/decode streams every token), and the protocol's
+  // own messages need more beside them: size it above the instance's request slots.
+  explicit pd_control_server(std::size_t threads);
   ~pd_control_server();  // stops listening and joins
   pd_control_server(pd_control_server const&) = delete;
   pd_control_server& operator=(pd_control_server const&) = delete;

@@ -114,7 +114,7 @@ void pd_registry::refresh() {
   for (std::size_t k = 0; k < targets.size(); ++k) {
     auto [url, control] = targets[k];
     nlohmann::json info;
-    bool up = false;
+    bool up = false, slow = false;
     // The public URL's /pd/info names the control endpoint; the control endpoint's own has the
     // layout, the KV address and the load.
     if (control.empty()) {
@@ -127,6 +127,7 @@ void pd_registry::refresh() {
       auto const r = exchange(control, "GET", "/pd/info", "", 500ms);
       info = nlohmann::json::parse(r.body, nullptr, false);
       up = r.status == 200 && info.is_object() && info.contains("load");
+      slow = r.status == 0 && r.error == httplib::to_string(httplib::Error::Read);
     }
     std::lock_guard g(m_);
     instance& i = instances_[k];
@@ -136,6 +137,14 @@ void pd_registry::refresh() {
       up = false;
     }
     if (!control.empty() && up) i.control = control;
+    // One slow answer is a busy instance, not a gone one: it stays up (with its last load) until
+    // three reads in a row have timed out. A refused connection marks it down at once, as does
+    // a request that fails on it (mark_down).
+    if (up) {
+      i.missed = 0;
+    } else if (i.up && slow && ++i.missed < 3) {
+      continue;
+    }
     i.up = up;
     if (up) {
       try {

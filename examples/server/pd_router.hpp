@@ -46,6 +46,7 @@ class pd_registry {
     pd_load load;
     bool up = false;
     std::int64_t assigned = 0;  // requests this router has on it now
+    int missed = 0;             // /pd/info reads that failed in a row (a busy instance is slow)
   };
   struct pick_result {
     std::size_t index = 0;
