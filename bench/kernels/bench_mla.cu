@@ -7,6 +7,8 @@
 //   TFLOP/s, frac_of_bf16_peak   2 * H * (576 + 512) * context per row, against the H100's
 //                       measured bf16 dense GEMM ceiling (~790 TFLOP/s, docs/perf/ceilings.md)
 //   splits              the KV splits per row of the plan
+// The `contiguous` cases give each row consecutive slots instead (the same bytes, read as long
+// runs): their gap to the shuffled case is what the row-by-row gather costs.
 //   lightcore_bench_mla [--benchmark_filter=...]
 #include <algorithm>
 #include <cstddef>
@@ -46,7 +48,7 @@ void bm_mla_decode(benchmark::State& state) {
       rows(static_cast<std::size_t>(batch)),
       lens(static_cast<std::size_t>(batch), static_cast<std::int32_t>(context));
   std::iota(table.begin(), table.end(), 0);
-  std::shuffle(table.begin(), table.end(), std::mt19937_64(22));
+  if (state.range(4) == 0) std::shuffle(table.begin(), table.end(), std::mt19937_64(22));
   std::iota(rows.begin(), rows.end(), 0);
   tensor<backend::cuda> table_d(gpu, dtype::i32, {batch, context});
   tensor<backend::cuda> rows_d(gpu, dtype::i32, {batch}), lens_d(gpu, dtype::i32, {batch});
@@ -99,7 +101,10 @@ int main(int argc, char** argv) {
   for (std::int64_t heads : {16, 128})
     for (std::int64_t splits : {0, 1, 2, 3, 4, 8})
       bench::timed(benchmark::RegisterBenchmark("BM_mla_decode", bm_mla_decode)
-                       ->Args({128, 4096, heads, splits})
-                       ->ArgNames({"batch", "context", "H", "splits"}));
+                       ->Args({128, 4096, heads, splits, 0})
+                       ->ArgNames({"batch", "context", "H", "splits", "contiguous"}));
+  bench::timed(benchmark::RegisterBenchmark("BM_mla_decode", bm_mla_decode)
+                   ->Args({128, 4096, 16, 0, 1})
+                   ->ArgNames({"batch", "context", "H", "splits", "contiguous"}));
   return bench::run_benchmarks(argc, argv);
 }

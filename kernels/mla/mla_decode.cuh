@@ -1,6 +1,7 @@
-// mla_decode: the absorbed MLA decode kernel (split-KV flash-decoding on bf16 tensor cores) and
-// the merge of the splits' partial results. Only the files in instantiations/ include this; the
-// dispatch (mla_cuda.cu) sees the declarations in mla.hpp alone.
+// mla_decode: the absorbed MLA decode kernels (split-KV flash-decoding on bf16 tensor cores), their
+// launch and the merge of the splits' partial results. Only the files in instantiations/ include
+// this; the dispatch (mla_cuda.cu) sees the declarations in mla.hpp alone. Tiles of 16 heads run
+// the streaming kernel of mla_decode_stream.cuh; tiles of 64 heads the kernel below.
 //
 // One CTA computes one (batch row, KV split, tile of heads). The latent rows of its split stream
 // through shared memory in blocks of block_n tokens (cp.async, gathered by slot, a ring of
@@ -19,6 +20,8 @@
 #include <type_traits>
 
 #include "kernels/mla/mla.hpp"
+#include "kernels/mla/mla_decode_common.cuh"
+#include "kernels/mla/mla_decode_stream.cuh"
 #include "kernels/mla/mla_mma.cuh"
 #include "kernels/mla/mla_params.hpp"
 #include "lightcore/core/cuda_check.hpp"
@@ -59,24 +62,9 @@ struct mla_decode_config {
   static_assert(smem_bytes <= 227 * 1024, "exceeds the shared memory of an sm_90 CTA");
 };
 
-// H = 16 (and any H not a multiple of 64): one m16 tile, 4 warps (one warpgroup) along the tokens
-// and columns. Memory-bound: four stages of 32-token blocks keep three blocks (112 KB) in flight
-// per SM while one is used.
 // H a multiple of 64: 4 x 16 heads, 2 warps along N; 128 fp32 accumulators per thread; q takes
-// 75 KB, so three stages of 32-token blocks.
-template <int HeadsPerTile>
-struct mla_decode_config_for;
-template <>
-struct mla_decode_config_for<16> {
-  using type = mla_decode_config<16, 1, 4, 32, 4>;
-};
-template <>
-struct mla_decode_config_for<64> {
-  using type = mla_decode_config<64, 4, 2, 32, 3>;
-};
-
-inline constexpr float mla_log2e = 1.4426950408889634f;
-inline constexpr float mla_ln2 = 0.6931471805599453f;
+// 75 KB, so three stages of 32-token blocks. (16-head tiles: mla_stream_config.)
+using mla_decode_config_64 = mla_decode_config<64, 4, 2, 32, 3>;
 
 template <class Cfg, class Layout>
 __global__ void __launch_bounds__(Cfg::threads, 1) mla_decode_kernel(mla_decode_params const p) {
@@ -92,25 +80,10 @@ __global__ void __launch_bounds__(Cfg::threads, 1) mla_decode_kernel(mla_decode_
   int const tid = int(threadIdx.x), lane = tid % 32, warp = tid / 32;
   int const wm = warp % Cfg::warps_m, wn = warp / Cfg::warps_m;
 
-  // The split's positions [kv_begin, kv_end): whole blocks, spread evenly over the splits.
-  int const len = max(p.seq_lens[b], 0);
-  int const blocks = (len + block_n - 1) / block_n;
-  int const blocks_per_split = (blocks + p.num_splits - 1) / p.num_splits;
-  int const kv_begin = split * blocks_per_split * block_n;
-  int const kv_end = min(len, kv_begin + blocks_per_split * block_n);
-  int const n_blocks = kv_begin < kv_end ? (kv_end - kv_begin + block_n - 1) / block_n : 0;
-
+  auto const range = mla_split_of(p, b, split, block_n);
+  int const kv_begin = range.kv_begin, kv_end = range.kv_end, n_blocks = range.n_blocks;
   if (n_blocks == 0) {  // an empty split (or a row of length 0)
-    if (p.num_splits == 1) {
-      for (int i = tid; i < heads * int(mla_latent_dim / 8); i += Cfg::threads) {
-        int const h = i / int(mla_latent_dim / 8), c = i % int(mla_latent_dim / 8);
-        *reinterpret_cast<uint4*>(p.out + b * p.out_batch_stride + (head0 + h) * p.out_head_stride +
-                                  c * 8) = make_uint4(0, 0, 0, 0);
-      }
-      if (p.lse != nullptr && tid < heads) p.lse[std::int64_t(b) * p.heads + head0 + tid] = neg_inf;
-    } else if (tid < heads) {
-      p.partial_lse[(std::int64_t(b) * p.num_splits + split) * p.heads + head0 + tid] = neg_inf;
-    }
+    mla_write_empty_split<heads, Cfg::threads>(p, b, split, head0, tid);
     return;
   }
 
@@ -317,47 +290,20 @@ __global__ void __launch_bounds__(Cfg::threads, 1) mla_decode_kernel(mla_decode_
     }
   }
 
-  // Normalise; the whole row when there is one split, else the split's part and its lse.
-  float const inv[2] = {1.0f / l_run[0], 1.0f / l_run[1]};
-  float const lse2[2] = {m_run[0] + log2f(l_run[0]), m_run[1] + log2f(l_run[1])};
-  int const col0 = wn * Cfg::warp_cols + 2 * t4;
-  if (p.num_splits == 1) {
-    bf16* const out0 = p.out + b * p.out_batch_stride + (head0 + row0) * p.out_head_stride;
-    bf16* const out1 = out0 + 8 * p.out_head_stride;
-#pragma unroll
-    for (int n = 0; n < Cfg::o_tiles; ++n) {
-      *reinterpret_cast<std::uint32_t*>(out0 + col0 + n * 8) =
-          pack_bf16x2(o[n][0] * inv[0], o[n][1] * inv[0]);
-      *reinterpret_cast<std::uint32_t*>(out1 + col0 + n * 8) =
-          pack_bf16x2(o[n][2] * inv[1], o[n][3] * inv[1]);
-    }
-    if (p.lse != nullptr && wn == 0 && t4 == 0) {
-      float* const lse = p.lse + std::int64_t(b) * p.heads + head0 + row0;
-      lse[0] = lse2[0] * mla_ln2;
-      lse[8] = lse2[1] * mla_ln2;
-    }
-  } else {
-    std::int64_t const part_row = (std::int64_t(b) * p.num_splits + split) * p.heads + head0 + row0;
-    float* const part0 = p.partial_out + part_row * mla_latent_dim;
-    float* const part1 = part0 + 8 * mla_latent_dim;
-#pragma unroll
-    for (int n = 0; n < Cfg::o_tiles; ++n) {
-      *reinterpret_cast<float2*>(part0 + col0 + n * 8) =
-          make_float2(o[n][0] * inv[0], o[n][1] * inv[0]);
-      *reinterpret_cast<float2*>(part1 + col0 + n * 8) =
-          make_float2(o[n][2] * inv[1], o[n][3] * inv[1]);
-    }
-    if (wn == 0 && t4 == 0) {
-      p.partial_lse[part_row] = lse2[0];
-      p.partial_lse[part_row + 8] = lse2[1];
-    }
-  }
+  mla_store_result<Cfg>(p, o, m_run, l_run, b, split, head0, row0, wn, t4);
 }
 
 template <int HeadsPerTile, class Layout>
 void launch_mla_decode(mla_decode_params const& p, CUstream_st* stream) {
-  using cfg = typename mla_decode_config_for<HeadsPerTile>::type;
-  auto const kernel = mla_decode_kernel<cfg, Layout>;
+  static_assert(HeadsPerTile == mla_stream_config::heads || HeadsPerTile == 64,
+                "mla_decode: head tiles of 16 or 64");
+  using cfg = std::conditional_t<HeadsPerTile == 64, mla_decode_config_64, mla_stream_config>;
+  auto const kernel = [] {
+    if constexpr (HeadsPerTile == 64)
+      return mla_decode_kernel<cfg, Layout>;
+    else
+      return mla_decode_stream_kernel<cfg, Layout>;
+  }();
   std::int64_t const grid = std::int64_t(p.batch) * p.num_splits * (p.heads / cfg::heads);
   LC_CHECK(p.heads % cfg::heads == 0 && grid < (std::int64_t(1) << 31),
            "mla_decode on CUDA: heads " << p.heads << " must be a multiple of " << cfg::heads

@@ -1,6 +1,7 @@
-// mla: the warp-level PTX the decode kernel is built from (sm_80+ instructions, used on sm_90a):
-// cp.async with zero fill, ldmatrix (plain and transposed) and the bf16 m16n8k16 MMA with fp32
-// accumulators. Fragment layouts are those of the PTX ISA ("Matrix Fragments for mma.m16n8k16").
+// mla: the warp-level PTX the decode kernels are built from: cp.async with zero fill, ldmatrix
+// (plain and transposed), the bf16 m16n8k16 MMA with fp32 accumulators (sm_80+), and the sm_90
+// mbarrier and bulk-copy instructions of the streaming kernel. Fragment layouts are those of the
+// PTX ISA ("Matrix Fragments for mma.m16n8k16").
 #pragma once
 
 #include <cuda_runtime.h>
@@ -22,6 +23,11 @@ __device__ __forceinline__ void cp_async_16(std::uint32_t dst, void const* src, 
 }
 __device__ __forceinline__ void cp_async_commit() {
   asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+// Copies 4 bytes global -> shared (a slot id); src_bytes 0 writes zeros and reads nothing.
+__device__ __forceinline__ void cp_async_4(std::uint32_t dst, void const* src, int src_bytes) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes)
+               : "memory");
 }
 // Waits until at most N committed groups of this thread are still in flight.
 template <int N>
@@ -58,6 +64,57 @@ __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], std::uint32_t cons
       "{%8, %9}, {%0, %1, %2, %3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// mbarriers (sm_90). `count` arrivals complete a phase, together with the bytes announced by
+// arrive_expect_tx having landed; waiters poll the phase parity.
+__device__ __forceinline__ void mbarrier_init(std::uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+// Makes initialised mbarriers visible to the other threads and to the bulk-copy engine (then a
+// CTA barrier).
+__device__ __forceinline__ void mbarrier_init_fence() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+__device__ __forceinline__ void mbarrier_arrive(std::uint32_t bar) {
+  asm volatile("{\n .reg .b64 state;\n mbarrier.arrive.shared::cta.b64 state, [%0];\n}\n" ::"r"(bar)
+               : "memory");
+}
+// One arrival that also announces `bytes` of bulk copies completing on this barrier.
+__device__ __forceinline__ void mbarrier_arrive_expect_tx(std::uint32_t bar, std::uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+               : "memory");
+}
+// Returns once the phase of parity `parity` has completed (acquire: its writes are visible).
+__device__ __forceinline__ void mbarrier_wait(std::uint32_t bar, std::uint32_t parity) {
+  std::uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        " selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (done == 0);
+}
+// Orders this thread's generic-proxy shared-memory writes before later bulk copies into them.
+__device__ __forceinline__ void fence_proxy_async_shared() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+// The bulk-copy engine copies `bytes` (a multiple of 16; both addresses 16-byte aligned) global
+// -> shared and counts them on the mbarrier `bar` when they land.
+__device__ __forceinline__ void bulk_copy_global_to_shared(std::uint32_t dst, void const* src,
+                                                           std::uint32_t bytes, std::uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::
+          "r"(dst),
+      "l"(src), "r"(bytes), "r"(bar)
+      : "memory");
+}
+// Waits for `threads` threads (a multiple of 32) at named barrier `id` (1..15; 0 is
+// __syncthreads).
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
 // Two floats as a bf16 pair (round to nearest even), the first in the low half.

@@ -1,8 +1,9 @@
 // mla on the CUDA backend against the CPU reference: the absorbed decode for H = 16 and 128 over
 // batches of 1..256 rows with mixed lengths 0..32768, slots scattered over a pool whose free rows
 // are NaN, q as the two parts of one [batch, heads, 576] projection, the planned split and forced
-// ones (1, 3, 128: most of them empty for short rows), outputs poisoned first; one CUDA graph
-// replayed with different lengths giving the eager result bit for bit; the KV writes bit for bit.
+// ones (1, 3, 128: most of them empty for short rows), outputs poisoned first; table entries
+// outside the pool read as zero rows; one CUDA graph replayed with different lengths giving the
+// eager result bit for bit; the KV writes bit for bit.
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
@@ -213,6 +214,50 @@ TEST_P(MlaDecodeCuda, Batch256) {
   auto rng = test::test_rng();
   // The CPU reference's time bounds the lengths: ~5 GFLOP at either head count.
   check_decode(random_lengths(256, 1, GetParam() == 16 ? 1200 : 300, rng), GetParam());
+}
+
+// Table entries naming slots outside the pool (negative, or past its end) read as zero rows on
+// the GPU, as mla_decode documents (the CPU reference rejects them): the result equals the CPU's
+// with those positions pointing at an extra all-zero row. The entries sit at block edges, in a
+// split's last partial block and in a row of 3 tokens, so the zero fill of a gathered row is
+// exercised next to real rows and to masked positions.
+void check_slots_outside_the_pool(std::int64_t heads) {
+  SCOPED_TRACE(::testing::Message() << "H " << heads);
+  auto rng = test::test_rng();
+  float const scale = test::deepseek_softmax_scale();
+  auto m = test::make_mla_batch({100, 40, 3}, heads, rng);
+  auto ref = m;  // the pool plus one zero row, which the bad positions point at
+  auto const zero_slot = std::int32_t(m.slots);
+  ref.slots += 1;
+  ref.pool.resize(std::size_t(ref.slots * ref.pool_stride), bf16(0.0f));
+  struct bad_entry {
+    std::size_t b;
+    std::int64_t pos;
+    std::int32_t entry;
+  };
+  for (auto const& e :
+       {bad_entry{0, 0, -1}, bad_entry{0, 31, zero_slot}, bad_entry{0, 32, -7},
+        bad_entry{0, 99, zero_slot + 1000}, bad_entry{1, 39, -1}, bad_entry{2, 1, zero_slot}}) {
+    auto const at = std::size_t(m.req_rows[e.b] * m.columns + e.pos);
+    m.table[at] = e.entry;
+    ref.table[at] = zero_slot;
+  }
+  auto const want = run_cpu(ref, scale);
+  backend::cuda gpu(0);
+  auto const stream = gpu.make_stream();
+  auto const planned = kernels::plan_mla_decode(gpu, m.batch, m.heads);
+  auto const three = forced_plan(m.batch, heads, 3);
+  device_batch d(gpu, m, {1, std::max(planned.workspace_bytes, three.workspace_bytes)}, stream);
+  for (auto const& plan : {planned, three}) {
+    SCOPED_TRACE(::testing::Message() << plan.num_splits << " splits");
+    d.poison(gpu, stream);
+    kernels::mla_decode(gpu, d.args(m, scale), plan, d.workspace, stream);
+    expect_close(m, d.download(gpu, stream), want);
+  }
+}
+
+TEST_P(MlaDecodeCuda, SlotsOutsideThePoolReadAsZeroRows) {
+  check_slots_outside_the_pool(GetParam());
 }
 
 INSTANTIATE_TEST_SUITE_P(Heads, MlaDecodeCuda, ::testing::Values<std::int64_t>(16, 128),

@@ -1,0 +1,101 @@
+// mla_decode_common: the parts that both absorbed-decode kernels share (mla_decode.cuh's
+// synchronous ring for 64-head tiles, mla_decode_stream.cuh's producer warp for 16-head tiles):
+// how a row's positions are cut into KV splits, what an empty split writes, and the epilogue.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/mla/mla_mma.cuh"
+#include "kernels/mla/mla_params.hpp"
+
+namespace lightcore::kernels::detail {
+
+inline constexpr float mla_log2e = 1.4426950408889634f;
+inline constexpr float mla_ln2 = 0.6931471805599453f;
+
+// The positions [kv_begin, kv_end) of one split of row b: whole blocks of block_n tokens, spread
+// evenly over the splits; n_blocks 0 for an empty split or a row of length 0.
+struct mla_split_range {
+  int kv_begin = 0;
+  int kv_end = 0;
+  int n_blocks = 0;
+};
+
+__device__ __forceinline__ mla_split_range mla_split_of(mla_decode_params const& p, int b,
+                                                        int split, int block_n) {
+  int const len = max(p.seq_lens[b], 0);
+  int const blocks = (len + block_n - 1) / block_n;
+  int const blocks_per_split = (blocks + p.num_splits - 1) / p.num_splits;
+  mla_split_range r;
+  r.kv_begin = split * blocks_per_split * block_n;
+  r.kv_end = min(len, r.kv_begin + blocks_per_split * block_n);
+  r.n_blocks = r.kv_begin < r.kv_end ? (r.kv_end - r.kv_begin + block_n - 1) / block_n : 0;
+  return r;
+}
+
+// An empty split: zeros and lse -inf for the whole row when it is not split, else the split's
+// partial lse -inf (the merge then gives it weight 0 and never reads its partial output).
+template <int Heads, int Threads>
+__device__ __forceinline__ void mla_write_empty_split(mla_decode_params const& p, int b, int split,
+                                                      int head0, int tid) {
+  if (p.num_splits == 1) {
+    for (int i = tid; i < Heads * int(mla_latent_dim / 8); i += Threads) {
+      int const h = i / int(mla_latent_dim / 8), c = i % int(mla_latent_dim / 8);
+      *reinterpret_cast<uint4*>(p.out + b * p.out_batch_stride + (head0 + h) * p.out_head_stride +
+                                c * 8) = make_uint4(0, 0, 0, 0);
+    }
+    if (p.lse != nullptr && tid < Heads) p.lse[std::int64_t(b) * p.heads + head0 + tid] = -INFINITY;
+  } else if (tid < Heads) {
+    p.partial_lse[(std::int64_t(b) * p.num_splits + split) * p.heads + head0 + tid] = -INFINITY;
+  }
+}
+
+// The epilogue of one warp: its o tiles (rows row0 and row0 + 8 of the head tile, columns
+// col0 + n * 8 of the warp's slice) normalised by the running sums; bf16 into out when the row is
+// not split, else f32 into the split's partial result with its lse in log2 units.
+template <class Cfg>
+__device__ __forceinline__ void mla_store_result(mla_decode_params const& p,
+                                                 float const (&o)[Cfg::o_tiles][4],
+                                                 float const (&m_run)[2], float const (&l_run)[2],
+                                                 int b, int split, int head0, int row0, int wn,
+                                                 int t4) {
+  float const inv[2] = {1.0f / l_run[0], 1.0f / l_run[1]};
+  float const lse2[2] = {m_run[0] + log2f(l_run[0]), m_run[1] + log2f(l_run[1])};
+  int const col0 = wn * Cfg::warp_cols + 2 * t4;
+  if (p.num_splits == 1) {
+    bf16* const out0 = p.out + b * p.out_batch_stride + (head0 + row0) * p.out_head_stride;
+    bf16* const out1 = out0 + 8 * p.out_head_stride;
+#pragma unroll
+    for (int n = 0; n < Cfg::o_tiles; ++n) {
+      *reinterpret_cast<std::uint32_t*>(out0 + col0 + n * 8) =
+          pack_bf16x2(o[n][0] * inv[0], o[n][1] * inv[0]);
+      *reinterpret_cast<std::uint32_t*>(out1 + col0 + n * 8) =
+          pack_bf16x2(o[n][2] * inv[1], o[n][3] * inv[1]);
+    }
+    if (p.lse != nullptr && wn == 0 && t4 == 0) {
+      float* const lse = p.lse + std::int64_t(b) * p.heads + head0 + row0;
+      lse[0] = lse2[0] * mla_ln2;
+      lse[8] = lse2[1] * mla_ln2;
+    }
+  } else {
+    std::int64_t const part_row = (std::int64_t(b) * p.num_splits + split) * p.heads + head0 + row0;
+    float* const part0 = p.partial_out + part_row * mla_latent_dim;
+    float* const part1 = part0 + 8 * mla_latent_dim;
+#pragma unroll
+    for (int n = 0; n < Cfg::o_tiles; ++n) {
+      *reinterpret_cast<float2*>(part0 + col0 + n * 8) =
+          make_float2(o[n][0] * inv[0], o[n][1] * inv[0]);
+      *reinterpret_cast<float2*>(part1 + col0 + n * 8) =
+          make_float2(o[n][2] * inv[1], o[n][3] * inv[1]);
+    }
+    if (wn == 0 && t4 == 0) {
+      p.partial_lse[part_row] = lse2[0];
+      p.partial_lse[part_row + 8] = lse2[1];
+    }
+  }
+}
+
+}  // namespace lightcore::kernels::detail
