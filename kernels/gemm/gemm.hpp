@@ -31,6 +31,7 @@ struct gemm_stats {
   std::int64_t plans = 0;              // distinct problem shapes planned
   std::int64_t heuristic_queries = 0;  // cuBLASLt heuristic calls (one per plan)
   std::int64_t launches = 0;           // GEMMs issued
+  std::int64_t gemv_launches = 0;      // of those, by the bf16 weight-streaming kernels (M <= 4)
 };
 
 namespace detail {
@@ -47,6 +48,9 @@ void destroy_gemm_state(gemm_state* s) noexcept;
 gemm_stats gemm_state_stats(gemm_state const& s);
 void gemm_cuda(gemm_state& s, gemm_problem const& p, void* workspace, std::int64_t workspace_bytes,
                CUstream_st* stream);
+// gemm_cuda without the small-M kernels: always cuBLASLt (the peer a benchmark compares with).
+void gemm_cuda_cublaslt(gemm_state& s, gemm_problem const& p, void* workspace,
+                        std::int64_t workspace_bytes, CUstream_st* stream);
 // The FP8 block-scaled product at M <= 128 by the weight-streaming kernel (fp8_small_m.cuh) on
 // device `ordinal`; gemm_fp8_small_m_supported (fp8_small_m_params.hpp) says which problems it
 // takes. No workspace; ordered on `stream`; capturable.
@@ -257,6 +261,9 @@ void run_gemm(B& backend, [[maybe_unused]] detail::gemm_state* state, gemm_stats
 // accumulation; K >= 1. workspace: bytes on the device (gemm_workspace_bytes is what
 // the algorithm may use; less is allowed). Ordered on `stream`; no host synchronisation; capturable
 // in a CUDA graph once the shape has been planned (a first call inside a capture plans it too).
+// On CUDA, M <= 4 (k_by_n: 2) with K a multiple of 8 and 16-byte aligned A and B (strides
+// included) runs the weight-streaming kernels of gemv_bf16_params.hpp instead of cuBLASLt
+// (deterministic, no workspace).
 template <Backend B>
 void gemm(B& backend, gemm_context<B>& ctx, tensor_view const& a, tensor_view const& b,
           tensor_view const& c, tensor_view const& workspace, typename B::stream_type const& stream,

@@ -18,6 +18,7 @@
 
 #include "kernels/gemm/fp8_small_m_params.hpp"
 #include "kernels/gemm/gemm.hpp"
+#include "kernels/gemm/gemv_bf16_params.hpp"
 #include "lightcore/backend/cuda.hpp"
 #include "lightcore/core/cuda_check.hpp"
 
@@ -57,12 +58,17 @@ std::int64_t alignment_of(void const* p, std::int64_t ld, std::int64_t stride, d
 // faster.
 constexpr std::int64_t small_m_dispatch_max_m = 16;
 constexpr std::int64_t small_m_dispatch_max_n = 1024;
+// bf16 problems at M <= 4 that gemm_gemv_bf16_supported accepts go to the weight-streaming
+// kernels (gemv_bf16.cuh; measured in docs/perf/gemv-bf16.md); their plan holds the geometry.
 
 struct plan {
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;  // cuBLASLt's A, B, C = D
   cublasLtMatmulAlgo_t algo{};
   bool fp8 = false;
+  // bf16 at M <= 4 that the streaming kernels take: no cuBLASLt descriptors, only their geometry.
+  bool gemv = false;
+  gemv_bf16_geometry gemv_geometry{};
 
   plan() = default;
   plan(plan const&) = delete;
@@ -76,8 +82,9 @@ struct plan {
 };
 
 // Everything that changes the descriptors or the algorithm's validity: extents, strides, types,
-// pointer alignments and the workspace offered. Scalars are set per call.
-using plan_key = std::array<std::int64_t, 20>;
+// pointer alignments and the workspace offered; last, the route (1: the streaming kernels).
+// Scalars are set per call.
+using plan_key = std::array<std::int64_t, 21>;
 
 plan_key key_of(gemm_problem const& p, std::int64_t workspace_bytes) {
   return {p.batch,
@@ -99,7 +106,8 @@ plan_key key_of(gemm_problem const& p, std::int64_t workspace_bytes) {
           alignment_of(p.c, p.ldc, p.batch > 1 ? p.stride_c : 0, p.c_type),
           p.beta != 0.0f,
           p.a_scales != nullptr,
-          workspace_bytes};
+          workspace_bytes,
+          0};
 }
 
 cublasLtMatrixLayout_t make_layout(cudaDataType_t type, std::int64_t rows, std::int64_t cols,
@@ -140,12 +148,22 @@ struct gemm_state {
     if (handle) cublasLtDestroy(handle);
   }
 
-  plan& plan_for(gemm_problem const& p, std::int64_t workspace_bytes) {
-    plan_key const key = key_of(p, workspace_bytes);
+  // The plan of p's shape; `streaming` lets a bf16 problem at M <= 4 take the streaming kernels.
+  // The key holds everything gemm_gemv_bf16_supported reads (extents, types, layout, strides,
+  // pointer alignments), so one key never means both routes.
+  plan& plan_for(gemm_problem const& p, std::int64_t workspace_bytes, bool streaming) {
+    plan_key key = key_of(p, workspace_bytes);
+    bool const gemv = streaming && gemm_gemv_bf16_supported(p);
+    key[20] = gemv;  // a problem the streaming kernels take may also be planned for cuBLASLt
     auto it = plans.find(key);
     if (it != plans.end()) return *it->second;
     auto made = std::make_unique<plan>();
-    build(*made, p, key, workspace_bytes);
+    if (gemv) {
+      made->gemv = true;
+      made->gemv_geometry = gemv_bf16_plan(p, backend::multiprocessor_count(ordinal));
+    } else {
+      build(*made, p, key, workspace_bytes);
+    }
     ++stats.plans;
     return *plans.emplace(key, std::move(made)).first->second;
   }
@@ -231,23 +249,43 @@ gemm_stats gemm_state_stats(gemm_state const& s) {
   return s.stats;
 }
 
-void gemm_cuda(gemm_state& s, gemm_problem const& p, void* workspace, std::int64_t workspace_bytes,
-               CUstream_st* stream) {
+namespace {
+
+void run_cuda(gemm_state& s, gemm_problem const& p, void* workspace, std::int64_t workspace_bytes,
+              CUstream_st* stream, bool streaming) {
   backend::device_guard const guard(s.ordinal);
   std::lock_guard const lock(s.mutex);
-  if (p.a_scales != nullptr && p.m <= small_m_dispatch_max_m && p.n <= small_m_dispatch_max_n &&
-      gemm_fp8_small_m_supported(p)) {
+  if (streaming && p.a_scales != nullptr && p.m <= small_m_dispatch_max_m &&
+      p.n <= small_m_dispatch_max_n && gemm_fp8_small_m_supported(p)) {
     gemm_fp8_small_m_cuda(p, s.ordinal, stream);
     ++s.stats.launches;
     return;
   }
-  plan& pl = s.plan_for(p, workspace_bytes);
+  plan& pl = s.plan_for(p, workspace_bytes, streaming);
+  if (pl.gemv) {
+    gemm_gemv_bf16_cuda(p, pl.gemv_geometry, stream);
+    ++s.stats.launches;
+    ++s.stats.gemv_launches;
+    return;
+  }
   if (pl.fp8) set_scale_pointers(pl, p);
   float const alpha = p.alpha, beta = p.beta;
   LC_CUBLAS_CHECK(cublasLtMatmul(s.handle, pl.op, &alpha, p.b, pl.a, p.a, pl.b, &beta, p.c, pl.c,
                                  p.c, pl.c, &pl.algo, workspace, std::size_t(workspace_bytes),
                                  stream));
   ++s.stats.launches;
+}
+
+}  // namespace
+
+void gemm_cuda(gemm_state& s, gemm_problem const& p, void* workspace, std::int64_t workspace_bytes,
+               CUstream_st* stream) {
+  run_cuda(s, p, workspace, workspace_bytes, stream, true);
+}
+
+void gemm_cuda_cublaslt(gemm_state& s, gemm_problem const& p, void* workspace,
+                        std::int64_t workspace_bytes, CUstream_st* stream) {
+  run_cuda(s, p, workspace, workspace_bytes, stream, false);
 }
 
 }  // namespace lightcore::kernels::detail
