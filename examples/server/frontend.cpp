@@ -22,6 +22,7 @@
 
 #include "api/response.hpp"
 #include "api/stop_matcher.hpp"
+#include "http_listen.hpp"
 #include "modules/text/detokenizer.hpp"
 
 namespace lightcore::server {
@@ -354,38 +355,10 @@ frontend::frontend(frontend_options options, table_type& table, engine_stats_blo
 
 frontend::~frontend() { stop(); }
 
-namespace {
-// httplib listens with a backlog of 5 (fixed when the library was compiled): a burst of
-// connections then overflows the accept queue and clients see resets. listen() again on the
-// bound socket raises the backlog; the socket is found as this process's listening TCP socket
-// on `port`.
-void widen_backlog(int port) {
-  for (int fd = 3; fd < 4096; ++fd) {
-    int listening = 0;
-    socklen_t len = sizeof(listening);
-    if (::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || !listening) continue;
-    sockaddr_storage addr{};
-    socklen_t alen = sizeof(addr);
-    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &alen) != 0) continue;
-    int const p = addr.ss_family == AF_INET
-                      ? ntohs(reinterpret_cast<sockaddr_in const&>(addr).sin_port)
-                      : ntohs(reinterpret_cast<sockaddr_in6 const&>(addr).sin6_port);
-    if (p == port) ::listen(fd, SOMAXCONN);
-  }
-}
-}  // namespace
-
 int frontend::bind() {
-  int port = options_.port;
-  if (port == 0) {
-    port = http_->bind_to_any_port(options_.host);
-    LC_CHECK(port > 0, "cannot bind " << options_.host << " to any port");
-  } else {
-    LC_CHECK(http_->bind_to_port(options_.host, options_.port),
-             "cannot bind " << options_.host << ":" << options_.port
-                            << " (in use, or not an address of this machine)");
-  }
-  widen_backlog(port);
+  int const port = bind_with_backlog(*http_, options_.host, options_.port);
+  LC_CHECK(port > 0, "cannot bind " << options_.host << ":" << options_.port
+                                    << " (in use, or not an address of this machine)");
   return port;
 }
 

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 #include <utility>
 
+#include "http_listen.hpp"
 #include "lightcore/core/error.hpp"
 
 namespace lightcore::server {
@@ -225,14 +226,9 @@ pd_control_server::~pd_control_server() {
 }
 
 int pd_control_server::bind(std::string const& host, int port) {
-  int bound = port;
-  if (port == 0) {
-    bound = http_->bind_to_any_port(host);
-    LC_CHECK(bound > 0, "cannot bind the control endpoint on " << host << " to any port");
-  } else {
-    LC_CHECK(http_->bind_to_port(host, port),
-             "cannot bind the control endpoint on " << host << ":" << port);
-  }
+  int const bound = bind_with_backlog(*http_, host, port);
+  LC_CHECK(bound > 0,
+           "cannot bind the control endpoint on " << host << ":" << port << " (0: any port)");
   return bound;
 }
 
