@@ -211,7 +211,7 @@ int serve(B& backend, engine_options const& o) {
   // Prefill/decode roles: the control endpoint and the role's state, owned by this thread.
   using engine_type = decltype(eng);
   pd_outbox outbox;
-  pd_inbox inbox;
+  pd_inbox inbox([&table] { table.wake_engine(); });
   std::unique_ptr<pd_node> node;
   std::unique_ptr<pd_control_server> control;  // after node: its handlers go first
   std::int32_t control_port = 0;
@@ -296,16 +296,22 @@ int serve(B& backend, engine_options const& o) {
   std::size_t const top_k = table.config().top_logprobs;
   std::vector<ipc::top_entry> tops(top_k);
   for (;;) {
-    // Block while idle; otherwise take what has arrived and step.
-    // With a role, work also comes through the control endpoint: the idle wait is bounded.
-    auto const idle_wait = node ? std::chrono::nanoseconds(std::chrono::milliseconds(1))
-                                : std::chrono::nanoseconds(ipc::no_timeout);
-    auto first = table.next_event(eng.idle() ? idle_wait : std::chrono::nanoseconds(0));
-    for (auto ev = first; ev; ev = table.next_event(std::chrono::nanoseconds(0))) on_event(*ev);
+    // The role's queued work and its poll() first, and the stats after them when idle: what
+    // they publish is then fresh when the loop goes to sleep below.
     if (node) {
       inbox.run_all();
       node->poll();
+      if (eng.idle()) publish(eng, sv, 0);
     }
+    // Block while idle; otherwise take what has arrived and step. With a role, work also comes
+    // through the control endpoint's queue, which wakes this wait; while transfers are under
+    // way the role's poll() has deadlines to keep, so the idle wait is bounded then.
+    auto const idle_wait = node && node->busy()
+                               ? std::chrono::nanoseconds(std::chrono::milliseconds(1))
+                               : std::chrono::nanoseconds(ipc::no_timeout);
+    auto first = table.next_event_or(eng.idle() ? idle_wait : std::chrono::nanoseconds(0),
+                                     [&inbox] { return inbox.pending(); });
+    for (auto ev = first; ev; ev = table.next_event(std::chrono::nanoseconds(0))) on_event(*ev);
     if (eng.idle()) {
       publish(eng, sv, 0);
       continue;

@@ -125,8 +125,12 @@ void pd_outbox::run() {
 }
 
 void pd_inbox::post(std::function<void()> job) {
-  std::lock_guard g(m_);
-  jobs_.push_back(std::move(job));
+  {
+    std::lock_guard g(m_);
+    jobs_.push_back(std::move(job));
+    pending_.store(true, std::memory_order_release);
+  }
+  if (wake_) wake_();
 }
 
 std::size_t pd_inbox::run_all() {
@@ -134,6 +138,7 @@ std::size_t pd_inbox::run_all() {
   {
     std::lock_guard g(m_);
     jobs.swap(jobs_);
+    pending_.store(false, std::memory_order_release);
   }
   for (auto& j : jobs) j();
   return jobs.size();

@@ -76,12 +76,18 @@ class pd_outbox {
 // Work for the engine thread, queued by any thread; run_all() runs it between steps.
 class pd_inbox {
  public:
+  // wake: called after every post, from the posting thread (the engine process wakes its loop
+  // with it); empty: none.
+  explicit pd_inbox(std::function<void()> wake = {}) : wake_(std::move(wake)) {}
   void post(std::function<void()> job);
   std::size_t run_all();  // the engine thread; returns the jobs run
+  bool pending() const noexcept { return pending_.load(std::memory_order_acquire); }
 
  private:
   std::mutex m_;
   std::vector<std::function<void()>> jobs_;
+  std::atomic<bool> pending_{false};
+  std::function<void()> wake_;
 };
 
 // A reply the engine thread produces (lines of JSON) and an HTTP handler thread writes out.

@@ -59,6 +59,10 @@ class pd_decode final : public pd_node {
 
   std::string const& kv_address() const noexcept { return kv_address_; }
 
+  bool busy() const override {
+    return !waiting_.empty() || !landed_.empty() || !running_.empty() || rx_.active() > 0;
+  }
+
   void poll() override {
     auto const now = pd::clock::now();
     for (pd::receiver_event const& e : rx_.poll(now)) {

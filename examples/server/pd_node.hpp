@@ -40,6 +40,10 @@ class pd_node {
   // The engine thread, once per loop turn (before the step): queued work, transfers' progress,
   // timeouts; then the load snapshot.
   virtual void poll() = 0;
+  // Whether poll() has time-driven work (transfers under way, requests waiting for their KV):
+  // the engine loop then polls every millisecond while idle; otherwise it sleeps until the
+  // request table or the control endpoint's queue wakes it.
+  virtual bool busy() const = 0;
   // The engine thread: a token event; true when it belongs to this role's requests.
   virtual bool on_token(engine::token_event const& t) = 0;
 

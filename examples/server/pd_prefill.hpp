@@ -154,6 +154,13 @@ class pd_prefill final : public pd_node, public engine::kv_stream_observer {
     }
   }
 
+  bool busy() const override {
+    if (!jobs_.empty() || !transfers_.empty() || !retired_.empty() || !ended_.empty()) return true;
+    for (auto const& [url, l] : links_)
+      if (l->active() > 0) return true;
+    return false;
+  }
+
   void poll() override {
     for (auto it = links_.begin(); it != links_.end();) {
       settle(*it->second);

@@ -40,6 +40,40 @@ TEST(SlotRing, FifoFullAndEmpty) {
   }
 }
 
+// A consumer sleeping in pop_or() returns when its interrupt holds and the ring is woken, at once
+// and with no value; a value pushed meanwhile still comes first; without wake() the interrupt is
+// seen at the timeout at the latest.
+TEST(SlotRing, PopOrReturnsOnAWokenInterrupt) {
+  auto region = shm_region::create(test::unique_shm_name("ring"), slot_ring::bytes_for(4));
+  auto ring = slot_ring::init(region.payload(), 4);
+  std::atomic<bool> stop{false};
+  auto const t0 = std::chrono::steady_clock::now();
+  std::thread waker([&] {
+    std::this_thread::sleep_for(30ms);
+    stop.store(true);
+    ring.wake();
+  });
+  auto const v = ring.pop_or(ipc::no_timeout, [&] { return stop.load(); });
+  auto const waited = std::chrono::steady_clock::now() - t0;
+  waker.join();
+  EXPECT_FALSE(v.has_value());
+  EXPECT_GE(waited, 25ms);
+  EXPECT_LT(waited, 2s) << "the wake-up was lost";
+  ASSERT_TRUE(ring.push(7));
+  EXPECT_EQ(ring.pop_or(1s, [&] { return stop.load(); }), 7u)
+      << "a value comes before the interrupt";
+  stop.store(false);
+  std::atomic<bool> late{false};
+  std::thread setter([&] {
+    std::this_thread::sleep_for(10ms);
+    late.store(true);  // no wake(): seen at the timeout
+  });
+  auto const t1 = std::chrono::steady_clock::now();
+  EXPECT_FALSE(ring.pop_or(60ms, [&] { return late.load(); }).has_value());
+  EXPECT_GE(std::chrono::steady_clock::now() - t1, 50ms);
+  setter.join();
+}
+
 TEST(SlotRing, BadCapacityAndMemory) {
   EXPECT_THROW_WITH(slot_ring::bytes_for(3), "allowed: a power of two");
   EXPECT_THROW_WITH(slot_ring::bytes_for(0), "allowed: a power of two");

@@ -425,10 +425,19 @@ class request_table {
   // flag is no longer set (left over from an earlier generation) are skipped; an abort may
   // still be reported twice, so handle it idempotently.
   std::optional<table_event> next_event(std::chrono::nanoseconds timeout = no_timeout) {
+    return next_event_or(timeout, [] { return false; });
+  }
+
+  // As next_event(), but also returns nullopt as soon as interrupted() holds: the engine sleeps
+  // on the table and on work that reaches it another way (a control endpoint's queue), whose
+  // producer calls wake_engine() after making interrupted() hold. Engine process only.
+  template <class Interrupt>
+  std::optional<table_event> next_event_or(std::chrono::nanoseconds timeout,
+                                           Interrupt&& interrupted) {
     using clock = std::chrono::steady_clock;
     auto const deadline = timeout == no_timeout ? clock::time_point::max() : clock::now() + timeout;
     for (;;) {
-      auto const v = submit_ring_.pop(time_left(timeout, deadline));
+      auto const v = submit_ring_.pop_or(time_left(timeout, deadline), interrupted);
       if (!v) return std::nullopt;
       std::uint32_t const i = *v & ~abort_bit;
       auto& r = record(i);
@@ -442,6 +451,9 @@ class request_table {
       }
     }
   }
+
+  // Wakes the engine sleeping in next_event_or() to check its interrupt; no event is queued.
+  void wake_engine() { submit_ring_.wake(); }
 
   std::span<token_id const> prompt(slot_handle h) const {
     auto& r = checked(h, "prompt");

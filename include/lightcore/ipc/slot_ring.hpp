@@ -113,13 +113,24 @@ class slot_ring {
 
   // Takes the oldest value, sleeping up to `timeout` for one; nullopt on timeout.
   std::optional<std::uint32_t> pop(std::chrono::nanoseconds timeout = no_timeout) {
+    return pop_or(timeout, [] { return false; });
+  }
+
+  // As pop(), but also gives up (nullopt) as soon as interrupted() holds: the consumer can sleep
+  // on the ring and on work that reaches it another way. Whoever makes interrupted() hold calls
+  // wake() after, or the consumer notices only at its timeout.
+  template <class Interrupt>
+  std::optional<std::uint32_t> pop_or(std::chrono::nanoseconds timeout, Interrupt&& interrupted) {
     for (int i = 0; i < spin_rounds; ++i) {
       if (auto v = try_pop()) return v;
     }
     std::optional<std::uint32_t> v;
-    h_->pushed.wait_for([&] { return (v = try_pop()).has_value(); }, timeout);
+    h_->pushed.wait_for([&] { return (v = try_pop()).has_value() || interrupted(); }, timeout);
     return v;
   }
+
+  // Wakes a consumer sleeping in pop_or() to check its interrupt again; pushes nothing.
+  void wake() { h_->pushed.notify_all(); }
 
   // Values pushed and not yet popped (a snapshot; exact only when nobody pushes or pops).
   std::uint32_t size() const noexcept {
