@@ -107,17 +107,7 @@ class pd_decode final : public pd_node {
     if ((t.id & pd_id_bit) == 0) return false;
     auto it = running_.find(t.id);
     if (it == running_.end()) return true;
-    pd_token tok;
-    tok.token = t.token;
-    tok.logprob = t.logprob;
-    tok.index = t.index;
-    tok.top_ids.assign(t.top_ids.begin(), t.top_ids.end());
-    tok.top_logprobs.assign(t.top_logprobs.begin(), t.top_logprobs.end());
-    tok.finished = t.finished == engine::finish_reason::stop     ? "stop"
-                   : t.finished == engine::finish_reason::length ? "length"
-                   : t.finished == engine::finish_reason::abort  ? "abort"
-                                                                 : "none";
-    it->second->push(to_json(tok).dump());
+    it->second->push(to_json(pd_token_of(t)).dump());
     if (t.finished != engine::finish_reason::none) {
       it->second->close();
       running_.erase(it);

@@ -20,6 +20,22 @@ namespace lightcore::server {
 // counter from 1) never do, so both kinds live in one engine.
 inline constexpr std::uint64_t pd_id_bit = std::uint64_t{1} << 63;
 
+// An engine token event as the control endpoints send it (the token, its logprob, position,
+// alternatives and how the request ended).
+inline pd_token pd_token_of(engine::token_event const& t) {
+  pd_token tok;
+  tok.token = t.token;
+  tok.logprob = t.logprob;
+  tok.index = t.index;
+  tok.top_ids.assign(t.top_ids.begin(), t.top_ids.end());
+  tok.top_logprobs.assign(t.top_logprobs.begin(), t.top_logprobs.end());
+  tok.finished = t.finished == engine::finish_reason::stop     ? "stop"
+                 : t.finished == engine::finish_reason::length ? "length"
+                 : t.finished == engine::finish_reason::abort  ? "abort"
+                                                               : "none";
+  return tok;
+}
+
 class pd_node {
  public:
   virtual ~pd_node() = default;

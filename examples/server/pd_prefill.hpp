@@ -190,14 +190,10 @@ class pd_prefill final : public pd_node, public engine::kv_stream_observer {
     job j = std::move(it->second);
     jobs_.erase(it);
     by_request_.erase(j.request_id);
-    pd_token tok;
-    tok.token = t.token;
-    tok.logprob = t.logprob;
-    tok.index = t.index;
-    tok.top_ids.assign(t.top_ids.begin(), t.top_ids.end());
-    tok.top_logprobs.assign(t.top_logprobs.begin(), t.top_logprobs.end());
-    bool const stopped = t.finished == engine::finish_reason::stop;
-    tok.finished = stopped ? "stop" : j.max_new_tokens <= 1 ? "length" : "none";
+    pd_token tok = pd_token_of(t);
+    // The engine ends every prefill request after one token (length); the request itself ends
+    // only by a stop id or when it asked for one token.
+    if (tok.finished == "length" && j.max_new_tokens > 1) tok.finished = "none";
     j.reply->push(to_json(tok).dump());
     j.reply->close();
     if (tok.finished != "none") {
