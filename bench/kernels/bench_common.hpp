@@ -102,6 +102,30 @@ double median_seconds(benchmark::State* state, backend::cuda& gpu,
   return median(std::move(seconds));
 }
 
+// The median seconds per call of enqueue(0) .. enqueue(calls - 1) captured into one CUDA graph
+// and replayed (calls_per_iteration graphs per sample). Decode replays graphs, and an eager launch
+// of a short kernel costs the host about as long as the kernel runs, so eager loops would time the
+// host. Whatever enqueue() must plan (cuBLASLt algorithms) is planned before the capture.
+template <class Enqueue>
+double median_seconds_in_graph(benchmark::State* state, backend::cuda& gpu,
+                               backend::cuda::stream_type const& stream, int calls,
+                               Enqueue&& enqueue) {
+  cudaGraph_t graph = nullptr;
+  LC_CUDA_CHECK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < calls; ++i) enqueue(i);
+  LC_CUDA_CHECK(cudaStreamEndCapture(stream.get(), &graph));
+  cudaGraphExec_t exec = nullptr;
+  cudaError_t const instantiated = cudaGraphInstantiate(&exec, graph, 0);
+  LC_CUDA_CHECK(cudaGraphDestroy(graph));
+  LC_CUDA_CHECK(instantiated);
+  double const seconds =
+      median_seconds(state, gpu, stream,
+                     [&](int) { LC_CUDA_CHECK(cudaGraphLaunch(exec, stream.get())); }) /
+      calls;
+  LC_CUDA_CHECK(cudaGraphExecDestroy(exec));
+  return seconds;
+}
+
 // GB/s (read + written) of a device-to-device cudaMemcpyAsync of copy_bytes of random bf16.
 inline double measure_hbm_copy_gbps(benchmark::State* state) {
   backend::cuda gpu(0);

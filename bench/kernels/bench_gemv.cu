@@ -76,21 +76,8 @@ void bm_gemv(benchmark::State& state, path which) {
                                             : "cuBLASLt path took the streaming kernels");
     return;
   }
-  // Decode replays CUDA graphs, and an eager launch costs the host about as long as these kernels
-  // run: a graph of calls_per_graph calls over the rotating sets is what is timed.
-  int const calls_per_graph = std::max(16, sets);
-  cudaGraph_t graph = nullptr;
-  LC_CUDA_CHECK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeThreadLocal));
-  for (int i = 0; i < calls_per_graph; ++i) enqueue(i);
-  LC_CUDA_CHECK(cudaStreamEndCapture(stream.get(), &graph));
-  cudaGraphExec_t exec = nullptr;
-  LC_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  LC_CUDA_CHECK(cudaGraphDestroy(graph));
-  double const seconds =
-      median_seconds(&state, gpu, stream,
-                     [&](int) { LC_CUDA_CHECK(cudaGraphLaunch(exec, stream.get())); }) /
-      calls_per_graph;
-  LC_CUDA_CHECK(cudaGraphExecDestroy(exec));
+  // A graph of calls over the rotating sets is what is timed, as decode replays it.
+  double const seconds = median_seconds_in_graph(&state, gpu, stream, std::max(16, sets), enqueue);
   set_bandwidth_counters(state, weight_bytes, seconds);
   state.counters["us_per_call"] = seconds * 1e6;
 }
