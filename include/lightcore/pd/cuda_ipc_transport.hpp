@@ -2,7 +2,7 @@
 // decode instance exports its KV layer tensors as CUDA IPC handles; the prefill instance opens
 // them and writes rows straight into the decode pool with one cudaMemcpyAsync per run of
 // consecutive slot ids, ordered after the layer's compute through an event; no kernel, no
-// staging copy. Compiled only: no test runs it yet (docs/pd.md lists what is untested).
+// staging copy. Tested between two processes on one GPU (tests/pd/test_cuda_ipc_transport.cu).
 //
 // Available when CUDA is (LIGHTCORE_WITH_CUDA); elsewhere this header declares nothing.
 #pragma once
