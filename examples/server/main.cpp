@@ -92,7 +92,11 @@ constexpr flag flags[] = {
      "(default: --host)"},
     {"--kv-host", "ADDR", "decode: the TCP KV server's bind address (default: --host)"},
     {"--kv-port", "N", "decode: the TCP KV server's port (default 0: any free port)"},
-    {"--pd-timeout-ms", "N", "prefill/decode/pd-router: a KV transfer's budget (default 30000)"},
+    {"--pd-timeout-ms", "N",
+     "prefill/decode/pd-router: a KV transfer's budget from its first layer (default 30000)"},
+    {"--pd-start-timeout-ms", "N",
+     "pd-router: how long a prompt may wait for its prefill, queue included; the decode side "
+     "holds its slots that long (default 600000)"},
     {"--pd-send-after-prefill", nullptr,
      "prefill: send a prompt's KV after its prefill step instead of layer by layer during it "
      "(for comparison)"},
@@ -224,6 +228,8 @@ options parse(int argc, char** argv) {
     } else if (a == "--pd-timeout-ms") {
       o.engine.pd_timeout_ms = to_int(a, v, 1, INT32_MAX);
       o.router.timeout_ms = o.engine.pd_timeout_ms;
+    } else if (a == "--pd-start-timeout-ms") {
+      o.router.start_timeout_ms = to_int(a, v, 1, INT32_MAX);
     } else if (a == "--prefill" || a == "--decode") {
       try {
         parse_http_url(v);

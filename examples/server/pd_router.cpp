@@ -341,6 +341,7 @@ void pd_dispatcher::serve(job& j) {
     ar.request_id = request_id;
     ar.tokens = prompt;
     ar.timeout_ms = o_.timeout_ms;
+    ar.start_timeout_ms = o_.start_timeout_ms;
     try {
       auto const& l = p->info.at("layout");
       ar.layout.layers = l.at("layers").get<std::int32_t>();
@@ -391,7 +392,8 @@ void pd_dispatcher::serve(job& j) {
                          {"params", params_to_json(params)},
                          {"allocation", pd::to_json(pd::message(alloc))},
                          {"decode", d->info}};
-    auto const r2 = exchange(p->control, "POST", "/pd/prefill", pb.dump(), 600s);
+    auto const r2 = exchange(p->control, "POST", "/pd/prefill", pb.dump(),
+                             std::chrono::milliseconds(o_.start_timeout_ms) + 5s);
     if (r2.status == 0) {
       last_error = "prefill instance " + p->control + " is gone: " + r2.error;
       abort_allocation(last_error);

@@ -29,7 +29,11 @@ namespace lightcore::server {
 struct router_options {
   std::vector<std::string> prefill;  // prefill instances: "http://host:port" (front end or control)
   std::vector<std::string> decode;   // decode instances, likewise
-  std::int64_t timeout_ms = 30'000;  // a KV transfer's whole budget, ms; default 30 s
+  std::int64_t timeout_ms = 30'000;  // a KV transfer's budget from its first layer, ms; 30 s
+  // How long a prompt may wait for its prefill (the prefill instance's queue included): the
+  // decode side's hold on its slots before the first layer lands, and the router's wait for the
+  // first token; ms, default 600 s.
+  std::int64_t start_timeout_ms = 600'000;
   std::chrono::milliseconds poll_interval{100};  // how often instances' load is read; 100 ms
   int attempts = 4;  // instance pairs tried before the first token, at most
 };

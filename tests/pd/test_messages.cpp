@@ -31,12 +31,13 @@ std::string parse_error(json const& j) {
 }
 
 TEST(PdMessages, AllocateRoundTrip) {
-  pd::allocate_request r{42, {5, 6, 7}, {61, 576, lightcore::dtype::bf16}, 1500};
+  pd::allocate_request r{42, {5, 6, 7}, {61, 576, lightcore::dtype::bf16}, 1500, 90'000};
   auto const back = round_trip<pd::allocate_request>(r);
   EXPECT_EQ(back.request_id, 42u);
   EXPECT_EQ(back.tokens, r.tokens);
   EXPECT_EQ(back.layout, r.layout);
   EXPECT_EQ(back.timeout_ms, 1500);
+  EXPECT_EQ(back.start_timeout_ms, 90'000);
   EXPECT_EQ(pd::to_json(r)["type"], "allocate");
   EXPECT_EQ(pd::to_json(r)["version"], pd::protocol_version);
 }
@@ -118,6 +119,14 @@ TEST(PdMessages, MalformedMessagesNameTheProblem) {
   j = alloc;
   j["timeout_ms"] = 0;
   EXPECT_NE(parse_error(j).find("must be >= 1"), std::string::npos);
+  j = alloc;
+  j["start_timeout_ms"] = -5;
+  EXPECT_NE(parse_error(j).find("`start_timeout_ms` = -5 must be >= 1"), std::string::npos)
+      << parse_error(j);
+  j = alloc;
+  j.erase("start_timeout_ms");
+  EXPECT_EQ(std::get<pd::allocate_request>(pd::parse_message(j)).start_timeout_ms, 600'000)
+      << "absent: the default";
 
   json abort =
       pd::to_json(pd::transfer_abort{1, pd::failure::cancelled, pd::side::prefill, "", false});

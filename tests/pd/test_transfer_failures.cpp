@@ -170,7 +170,8 @@ TEST(PdTransferFailures, DecodeTimeoutWithASilentPrefillSideFreesAfterTheGrace) 
   t.to_prefill = false;  // the prefill instance is gone: no acknowledgement comes
   auto const d0 = t.decode.stats().used;
   auto const t0 = pd::clock::now();
-  pd::allocate_request req = t.tx.make_request(3, pd_link::tokens(11), 200ms);
+  pd::allocate_request req = t.tx.make_request(3, pd_link::tokens(11), 50ms);
+  req.start_timeout_ms = 200;  // no layer ever lands: the start budget is what runs out
   auto const r = t.rx.allocate(req, t0);
   ASSERT_TRUE(r.accepted);
   EXPECT_TRUE(t.rx.poll(t0 + 100ms).empty());
@@ -182,6 +183,31 @@ TEST(PdTransferFailures, DecodeTimeoutWithASilentPrefillSideFreesAfterTheGrace) 
   EXPECT_EQ(ev[0].error.reason, pd::failure::timeout);
   EXPECT_EQ(t.decode.stats().used, d0);
   EXPECT_TRUE(t.rx.poll(t0 + 1h).empty());
+}
+
+// A prompt may wait in the prefill instance's queue longer than the transfer's budget: the
+// decode side holds its slots for start_timeout_ms, and timeout_ms counts from the first layer.
+TEST(PdTransferFailures, TheTransferBudgetStartsWithTheFirstLandedLayer) {
+  pd_link t;
+  t.to_prefill = false;
+  auto const d0 = t.decode.stats().used;
+  auto const t0 = pd::clock::now();
+  pd::allocate_request req = t.tx.make_request(4, pd_link::tokens(9), 100ms);
+  req.start_timeout_ms = 1000;
+  auto const r = t.rx.allocate(req, t0);
+  ASSERT_TRUE(r.accepted);
+  EXPECT_TRUE(t.rx.poll(t0 + 600ms).empty()) << "queued past timeout_ms, inside the start budget";
+  EXPECT_EQ(t.rx.status(r.id)->state, pd::receiver_state::allocated);
+  t.rx.handle(pd::layer_landed{r.id, 0}, t0 + 700ms);
+  t.rx.handle(pd::layer_landed{r.id, 1}, t0 + 900ms);  // later layers do not extend it
+  EXPECT_TRUE(t.rx.poll(t0 + 790ms).empty());
+  EXPECT_EQ(t.rx.status(r.id)->state, pd::receiver_state::receiving);
+  EXPECT_TRUE(t.rx.poll(t0 + 810ms).empty()) << "timed out; the abort waits for its grace";
+  EXPECT_EQ(t.rx.status(r.id)->state, pd::receiver_state::aborting);
+  EXPECT_EQ(t.rx.status(r.id)->error.reason, pd::failure::timeout);
+  auto const ev = t.rx.poll(t0 + 810ms + pd::transfer_config{}.abort_grace);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(t.decode.stats().used, d0);
 }
 
 TEST(PdTransferFailures, TooSmallDecodePoolIsRefusedCleanly) {

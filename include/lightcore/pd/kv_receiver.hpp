@@ -141,9 +141,10 @@ class kv_receiver {
       return refuse(failure::bad_request, "a prompt of " + std::to_string(n) +
                                               " tokens; allowed: 1.." +
                                               std::to_string(pool_->config().max_tokens));
-    if (r.timeout_ms < 1)
-      return refuse(failure::bad_request,
-                    "timeout_ms " + std::to_string(r.timeout_ms) + " must be >= 1");
+    if (r.timeout_ms < 1 || r.start_timeout_ms < 1)
+      return refuse(failure::bad_request, "timeout_ms " + std::to_string(r.timeout_ms) +
+                                              " and start_timeout_ms " +
+                                              std::to_string(r.start_timeout_ms) + " must be >= 1");
 
     std::vector<std::int32_t> prefix_slots;
     std::optional<memory::radix_cache::handle> node;
@@ -174,7 +175,10 @@ class kv_receiver {
     rec->fresh = std::move(fresh);
     rec->node = node;
     rec->landed_layers.assign(std::size_t(layout().layers), false);
-    rec->deadline = now + std::chrono::milliseconds(r.timeout_ms);
+    // Until the first layer lands the prompt may still wait in the prefill instance's queue; the
+    // transfer's own budget starts then (handle()).
+    rec->deadline = now + std::chrono::milliseconds(r.start_timeout_ms);
+    rec->budget = std::chrono::milliseconds(r.timeout_ms);
     std::lock_guard lock(mutex_);
     rec->id = next_id_++;
     out.accepted = true;
@@ -189,8 +193,9 @@ class kv_receiver {
   }
 
   // A message from the prefill side: layer, done or abort. Messages about unknown or ended
-  // transfers are counted and ignored (they may cross an abort on the way).
-  void handle(message const& m) {
+  // transfers are counted and ignored (they may cross an abort on the way). The first landed
+  // layer starts the transfer's timeout_ms budget.
+  void handle(message const& m, clock::time_point now = clock::now()) {
     {
       std::lock_guard lock(mutex_);
       if (auto const* x = std::get_if<layer_landed>(&m)) {
@@ -203,6 +208,7 @@ class kv_receiver {
           r->landed_layers[std::size_t(x->layer)] = true;
           ++r->layers_landed;
         }
+        if (r->state == receiver_state::allocated) r->deadline = now + r->budget;
         r->state = receiver_state::receiving;
       } else if (auto const* d = std::get_if<transfer_done>(&m)) {
         record* r = live(d->id);
@@ -363,8 +369,10 @@ class kv_receiver {
     std::int32_t layers_landed = 0;
     receiver_state state = receiver_state::allocated;
     transfer_error error;
-    bool reported = false;  // landed event returned by poll()
-    clock::time_point deadline;
+    bool reported = false;       // landed event returned by poll()
+    clock::time_point deadline;  // start_timeout_ms after allocation, then timeout_ms after
+                                 // the first landed layer
+    std::chrono::milliseconds budget{0};  // timeout_ms
     clock::time_point abort_deadline;
   };
 

@@ -31,7 +31,10 @@ struct allocate_request {
   std::uint64_t request_id = 0;      // the router's request id (logs, deduplication)
   std::vector<std::int32_t> tokens;  // the whole prompt; the decode side matches its prefix
   kv_layout layout;                  // the prefill pool's layout; must equal the decode pool's
-  std::int64_t timeout_ms = 60'000;  // whole-transfer budget in ms; default 60000; >= 1
+  std::int64_t timeout_ms = 60'000;  // ms from the first landed layer to done; default 60000; >= 1
+  // ms the decode side holds the slots before the first layer lands (the prompt may wait in the
+  // prefill instance's queue); default 600000; >= 1
+  std::int64_t start_timeout_ms = 600'000;
 };
 
 // decode -> prefill: the destination slots, or a refusal with its reason.
@@ -143,6 +146,7 @@ inline json to_json(message const& m) {
           j["tokens"] = x.tokens;
           j["layout"] = detail::layout_to_json(x.layout);
           j["timeout_ms"] = x.timeout_ms;
+          j["start_timeout_ms"] = x.start_timeout_ms;
           return j;
         } else if constexpr (std::is_same_v<T, allocate_response>) {
           json j = detail::envelope("allocate_result");
@@ -206,6 +210,10 @@ inline message parse_message(json const& j) {
     r.timeout_ms = f.integer("timeout_ms", 60'000);
     LC_CHECK(r.timeout_ms >= 1, f.field("timeout_ms")
                                     << " = " << r.timeout_ms << " must be >= 1 (milliseconds)");
+    r.start_timeout_ms = f.integer("start_timeout_ms", 600'000);
+    LC_CHECK(r.start_timeout_ms >= 1, f.field("start_timeout_ms")
+                                          << " = " << r.start_timeout_ms
+                                          << " must be >= 1 (milliseconds)");
     return r;
   }
   if (type == "allocate_result") {
