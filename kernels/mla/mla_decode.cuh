@@ -15,6 +15,7 @@
 
 #include <cuda_runtime.h>
 
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -317,71 +318,143 @@ void launch_mla_decode(mla_decode_params const& p, CUstream_st* stream) {
   LC_CUDA_CHECK_LAUNCH();
 }
 
-// The merge: one warp per (batch row, head) combines the splits' normalised partial results,
-// weighted by exp2(lse_i - max) / sum; empty splits (lse -inf) weigh 0 and are never read.
+// The merge: one CTA per (batch row, head) combines the splits' normalised partial results,
+// weighted by exp2(lse_i - max) / sum; empty splits (lse -inf) weigh 0 and are never read. A
+// short row at a small batch has up to mla_max_splits splits, so the CTA's warps take the splits
+// in turn (warp w: w, w + warps, ...) with two splits' loads in flight per warp, and warp 0 adds
+// the warps' sums in warp order (deterministic). A lane owns 16 of the 512 columns.
 struct mla_merge_traits {
-  static constexpr int threads = 256;
+  static constexpr int max_warps = 8;
   static constexpr int columns_per_lane = int(mla_latent_dim) / 32;  // 16: four float4
+  // Warps per CTA for a plan: about four splits per warp, at most max_warps.
+  static constexpr int warps_for(int num_splits) noexcept {
+    int w = 1;
+    while (w < max_warps && 4 * w < num_splits) w *= 2;
+    return w;
+  }
 };
 
-template <class Out>
-__global__ void __launch_bounds__(mla_merge_traits::threads)
-    mla_merge_kernel(mla_decode_params const p) {
-  static_assert(std::is_same_v<Out, bf16>, "mla_decode writes bf16 outputs");
-  int const lane = int(threadIdx.x) % 32;
-  std::int64_t const pair = (std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  if (pair >= std::int64_t(p.batch) * p.heads) return;
-  int const b = int(pair / p.heads), h = int(pair % p.heads);
-  float const* const lse = p.partial_lse + std::int64_t(b) * p.num_splits * p.heads + h;
-  float m = -INFINITY;
-  for (int i = lane; i < p.num_splits; i += 32) m = fmaxf(m, lse[std::int64_t(i) * p.heads]);
+// The block-wide reduction of one value per thread (op: max or sum); every thread gets the result.
+template <class Op>
+__device__ __forceinline__ float mla_merge_block_reduce(float v, float* scratch, Op op) {
+  int const lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32;
+  int const warps = int(blockDim.x) / 32;
 #pragma unroll
   for (int offset = 16; offset > 0; offset /= 2)
-    m = fmaxf(m, __shfl_xor_sync(0xFFFF'FFFFu, m, offset));
+    v = op(v, __shfl_xor_sync(0xFFFF'FFFFu, v, offset));
+  __syncthreads();  // scratch may still be read by the previous reduction
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = scratch[0];
+  for (int w = 1; w < warps; ++w) v = op(v, scratch[w]);
+  return v;
+}
+
+__device__ __forceinline__ void mla_merge_add(float (&acc)[mla_merge_traits::columns_per_lane],
+                                              float const w, float4 const (&v)[4]) {
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    acc[4 * k] += w * v[k].x;
+    acc[4 * k + 1] += w * v[k].y;
+    acc[4 * k + 2] += w * v[k].z;
+    acc[4 * k + 3] += w * v[k].w;
+  }
+}
+
+template <class Out>
+__global__ void __launch_bounds__(32 * mla_merge_traits::max_warps)
+    mla_merge_kernel(mla_decode_params const p) {
+  static_assert(std::is_same_v<Out, bf16>, "mla_decode writes bf16 outputs");
+  constexpr int cols = mla_merge_traits::columns_per_lane;
+  __shared__ float weight[mla_max_splits];  // exp2(lse_i - max), 0 for an empty split
+  __shared__ float scratch[mla_merge_traits::max_warps];
+  __shared__ __align__(16) float sums[mla_merge_traits::max_warps - 1][mla_latent_dim];
+  int const tid = int(threadIdx.x), lane = tid % 32, warp = tid / 32;
+  int const warps = int(blockDim.x) / 32;
+  int const b = int(blockIdx.x) / p.heads, h = int(blockIdx.x) % p.heads;
+  int const splits = p.num_splits;
+  float const* const lse = p.partial_lse + std::int64_t(b) * splits * p.heads + h;
+
+  float m = -INFINITY;
+  for (int i = tid; i < splits; i += int(blockDim.x)) {
+    weight[i] = lse[std::int64_t(i) * p.heads];
+    m = fmaxf(m, weight[i]);
+  }
+  m = mla_merge_block_reduce(m, scratch, [](float x, float y) { return fmaxf(x, y); });
   Out* const out = p.out + b * p.out_batch_stride + h * p.out_head_stride;
   if (m == -INFINITY) {  // a row of length 0
+    if (warp == 0) {
 #pragma unroll
-    for (int k = 0; k < 4; ++k)
-      *reinterpret_cast<uint2*>(out + k * 128 + lane * 4) = make_uint2(0, 0);
-    if (p.lse != nullptr && lane == 0) p.lse[std::int64_t(b) * p.heads + h] = -INFINITY;
+      for (int k = 0; k < 4; ++k)
+        *reinterpret_cast<uint2*>(out + k * 128 + lane * 4) = make_uint2(0, 0);
+      if (p.lse != nullptr && lane == 0) p.lse[std::int64_t(b) * p.heads + h] = -INFINITY;
+    }
     return;
   }
   float total = 0.0f;
-  for (int i = lane; i < p.num_splits; i += 32) total += exp2f(lse[std::int64_t(i) * p.heads] - m);
+  for (int i = tid; i < splits; i += int(blockDim.x)) {
+    weight[i] = exp2f(weight[i] - m);  // exp2(-inf) = 0
+    total += weight[i];
+  }
+  total = mla_merge_block_reduce(total, scratch, [](float x, float y) { return x + y; });
+
+  float acc[cols] = {};
+  auto const part = [&](int i) {
+    return p.partial_out + ((std::int64_t(b) * splits + i) * p.heads + h) * mla_latent_dim +
+           lane * 4;
+  };
+  for (int i = warp; i < splits; i += 2 * warps) {
+    int const j = i + warps;
+    float const wi = weight[i], wj = j < splits ? weight[j] : 0.0f;  // uniform across the warp
+    float4 vi[4], vj[4];
+    if (wi != 0.0f) {
 #pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2)
-    total += __shfl_xor_sync(0xFFFF'FFFFu, total, offset);
-  float acc[mla_merge_traits::columns_per_lane] = {};
-  for (int i = 0; i < p.num_splits; ++i) {
-    float const li = lse[std::int64_t(i) * p.heads];
-    if (li == -INFINITY) continue;  // uniform across the warp
-    float const w = exp2f(li - m) / total;
-    float const* const part =
-        p.partial_out + ((std::int64_t(b) * p.num_splits + i) * p.heads + h) * mla_latent_dim;
+      for (int k = 0; k < 4; ++k) vi[k] = *reinterpret_cast<float4 const*>(part(i) + k * 128);
+    }
+    if (wj != 0.0f) {
+#pragma unroll
+      for (int k = 0; k < 4; ++k) vj[k] = *reinterpret_cast<float4 const*>(part(j) + k * 128);
+    }
+    if (wi != 0.0f) mla_merge_add(acc, wi, vi);
+    if (wj != 0.0f) mla_merge_add(acc, wj, vj);
+  }
+  if (warp > 0) {
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+      *reinterpret_cast<float4*>(&sums[warp - 1][k * 128 + lane * 4]) =
+          make_float4(acc[4 * k], acc[4 * k + 1], acc[4 * k + 2], acc[4 * k + 3]);
+  }
+  __syncthreads();
+  if (warp != 0) return;
+  for (int w = 1; w < warps; ++w) {
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-      float4 const v = *reinterpret_cast<float4 const*>(part + k * 128 + lane * 4);
-      acc[4 * k] += w * v.x;
-      acc[4 * k + 1] += w * v.y;
-      acc[4 * k + 2] += w * v.z;
-      acc[4 * k + 3] += w * v.w;
+      float4 const v = *reinterpret_cast<float4 const*>(&sums[w - 1][k * 128 + lane * 4]);
+      acc[4 * k] += v.x;
+      acc[4 * k + 1] += v.y;
+      acc[4 * k + 2] += v.z;
+      acc[4 * k + 3] += v.w;
     }
   }
+  float const inv = 1.0f / total;
 #pragma unroll
   for (int k = 0; k < 4; ++k)
-    *reinterpret_cast<uint2*>(out + k * 128 + lane * 4) = make_uint2(
-        pack_bf16x2(acc[4 * k], acc[4 * k + 1]), pack_bf16x2(acc[4 * k + 2], acc[4 * k + 3]));
+    *reinterpret_cast<uint2*>(out + k * 128 + lane * 4) =
+        make_uint2(pack_bf16x2(acc[4 * k] * inv, acc[4 * k + 1] * inv),
+                   pack_bf16x2(acc[4 * k + 2] * inv, acc[4 * k + 3] * inv));
   if (p.lse != nullptr && lane == 0)
     p.lse[std::int64_t(b) * p.heads + h] = (m + log2f(total)) * mla_ln2;
 }
 
 template <class Out>
 void launch_mla_merge(mla_decode_params const& p, CUstream_st* stream) {
-  std::int64_t const threads = std::int64_t(p.batch) * p.heads * 32;
-  if (threads == 0) return;
-  auto const blocks =
-      unsigned((threads + mla_merge_traits::threads - 1) / mla_merge_traits::threads);
-  mla_merge_kernel<Out><<<blocks, mla_merge_traits::threads, 0, stream>>>(p);
+  std::int64_t const pairs = std::int64_t(p.batch) * p.heads;
+  if (pairs == 0) return;
+  LC_CHECK(p.num_splits <= mla_max_splits && pairs <= INT_MAX,
+           "mla merge: at most " << mla_max_splits << " splits and INT_MAX (row, head) pairs; got "
+                                 << p.num_splits << " splits, " << pairs << " pairs");
+  int const threads = 32 * mla_merge_traits::warps_for(p.num_splits);
+  mla_merge_kernel<Out><<<unsigned(pairs), threads, 0, stream>>>(p);
   LC_CUDA_CHECK_LAUNCH();
 }
 
