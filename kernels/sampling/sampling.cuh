@@ -6,9 +6,10 @@
 //            penalties, the penalised argmax and, for rows with filters, the chunk's candidates
 //            (l >= a floor chosen from 8 levels below the chunk's max) into the workspace
 //   launch 2 (sampling_chunks.cuh), one block per row: greedy merges the chunk argmaxes; rows with
-//            top_k / top_p / min_p gather the candidates at or above the highest chunk floor, run
-//            the filters and the race on them, and keep the answer only where the thresholds
-//            prove that no unlisted token is kept; other rows are listed for launch 3
+//            top_k / top_p / min_p gather the candidates at or above the highest chunk floor (top_k
+//            rows: or above a lower bound on the k-th largest from the chunks' level counts, if
+//            higher), run the filters and the race on them, and keep the answer only where the
+//            thresholds prove that no unlisted token is kept; other rows are listed for launch 3
 //   launch 3 (below), the exact path: a persistent grid of 8-block clusters over the listed rows
 //            (rows with logprobs, temperature-only rows, rows whose candidates prove nothing).
 // The exact path: one cluster of 8 blocks per row. Block r of

@@ -72,11 +72,11 @@ inline constexpr std::int64_t sampling_max_batch = std::int64_t(1) << 20;
 // merges them per row (sampling.cuh).
 inline constexpr std::int64_t sampling_chunk = 4096;
 inline constexpr std::int64_t sampling_chunk_candidates = 512;
-inline constexpr std::int64_t sampling_chunk_summary_bytes = 24;  // see sampling_chunks.cuh
+inline constexpr std::int64_t sampling_chunk_summary_bytes = 40;  // see sampling_chunks.cuh
 
 // The workspace bytes a CUDA step over [batch, vocab] needs (the CPU backend needs none and
 // ignores the workspace): a 16-byte header, the list of rows left to the exact path, and per
-// row and chunk a summary and a candidate list of (logit, id) pairs. 33.8 MB at batch 256, vocab
+// row and chunk a summary and a candidate list of (logit, id) pairs. 33.9 MB at batch 256, vocab
 // 129280. Depends on the shape alone, so a CUDA graph can keep one buffer. After a step, its first
 // 4 bytes hold (i32) how many rows took the exact path (for tests and diagnostics).
 inline std::int64_t sampling_workspace_bytes(std::int64_t batch, std::int64_t vocab) {

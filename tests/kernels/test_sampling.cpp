@@ -303,9 +303,9 @@ TEST(SamplingCpu, SameInputsSameTokensAndRowsAreIndependent) {
 TEST(SamplingWorkspace, SizeFollowsTheShape) {
   using kernels::sampling_workspace_bytes;
   EXPECT_EQ(sampling_workspace_bytes(0, 129280), 0);
-  EXPECT_EQ(sampling_workspace_bytes(1, 1), 16 + 16 + 32 + 4096);
-  EXPECT_EQ(sampling_workspace_bytes(256, 129280), 16 + 1024 + 256 * 32 * 24 + 256 * 32 * 4096);
-  EXPECT_EQ(sampling_workspace_bytes(3, 4097), 16 + 16 + 144 + 3 * 2 * 4096);
+  EXPECT_EQ(sampling_workspace_bytes(1, 1), 16 + 16 + 48 + 4096);
+  EXPECT_EQ(sampling_workspace_bytes(256, 129280), 16 + 1024 + 256 * 32 * 40 + 256 * 32 * 4096);
+  EXPECT_EQ(sampling_workspace_bytes(3, 4097), 16 + 16 + 240 + 3 * 2 * 4096);
   EXPECT_LT(sampling_workspace_bytes(64, 129280), sampling_workspace_bytes(65, 129280));
   test::expect_error([] { sampling_workspace_bytes(-1, 10); }, {"batch >= 0", "got batch -1"});
   test::expect_error([] { sampling_workspace_bytes(2, 0); }, {"vocab >= 1", "vocab 0"});

@@ -340,6 +340,56 @@ TEST_F(SamplingCudaTest, StreamedCandidatesAndExactFallback) {
   }
 }
 
+// Launch 1's levels are bins of an arithmetic index below each chunk's max, and each listed
+// level's floor is found by searching the floats around its boundary. Logits on coarse grids
+// (multiples of 1/8, bf16 values) put many tokens on and beside those boundaries; temperatures
+// from 0.05 to 9 move the bins; top_k 511 / 512 / 513 sit on a chunk list's capacity. Every row
+// must match the CPU, and most must be proved by their candidates (the streamed path is the one
+// under test). Temperatures of 1e-30 and 1e30 leave the range where the bins are integers or put
+// every token in one bin: those rows must take the exact path and still match.
+TEST_F(SamplingCudaTest, StreamedLevelsOnGridsAndExtremeTemperatures) {
+  auto rng = test::test_rng();
+  sampling_request base;
+  base.repetition_penalty = 1.1f;
+  base.frequency_penalty = 0.2f;
+  auto b = test::make_batch(48, 129280, rng, base, 32);
+  float const temperatures[] = {0.05f, 0.3f, 0.77f, 1.0f, 2.5f, 9.0f};
+  int const ks[] = {1, 2, 50, 511, 512, 513, 0, 0};
+  float const ps[] = {1.0f, 0.9f, 0.5f};
+  for (std::int64_t row = 0; row < b.batch; ++row) {
+    auto const k = std::size_t(row);
+    float* const l = b.logits.data() + row * b.vocab;
+    for (std::int64_t i = 0; i < b.vocab; ++i) {
+      if (row % 3 == 0) l[i] = std::round(l[i] * 8.0f) / 8.0f;
+      if (row % 3 == 1) {
+        std::uint32_t u;
+        std::memcpy(&u, &l[i], 4);
+        u &= 0xFFFF'0000u;
+        std::memcpy(&l[i], &u, 4);
+      }
+    }
+    sampling_request& r = b.requests[k];
+    r.temperature = temperatures[k % 6];
+    r.top_k = ks[(k / 6) % 8];
+    r.top_p = ps[k % 3];
+    if (r.top_k == 0 && r.top_p == 1.0f) r.min_p = 0.05f;
+  }
+  std::int32_t exact = -1;
+  expect_matches_cpu(b, {}, &exact);
+  std::cout << "  exact-path rows: " << exact << " of " << b.batch << "\n";
+  EXPECT_LE(exact * 4, b.batch * 3) << "the rows at temperatures 0.3 to 2.5 are mostly proved";
+
+  auto extreme = test::make_batch(6, 129280, rng, base, 16);
+  float const wild[] = {1e-30f, 1e30f, 0.8f};
+  for (std::size_t k = 0; k < extreme.requests.size(); ++k) {
+    extreme.requests[k].temperature = wild[k % 3];
+    extreme.requests[k].top_k = k < 3 ? 50 : 0;
+    extreme.requests[k].top_p = k < 3 ? 1.0f : 0.9f;
+  }
+  expect_matches_cpu(extreme, {}, &exact);
+  EXPECT_GE(exact, 4) << "rows at temperature 1e-30 or 1e30 cannot use the streamed levels";
+}
+
 // sampling_route::exact sends every row to the exact path (one cluster per row): the same draws
 // as the CPU for every mode, temperature-only and logprob rows (the batches the executor routes
 // there) and filtered and greedy ones alike, in and out of a CUDA graph.
