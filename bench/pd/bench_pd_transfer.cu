@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "../kernels/bench_common.hpp"
+#include "kernels/index/index.hpp"
 #include "lightcore/core/cuda_check.hpp"
 #include "lightcore/pd/cuda_ipc_transport.hpp"
 
@@ -205,7 +206,8 @@ int main(int argc, char** argv) {
       l.src_mem = alloc_layers(l.src);
       l.dst = std::make_unique<pd::imported_layers>(handles, width, dtype::bf16);
       LC_CUDA_CHECK(cudaStreamCreateWithFlags(&l.compute, cudaStreamNonBlocking));
-      l.transport = std::make_unique<pd::cuda_ipc_transport>(l.src, *l.dst, l.compute);
+      l.transport = std::make_unique<pd::cuda_ipc_transport>(
+          l.src, *l.dst, l.compute, &lightcore::kernels::copy_rows_on_stream);
       the_link = &l;
     }
   }

@@ -23,6 +23,7 @@
 #include "lightcore/pd/tcp_transport.hpp"
 #include "pd_node.hpp"
 #if defined(LIGHTCORE_WITH_CUDA)
+#include "kernels/index/index.hpp"
 #include "lightcore/pd/cuda_ipc_transport.hpp"
 #endif
 
@@ -90,7 +91,7 @@ struct pd_ipc_transport {
   pd_ipc_transport(std::vector<tensor_view> src, std::vector<pd::ipc_layer> const& dst,
                    cudaStream_t compute)
       : imported(dst, src.at(0).size(1), src.at(0).type()),
-        transport(std::move(src), imported, compute) {}
+        transport(std::move(src), imported, compute, &kernels::copy_rows_on_stream) {}
   pd::kv_layout layout() const noexcept { return transport.layout(); }
   std::int64_t source_slots() const noexcept { return transport.source_slots(); }
   std::int64_t destination_slots() const noexcept { return transport.destination_slots(); }

@@ -1,5 +1,6 @@
-// index: copy_indexed on CUDA. One block-stride loop over the entries; the arrays are small (a
-// step's rows or new slots), so one wave of a few blocks covers them.
+// index: copy_indexed and copy_rows on CUDA. copy_indexed: one block-stride loop over the entries;
+// the arrays are small (a step's rows or new slots), so one wave of a few blocks covers them.
+// copy_rows: one warp per row, 16-byte vectors, a grid over the rows.
 #include <cuda_runtime_api.h>
 
 #include "kernels/index/index.hpp"
@@ -22,7 +23,30 @@ __global__ void copy_indexed_kernel(std::int32_t* __restrict__ dst,
   }
 }
 
+// A warp copies one row (row_bytes / 16 vectors); rows are independent.
+constexpr int copy_rows_warps = 8;
+
+__global__ void __launch_bounds__(32 * copy_rows_warps) copy_rows_kernel(copy_rows_params const p) {
+  std::int64_t const k = std::int64_t(blockIdx.x) * copy_rows_warps + threadIdx.x / 32;
+  if (k >= p.n) return;
+  std::int32_t const to = p.dst_slots[k], from = p.src_slots[k];
+  if (to < 0 || to >= p.dst_rows || from < 0 || from >= p.src_rows) return;
+  auto* dst = reinterpret_cast<uint4*>(static_cast<unsigned char*>(p.dst) + to * p.row_bytes);
+  auto const* src =
+      reinterpret_cast<uint4 const*>(static_cast<unsigned char const*>(p.src) + from * p.row_bytes);
+  std::int64_t const vectors = p.row_bytes / 16;
+  for (std::int64_t v = threadIdx.x % 32; v < vectors; v += 32) dst[v] = src[v];
+}
+
 }  // namespace
+
+void copy_rows_cuda(copy_rows_params const& p, CUstream_st* stream) {
+  check_copy_rows(p);
+  if (p.n == 0) return;
+  auto const blocks = unsigned((p.n + copy_rows_warps - 1) / copy_rows_warps);
+  copy_rows_kernel<<<blocks, 32 * copy_rows_warps, 0, stream>>>(p);
+  LC_CUDA_CHECK(cudaGetLastError());
+}
 
 void copy_indexed_cuda(tensor_view const& dst, tensor_view const& dst_index, tensor_view const& src,
                        tensor_view const& src_index, CUstream_st* stream) {

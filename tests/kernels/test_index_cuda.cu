@@ -1,5 +1,5 @@
-// copy_indexed on the GPU against the CPU, with random indices (repeated sources, a permutation of
-// targets), and the skip of an out-of-range entry.
+// copy_indexed and copy_rows on the GPU against the CPU, with random indices (repeated sources, a
+// permutation of targets), and the skip of an out-of-range entry.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -62,6 +62,49 @@ TEST(CopyIndexedCuda, MatchesTheCpu) {
   gpu.copy(dst.data(), d_dst.data(), 8, s);
   s.synchronize();
   EXPECT_EQ(dst, (std::vector<std::int32_t>{0, 5}));
+}
+
+// The rows of a KV layer (576 bf16) between shuffled slots of two pools, as PD moves them.
+TEST(CopyRowsCuda, MatchesTheCpuOnScatteredSlots) {
+  if (gpu_t::device_count() == 0)
+    GTEST_SKIP() << "no CUDA device visible: GPU tests run on a GPU machine";
+  gpu_t gpu(0);
+  backend::cpu cpu;
+  auto s = gpu.make_stream();
+  auto cs = cpu.make_stream();
+  std::mt19937 rng(11);
+  constexpr std::int64_t width = 576, src_rows = 3000, dst_rows = 2000;
+  for (std::int64_t const n : std::vector<std::int64_t>{1, 7, 1500}) {
+    std::vector<std::uint16_t> src(std::size_t(src_rows * width)),
+        dst(std::size_t(dst_rows * width));
+    for (auto& v : src) v = std::uint16_t(rng());
+    for (auto& v : dst) v = std::uint16_t(rng());
+    std::vector<std::int32_t> from(static_cast<std::size_t>(src_rows)),
+        to(static_cast<std::size_t>(dst_rows));
+    std::iota(from.begin(), from.end(), 0);
+    std::iota(to.begin(), to.end(), 0);
+    std::shuffle(from.begin(), from.end(), rng);
+    std::shuffle(to.begin(), to.end(), rng);
+    from.resize(std::size_t(n));
+    to.resize(std::size_t(n));
+    tensor<gpu_t> d_src(gpu, dtype::bf16, {src_rows, width}),
+        d_dst(gpu, dtype::bf16, {dst_rows, width});
+    tensor<gpu_t> d_from(gpu, dtype::i32, {n}), d_to(gpu, dtype::i32, {n});
+    gpu.copy(d_src.data(), src.data(), src.size() * 2, s);
+    gpu.copy(d_dst.data(), dst.data(), dst.size() * 2, s);
+    gpu.copy(d_from.data(), from.data(), from.size() * 4, s);
+    gpu.copy(d_to.data(), to.data(), to.size() * 4, s);
+    kernels::copy_rows(gpu, d_dst.view(), d_to.view(), d_src.view(), d_from.view(), s);
+    std::vector<std::uint16_t> expected = dst, got(dst.size());
+    kernels::copy_rows(cpu,
+                       tensor_view(expected.data(), dtype::bf16, {dst_rows, width}, device::cpu()),
+                       tensor_view(to.data(), dtype::i32, {n}, device::cpu()),
+                       tensor_view(src.data(), dtype::bf16, {src_rows, width}, device::cpu()),
+                       tensor_view(from.data(), dtype::i32, {n}, device::cpu()), cs);
+    gpu.copy(got.data(), d_dst.data(), got.size() * 2, s);
+    s.synchronize();
+    EXPECT_TRUE(got == expected) << "n = " << n;
+  }
 }
 
 }  // namespace

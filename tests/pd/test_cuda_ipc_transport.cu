@@ -27,6 +27,7 @@
 
 #include "lightcore/backend/cuda.hpp"
 #include "lightcore/core/cuda_check.hpp"
+#include "kernels/index/index.hpp"
 #include "lightcore/pd/cuda_ipc_transport.hpp"
 
 extern char** environ;
@@ -176,7 +177,7 @@ TEST(PdCudaIpc, RowsLandInAnotherProcessBehindTheComputeStream) {
   std::vector<std::string> errors;
   {
     pd::imported_layers imported(handles, width, dtype::bf16);
-    pd::cuda_ipc_transport t(src, imported, compute);
+    pd::cuda_ipc_transport t(src, imported, compute, &kernels::copy_rows_on_stream);
     EXPECT_EQ(t.source_slots(), src_slots);
     EXPECT_EQ(t.destination_slots(), dst_slots);
     for (std::int32_t l = 0; l < ipc_layers; ++l) {
