@@ -5,8 +5,14 @@
 // rotated over enough buffer sets that no call finds its weight in L2; CUDA-event timing, median
 // per call. Counters on every row: TFLOP/s, frac_of_bf16_peak (of BM_bf16_peak, an 8192^3 bf16
 // GEMM measured in this binary), GB/s (operand bytes read + output written once) and frac_of_hbm
-// (of BM_hbm_copy).
+// (of BM_hbm_copy). The last argument, tune, is how the algorithm is chosen: 0 cuBLASLt's first
+// heuristic answer, 1 the fastest of its first candidates timed at plan time (gemm_autotune.hpp);
+// M = 4096 and 128 run both, the peak too (its best is the ceiling). Counters candidates (timed)
+// and not_first (1: the timing kept another than the first answer), plan_ms (the first call,
+// planning and timing included, host wall time).
 //   lightcore_bench_gemm [--benchmark_filter=...]
+#include <algorithm>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -37,6 +43,19 @@ std::vector<std::uint8_t> random_fp8_codes(std::size_t n, std::uint64_t seed) {
 
 std::optional<double> bf16_peak_tflops;
 
+// The context of a benchmark row: the selection as its `tune` argument says.
+kernels::gemm_autotune_options tune_options(std::int64_t tune) {
+  kernels::gemm_autotune_options o;
+  o.enabled = tune != 0;
+  return o;
+}
+
+void set_tune_counters(benchmark::State& state, kernels::gemm_stats const& st, double plan_s) {
+  state.counters["candidates"] = double(st.candidates_timed);
+  state.counters["not_first"] = double(st.tuned_not_first);
+  state.counters["plan_ms"] = plan_s * 1e3;
+}
+
 void set_gemm_counters(benchmark::State& state, double flops, double bytes, double seconds) {
   set_bandwidth_counters(state, bytes, seconds);
   double const tflops = flops / seconds / 1e12;
@@ -55,7 +74,7 @@ void bm_linear(benchmark::State& state, bool fp8) {
   int const sets = buffer_sets_for(bytes);
   backend::cuda gpu(0);
   auto const stream = gpu.make_stream();
-  kernels::gemm_context<backend::cuda> ctx(gpu);
+  kernels::gemm_context<backend::cuda> ctx(gpu, tune_options(state.range(3)));
   dtype const t = fp8 ? dtype::fp8_e4m3 : dtype::bf16;
   std::vector<tensor<backend::cuda>> x, xs, w, ws, c;
   auto const host_x = fp8 ? random_fp8_codes(std::size_t(m * k), 3) : std::vector<std::uint8_t>();
@@ -82,28 +101,34 @@ void bm_linear(benchmark::State& state, bool fp8) {
   }
   tensor<backend::cuda> workspace(gpu, dtype::u8, {gemm_workspace_bytes});
   stream.synchronize();
-  double const seconds = median_seconds(
-      &state, gpu, stream,
-      [&](int call) {
-        auto const i = std::size_t(call % sets);
-        if (fp8)
-          kernels::gemm_fp8_block(gpu, ctx, x[i], xs[i], w[i], ws[i].view().slice(1, 0, k / 128),
-                                  c[i], workspace, stream);
-        else
-          kernels::gemm(gpu, ctx, x[i], w[i], c[i], workspace, stream);
-      },
-      call_numbering::running);
+  auto const call = [&](int number) {
+    auto const i = std::size_t(number % sets);
+    if (fp8)
+      kernels::gemm_fp8_block(gpu, ctx, x[i], xs[i], w[i], ws[i].view().slice(1, 0, k / 128), c[i],
+                              workspace, stream);
+    else
+      kernels::gemm(gpu, ctx, x[i], w[i], c[i], workspace, stream);
+  };
+  // The first call plans (and with tune 1 times the candidates): its cost, outside the samples.
+  auto const t0 = std::chrono::steady_clock::now();
+  call(0);
+  stream.synchronize();
+  double const plan_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  double const seconds = median_seconds(&state, gpu, stream, call, call_numbering::running);
   set_gemm_counters(state, 2.0 * double(m) * double(n) * double(k), bytes, seconds);
+  set_tune_counters(state, ctx.stats(), plan_s);
 }
 
 void bm_bf16(benchmark::State& state) { bm_linear(state, false); }
 void bm_fp8(benchmark::State& state) { bm_linear(state, true); }
 
 // The matrix ceiling: a square bf16 GEMM large enough to saturate the tensor cores.
+// The best of the rows (tune 0 and 1) is the ceiling the later rows refer to.
 void bm_bf16_peak(benchmark::State& state) {
   bm_linear(state, false);
-  bf16_peak_tflops = state.counters["TFLOP/s"].value;
-  state.counters["frac_of_bf16_peak"] = 1.0;
+  bf16_peak_tflops = std::max(bf16_peak_tflops.value_or(0.0), state.counters["TFLOP/s"].value);
+  state.counters["frac_of_bf16_peak"] = state.counters["TFLOP/s"].value / *bf16_peak_tflops;
 }
 
 // The HBM ceiling, with this binary's other counters (a CSV row needs every column).
@@ -111,6 +136,7 @@ void bm_hbm_copy_row(benchmark::State& state) {
   bm_hbm_copy(state);
   state.counters["TFLOP/s"] = 0.0;
   state.counters["frac_of_bf16_peak"] = 0.0;
+  set_tune_counters(state, {}, 0.0);
 }
 
 // MLA's absorb per head: q_nope [T, H, 128] . W_UK [H, 128, 512] -> [T, H, 512].
@@ -143,6 +169,7 @@ void bm_absorb(benchmark::State& state) {
       },
       call_numbering::running);
   set_gemm_counters(state, 2.0 * double(t * h * d * latent), bytes, seconds);
+  set_tune_counters(state, ctx.stats(), 0.0);
 }
 
 }  // namespace
@@ -151,20 +178,26 @@ void bm_absorb(benchmark::State& state) {
 int main(int argc, char** argv) {
   using namespace lightcore;
   bench::timed(benchmark::RegisterBenchmark("BM_hbm_copy", bm_hbm_copy_row));
-  bench::timed(benchmark::RegisterBenchmark("BM_bf16_peak", bm_bf16_peak)
-                   ->Args({8192, 8192, 8192})
-                   ->ArgNames({"M", "N", "K"}));
+  for (std::int64_t tune : {0, 1})
+    bench::timed(benchmark::RegisterBenchmark("BM_bf16_peak", bm_bf16_peak)
+                     ->Args({8192, 8192, 8192, tune})
+                     ->ArgNames({"M", "N", "K", "tune"}));
   // R1's projections: fused q_a + kv_a, q_b, kv_b, o_proj, o_proj at TP4 / a 4096-wide shard,
-  // the dense down projection at TP8; and kv_a alone.
+  // the dense down projection at TP8; and kv_a alone. Before/after the selection at M = 4096
+  // (prefill) and 128 (a large decode batch); the smaller M with the selection only.
   std::vector<std::pair<std::int64_t, std::int64_t>> const shapes = {
       {2112, 7168}, {24576, 1536}, {32768, 512}, {7168, 16384},
       {4096, 7168}, {7168, 2048},  {576, 7168}};
   for (std::int64_t m : {4096, 128, 64, 16, 4}) {
+    std::vector<std::int64_t> const tunes =
+        m == 4096 || m == 128 ? std::vector<std::int64_t>{0, 1} : std::vector<std::int64_t>{1};
     for (auto [n, k] : shapes) {
       for (auto [name, fn] :
            {std::pair{"BM_gemm_bf16", &bm_bf16}, std::pair{"BM_gemm_fp8_block", &bm_fp8}})
-        bench::timed(
-            benchmark::RegisterBenchmark(name, fn)->Args({m, n, k})->ArgNames({"M", "N", "K"}));
+        for (std::int64_t tune : tunes)
+          bench::timed(benchmark::RegisterBenchmark(name, fn)
+                           ->Args({m, n, k, tune})
+                           ->ArgNames({"M", "N", "K", "tune"}));
     }
   }
   for (std::int64_t t : {1, 64, 256, 4096})

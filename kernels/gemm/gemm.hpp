@@ -4,15 +4,18 @@
 // B[N, K], or A . B for B[K, N].
 //
 // A gemm_context owns what a device needs for this: on CUDA, the cuBLASLt handle and one plan per
-// problem shape (descriptors and the algorithm the heuristic chose), built on first use and reused,
-// so a CUDA graph capture or a hot loop makes no heuristic query. The workspace comes from the
-// caller (the tensor manager): gemm_workspace_bytes is what the heuristic may plan for.
+// problem shape (descriptors and the algorithm), built on first use and reused, so a CUDA graph
+// capture or a hot loop makes no heuristic query. The algorithm is cuBLASLt's first heuristic
+// candidate, or with LIGHTCORE_GEMM_AUTOTUNE=1 the fastest of its candidates, timed once per shape
+// (gemm_autotune.hpp). The workspace comes from the caller (the tensor manager):
+// gemm_workspace_bytes is what the heuristic may plan for.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <ostream>
 
+#include "kernels/gemm/gemm_autotune.hpp"
 #include "kernels/gemm/gemm_params.hpp"
 #include "lightcore/backend/backend.hpp"
 #include "lightcore/core/error.hpp"
@@ -29,9 +32,15 @@ inline std::ostream& operator<<(std::ostream& os, b_layout l) {
 // What a context has done: a test checks that a shape is planned once, a server logs it.
 struct gemm_stats {
   std::int64_t plans = 0;              // distinct problem shapes planned
-  std::int64_t heuristic_queries = 0;  // cuBLASLt heuristic calls (one per plan)
+  std::int64_t heuristic_queries = 0;  // plans that asked cuBLASLt's heuristic (one per plan)
   std::int64_t launches = 0;           // GEMMs issued
   std::int64_t gemv_launches = 0;      // of those, by the bf16 weight-streaming kernels (M <= 4)
+  std::int64_t tuned_plans = 0;        // plans whose algorithm was chosen by timing candidates
+  std::int64_t tuned_not_first = 0;    // of those, plans that kept other than the first candidate
+  std::int64_t candidates_timed = 0;   // candidate algorithms timed, over all tuned plans
+  // Plans made while their stream was being captured into a CUDA graph: they take the first
+  // candidate (no timing inside a capture) and are timed at their next call outside one.
+  std::int64_t tuning_deferred = 0;
 };
 
 namespace detail {
@@ -43,7 +52,7 @@ struct gemm_state_deleter {
 
 void gemm_cpu(gemm_problem const& p);
 #if defined(LIGHTCORE_WITH_CUDA)
-gemm_state* make_gemm_state(int ordinal);
+gemm_state* make_gemm_state(int ordinal, gemm_autotune_options const& tune);
 void destroy_gemm_state(gemm_state* s) noexcept;
 gemm_stats gemm_state_stats(gemm_state const& s);
 void gemm_cuda(gemm_state& s, gemm_problem const& p, void* workspace, std::int64_t workspace_bytes,
@@ -206,13 +215,19 @@ inline void check_gemm_workspace(device where, tensor_view const& workspace) {
 
 // Per-device state of the GEMMs: create one per backend (device) and keep it; not copyable.
 // Thread-safe: calls from several threads serialise on an internal mutex (they only enqueue).
+// `tune`: how the CUDA state picks each shape's algorithm (by default the first heuristic answer;
+// timed when the environment's LIGHTCORE_GEMM_AUTOTUNE says on); the CPU ignores it. Plan every
+// shape before a CUDA graph capture (one eager call) so that the captured algorithm is the timed
+// one.
 template <Backend B>
 class gemm_context {
  public:
-  explicit gemm_context([[maybe_unused]] B const& backend) {
+  explicit gemm_context([[maybe_unused]] B const& backend,
+                        gemm_autotune_options const& tune = gemm_autotune_options_from_env()) {
+    check_gemm_autotune_options(tune);
     if constexpr (B::kind == device_kind::cuda) {
 #if defined(LIGHTCORE_WITH_CUDA)
-      state_.reset(detail::make_gemm_state(backend.where().index));
+      state_.reset(detail::make_gemm_state(backend.where().index, tune));
 #endif
     }
   }
@@ -260,7 +275,8 @@ void run_gemm(B& backend, [[maybe_unused]] detail::gemm_state* state, gemm_stats
 // 1)). Unit column strides; row strides free (cuBLASLt prefers multiples of 8 elements). fp32
 // accumulation; K >= 1. workspace: bytes on the device (gemm_workspace_bytes is what
 // the algorithm may use; less is allowed). Ordered on `stream`; no host synchronisation; capturable
-// in a CUDA graph once the shape has been planned (a first call inside a capture plans it too).
+// in a CUDA graph once the shape has been planned (a first call inside a capture plans it too,
+// with cuBLASLt's first answer: the timing waits for the next call outside a capture).
 // On CUDA, M <= 4 (k_by_n: 2) with K a multiple of 8 and 16-byte aligned A and B (strides
 // included) runs the weight-streaming kernels of gemv_bf16_params.hpp instead of cuBLASLt
 // (deterministic, no workspace).

@@ -1,7 +1,9 @@
 // gemm on the CPU backend against double-precision products: bf16 with both B layouts, f32 and
 // bf16 outputs, alpha and beta, padded leading dimensions, batches with strided (transposed)
 // operands as MLA's absorb uses them; FP8 with DeepSeek's block scales, N not a multiple of 128;
-// and the inputs it must refuse.
+// and the inputs it must refuse. Also the CPU side of the algorithm selection (gemm_autotune.hpp):
+// the LIGHTCORE_GEMM_AUTOTUNE switch, the options' checks, the rule that picks among timed
+// candidates and the plan-cache key.
 // Bounds: the CPU path accumulates in fp32 (K <= 7168: relative error ~1e-6) and rounds once to
 // C's type: bf16 has an 8-bit significand, so a relative L2 error of about 2^-9 / sqrt(3) ~ 1.1e-3
 // is expected; 4e-3 is allowed. f32 outputs: 1e-5.
@@ -9,11 +11,14 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "gemm_test_util.hpp"
 #include "kernels/gemm/gemm.hpp"
+#include "kernels/gemm/gemm_autotune.hpp"
 #include "lightcore/backend/cpu.hpp"
 
 namespace lightcore {
@@ -225,6 +230,170 @@ TEST(GemmCpu, RejectsBadInputs) {
                       tensor_view(ws.data(), dtype::f32, {2, 2}, {4, 1}, device::cpu()),
                       view(c, dtype::bf16, {4, 256})));
   EXPECT_EQ(ctx.stats().launches, 1);
+}
+
+// The switch: the "on" words turn the selection on, unset, empty and the "off" words keep it off,
+// anything else is refused with the allowed values in the message.
+TEST(GemmAutotune, SwitchParsesOnOffAndRefusesOthers) {
+  using kernels::parse_gemm_autotune_switch;
+  EXPECT_FALSE(parse_gemm_autotune_switch(nullptr));
+  for (char const* on : {"1", "on", "ON", "true", "True", "yes"})
+    EXPECT_TRUE(parse_gemm_autotune_switch(on)) << on;
+  for (char const* off : {"0", "off", "Off", "false", "FALSE", "no", ""})
+    EXPECT_FALSE(parse_gemm_autotune_switch(off)) << off;
+  for (char const* bad : {"2", "of", "disable", "0 ", "yess"}) {
+    try {
+      parse_gemm_autotune_switch(bad);
+      ADD_FAILURE() << "'" << bad << "' accepted";
+    } catch (error const& e) {
+      std::string const what = e.what();
+      EXPECT_NE(what.find("LIGHTCORE_GEMM_AUTOTUNE"), std::string::npos) << what;
+      EXPECT_NE(what.find("allowed"), std::string::npos) << what;
+    }
+  }
+}
+
+// The environment is read when the options are made (and so when a context is made).
+TEST(GemmAutotune, OptionsFollowTheEnvironment) {
+  char const* const saved = std::getenv(kernels::gemm_autotune_env);
+  std::string const saved_value = saved ? saved : "";
+  ::setenv(kernels::gemm_autotune_env, "0", 1);
+  EXPECT_FALSE(kernels::gemm_autotune_options_from_env().enabled);
+  ::setenv(kernels::gemm_autotune_env, "on", 1);
+  EXPECT_TRUE(kernels::gemm_autotune_options_from_env().enabled);
+  ::setenv(kernels::gemm_autotune_env, "maybe", 1);
+  EXPECT_THROW(kernels::gemm_autotune_options_from_env(), error);
+  ::unsetenv(kernels::gemm_autotune_env);
+  EXPECT_FALSE(kernels::gemm_autotune_options_from_env().enabled);
+  if (saved) ::setenv(kernels::gemm_autotune_env, saved_value.c_str(), 1);
+}
+
+TEST(GemmAutotune, OptionsOutOfRangeAreRefused) {
+  using kernels::gemm_autotune_options;
+  EXPECT_NO_THROW(kernels::check_gemm_autotune_options(gemm_autotune_options{}));
+  auto with = [](auto set) {
+    gemm_autotune_options o;
+    set(o);
+    return o;
+  };
+  std::vector<gemm_autotune_options> const bad = {with([](auto& o) { o.max_candidates = 0; }),
+                                                  with([](auto& o) { o.max_candidates = 33; }),
+                                                  with([](auto& o) { o.warmup_calls = -1; }),
+                                                  with([](auto& o) { o.timed_calls = 0; }),
+                                                  with([](auto& o) { o.rounds = 0; }),
+                                                  with([](auto& o) { o.rounds = 9; }),
+                                                  with([](auto& o) { o.min_gain = -0.1; }),
+                                                  with([](auto& o) { o.min_gain = 1.0; }),
+                                                  with([](auto& o) { o.max_scratch_bytes = -1; }),
+                                                  with([](auto& o) { o.pinned_candidate = -2; }),
+                                                  with([](auto& o) { o.pinned_candidate = 8; })};
+  for (auto const& o : bad) EXPECT_THROW(kernels::check_gemm_autotune_options(o), error);
+  // A context checks them too, on every backend.
+  backend::cpu cpu;
+  EXPECT_THROW({ gemm_context<backend::cpu> ctx(cpu, bad.front()); }, error);
+  kernels::gemm_autotune_options off;
+  off.enabled = false;
+  EXPECT_NO_THROW({ gemm_context<backend::cpu> ctx(cpu, off); });
+  try {
+    kernels::check_gemm_autotune_options(bad[2]);
+  } catch (error const& e) {
+    EXPECT_NE(std::string(e.what()).find("warmup_calls is -1; allowed 0..64"), std::string::npos)
+        << e.what();
+  }
+}
+
+// The choice: the fastest, ties to the lower index; the first heuristic answer unless beaten by
+// min_gain; failed candidates (NaN, infinite, negative) never chosen.
+TEST(GemmAutotune, ChoiceKeepsFastestWithTiesAndMargin) {
+  using kernels::gemm_autotune_choice;
+  double const nan = std::numeric_limits<double>::quiet_NaN();
+  double const inf = std::numeric_limits<double>::infinity();
+  using v = std::vector<double>;
+  EXPECT_EQ(gemm_autotune_choice(v{}, 0.02), 0);
+  EXPECT_EQ(gemm_autotune_choice(v{5.0}, 0.02), 0);
+  EXPECT_EQ(gemm_autotune_choice(v{10.0, 8.0, 9.0}, 0.02), 1);
+  EXPECT_EQ(gemm_autotune_choice(v{10.0, 8.0, 8.0, 8.0}, 0.02), 1) << "ties go to the lower index";
+  EXPECT_EQ(gemm_autotune_choice(v{10.0, 9.9, 9.85}, 0.02), 0) << "1.5% faster is not enough";
+  EXPECT_EQ(gemm_autotune_choice(v{10.0, 9.9, 9.85}, 0.0), 2);
+  EXPECT_EQ(gemm_autotune_choice(v{10.0, 9.7}, 0.02), 1);
+  EXPECT_EQ(gemm_autotune_choice(v{10.0, nan, 11.0, -1.0, inf}, 0.0), 0);
+  EXPECT_EQ(gemm_autotune_choice(v{10.0, nan, 4.0, -1.0, inf}, 0.0), 2);
+  // The first failed: the fastest usable one, whatever the margin.
+  EXPECT_EQ(gemm_autotune_choice(v{nan, 7.0, 6.99}, 0.5), 2);
+  EXPECT_EQ(gemm_autotune_choice(v{nan, nan}, 0.02), 0) << "nothing usable: the first";
+  // Deterministic: the same times give the same answer every time.
+  v const times{3.0, 2.0, 2.5, 2.0, 1.999};
+  int const once = gemm_autotune_choice(times, 0.0);
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(gemm_autotune_choice(times, 0.0), once);
+  EXPECT_EQ(once, 4);
+}
+
+// The plan key: the same shape at other addresses of the same alignment is one plan; anything that
+// changes the descriptors, the valid algorithms or their speed is another.
+TEST(GemmAutotune, PlanKeySeparatesWhatChangesTheAlgorithm) {
+  using kernels::gemm_workspace_bytes;
+  using kernels::detail::gemm_plan_key_of;
+  alignas(256) static std::byte pool[1 << 16];
+  kernels::gemm_problem p;
+  p.m = 64;
+  p.n = 128;
+  p.k = 256;
+  p.a = pool;
+  p.lda = 256;
+  p.b = pool + 4096;
+  p.ldb = 256;
+  p.c = pool + 8192;
+  p.ldc = 128;
+  p.stride_a = 12345;  // ignored at batch 1
+  auto const base = gemm_plan_key_of(p, gemm_workspace_bytes, false);
+  auto same = p;
+  same.a = pool + 256;
+  same.b = pool + 2048;
+  same.stride_a = 7;
+  same.alpha = 3.0f;  // alpha is set per call
+  EXPECT_EQ(gemm_plan_key_of(same, gemm_workspace_bytes, false), base);
+  std::vector<kernels::gemm_problem> other(12, p);
+  other[0].m = 65;
+  other[1].n = 129;
+  other[2].k = 512;
+  other[3].lda = 264;
+  other[4].c_type = dtype::f32;
+  other[5].layout = kernels::b_layout::k_by_n;
+  other[6].a = pool + 2;  // 2-byte aligned A: fewer algorithms are valid
+  other[7].c = pool + 8192 + 16;
+  other[8].beta = 1.0f;  // C is read
+  other[9].a_scales = reinterpret_cast<float const*>(pool);
+  other[10].batch = 2;
+  other[10].stride_a = 64 * 256;
+  other[11].ldb = 320;
+  for (std::size_t i = 0; i < other.size(); ++i)
+    EXPECT_NE(gemm_plan_key_of(other[i], gemm_workspace_bytes, false), base) << "variant " << i;
+  EXPECT_NE(gemm_plan_key_of(p, 0, false), base) << "workspace";
+  EXPECT_NE(gemm_plan_key_of(p, gemm_workspace_bytes, true), base) << "route";
+  // Batched: the batch strides count, as they change the layouts.
+  auto b1 = other[10], b2 = other[10];
+  b2.stride_a = 64 * 256 + 64;
+  EXPECT_NE(gemm_plan_key_of(b1, 0, false), gemm_plan_key_of(b2, 0, false));
+  // The alignment fields hold the largest power of two, up to 256, dividing address and strides.
+  auto const k6 = gemm_plan_key_of(other[6], 0, false);
+  EXPECT_EQ(k6[kernels::detail::gemm_plan_key_align_a], 2);
+  EXPECT_EQ(base[kernels::detail::gemm_plan_key_align_a], 256);
+  EXPECT_EQ(base[kernels::detail::gemm_plan_key_align_c], 256);
+  auto odd_ld = p;
+  odd_ld.ldc = 129;  // 258-byte rows: 2-byte aligned
+  EXPECT_EQ(gemm_plan_key_of(odd_ld, 0, false)[kernels::detail::gemm_plan_key_align_c], 2);
+}
+
+// The scratch an operand needs: its span from the first element, strides included.
+TEST(GemmAutotune, OperandSpanCoversStrides) {
+  using kernels::detail::gemm_operand_span;
+  EXPECT_EQ(gemm_operand_span(1, 4, 8, 8, 999), 32);
+  EXPECT_EQ(gemm_operand_span(1, 4, 8, 10, 0), 38);  // the last row's padding is not needed
+  EXPECT_EQ(gemm_operand_span(3, 4, 8, 8, 32), 96);
+  // MLA's absorb: q_nope [T = 5, H = 4, 128] of a [5, 4, 192] q, the head as the batch.
+  EXPECT_EQ(gemm_operand_span(4, 5, 128, 4 * 192, 192), 3 * 192 + 4 * 4 * 192 + 128);
+  EXPECT_EQ(gemm_operand_span(0, 4, 8, 8, 32), 0);
+  EXPECT_EQ(gemm_operand_span(2, 0, 8, 8, 32), 0);
 }
 
 TEST(GemmCpu, ErrorSaysWhatWasWrong) {

@@ -3,7 +3,9 @@
 // head), strided-batched bf16 as MLA's absorb of W_UK and W_UV uses it (H = 128 and 16), and FP8
 // with block scales (also checked against a double product of the dequantised operands, and at
 // N = 576 and 2112, which are not multiples of 128). Outputs poisoned with NaN first; padding
-// columns of C checked untouched; plans built once per shape; CUDA-graph capture.
+// columns of C checked untouched; plans built once per shape; CUDA-graph capture. The algorithm
+// selection: timed plans (and every candidate pinned in turn) match the CPU, a plan made inside a
+// capture is timed at its next eager call, the switch off takes the first candidate.
 // Bounds: both backends accumulate in fp32 in different orders and round to bf16 once, each
 // ~1.1e-3 relative L2 from the exact product; their difference is allowed 4e-3 (f32 outputs
 // 1e-4: the accumulation orders alone). FP8 against the double product: 1e-2 (bf16 rounding of
@@ -11,6 +13,7 @@
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -29,9 +32,11 @@ namespace {
 
 using kernels::b_layout;
 using kernels::gemm;
+using kernels::gemm_autotune_options;
 using kernels::gemm_context;
 using kernels::gemm_fp8_block;
 using kernels::gemm_options;
+using kernels::gemm_stats;
 using kernels::gemm_workspace_bytes;
 
 constexpr double bf16_bound = 4e-3;
@@ -45,12 +50,15 @@ using test::download;
 using test::upload;
 
 // C [M, N] (row stride N + pad) = A [M, K] . B^T with B [N, K] bf16, on both backends.
-void check_bf16(std::int64_t m, std::int64_t n, std::int64_t k, dtype out, std::int64_t pad = 0) {
-  SCOPED_TRACE(::testing::Message()
-               << "M " << m << ", N " << n << ", K " << k << ", C " << out << ", pad " << pad);
+// Returns the context's stats; `tune` is how it chooses algorithms.
+gemm_stats check_bf16(
+    std::int64_t m, std::int64_t n, std::int64_t k, dtype out, std::int64_t pad = 0,
+    gemm_autotune_options const& tune = kernels::gemm_autotune_options_from_env()) {
+  SCOPED_TRACE(::testing::Message() << "M " << m << ", N " << n << ", K " << k << ", C " << out
+                                    << ", pad " << pad << ", pinned " << tune.pinned_candidate);
   backend::cuda gpu(0);
   auto const s = gpu.make_stream();
-  gemm_context<backend::cuda> ctx(gpu);
+  gemm_context<backend::cuda> ctx(gpu, tune);
   auto rng = test::test_rng();
   auto const a = test::random_normal_bf16(m * k, 1.0f, rng);
   auto const b = test::random_normal_bf16(n * k, 0.02f, rng);
@@ -98,6 +106,7 @@ void check_bf16(std::int64_t m, std::int64_t n, std::int64_t k, dtype out, std::
   }
   EXPECT_LT(test::relative_l2(got_v, want_v), out == dtype::f32 ? f32_bound : bf16_bound);
   EXPECT_EQ(clobbered, 0) << "C's padding columns written";
+  return ctx.stats();
 }
 
 // (N, K) of the linear layers: DeepSeek-R1 (hidden 7168, q_lora 1536, kv_lora 512, 128 heads,
@@ -192,11 +201,14 @@ TEST_F(GemmCudaTest, StridedBatchedMlaAbsorb) {
 
 // FP8 x [M, K] . w [N, K]^T with DeepSeek's scales, against the CPU backend everywhere and against
 // a double product of the dequantised operands on a few rows.
-void check_fp8(std::int64_t m, std::int64_t n, std::int64_t k, bool graph = false) {
-  SCOPED_TRACE(::testing::Message() << "FP8 M " << m << ", N " << n << ", K " << k);
+gemm_stats check_fp8(
+    std::int64_t m, std::int64_t n, std::int64_t k, bool graph = false,
+    gemm_autotune_options const& tune = kernels::gemm_autotune_options_from_env()) {
+  SCOPED_TRACE(::testing::Message() << "FP8 M " << m << ", N " << n << ", K " << k << ", pinned "
+                                    << tune.pinned_candidate);
   backend::cuda gpu(0);
   auto const s = gpu.make_stream();
-  gemm_context<backend::cuda> ctx(gpu);
+  gemm_context<backend::cuda> ctx(gpu, tune);
   auto rng = test::test_rng();
   auto const x = test::random_fp8_activation(m, k, rng);
   auto const w = test::random_fp8_weight(n, k, rng);
@@ -230,6 +242,7 @@ void check_fp8(std::int64_t m, std::int64_t n, std::int64_t k, bool graph = fals
     std::vector<double> row(got.begin() + i * n, got.begin() + (i + 1) * n);
     EXPECT_LT(test::relative_l2(row, exact), fp8_exact_bound) << "row " << i << " against double";
   }
+  return ctx.stats();
 }
 
 using fp8_case = std::tuple<std::int64_t, shape_t>;
@@ -291,6 +304,98 @@ TEST_F(GemmCudaTest, PlansOncePerShape) {
   gemm(gpu, ctx, a.view().slice(0, 0, 8), b, c.view().slice(0, 0, 8), ws, s);  // M 8: new plan
   EXPECT_EQ(ctx.stats().plans, 2);
   s.synchronize();
+}
+
+// The selection on: one heuristic query, the candidates timed once, the kept one matches the CPU;
+// off: no timing. Then every candidate pinned in turn also matches (each is valid for the shape).
+TEST_F(GemmCudaTest, TunedPlansMatchCpu) {
+  gemm_autotune_options on;
+  on.enabled = true;
+  gemm_autotune_options off = on;
+  off.enabled = false;
+  gemm_stats const tuned = check_bf16(512, 2112, 7168, dtype::bf16, 0, on);
+  EXPECT_EQ(tuned.plans, 1);
+  EXPECT_EQ(tuned.heuristic_queries, 1);
+  EXPECT_EQ(tuned.tuned_plans, 1) << "cuBLASLt offered a single bf16 algorithm";
+  EXPECT_GE(tuned.candidates_timed, 2);
+  EXPECT_LE(tuned.candidates_timed, on.max_candidates);
+  EXPECT_EQ(tuned.tuning_deferred, 0);
+  gemm_stats const first = check_bf16(512, 2112, 7168, dtype::bf16, 0, off);
+  EXPECT_EQ(first.tuned_plans, 0);
+  EXPECT_EQ(first.candidates_timed, 0);
+  // Every candidate of a shape, pinned in turn.
+  gemm_stats const counted = check_bf16(260, 576, 2048, dtype::f32, 8, on);
+  EXPECT_EQ(counted.tuned_plans, 1);
+  for (int i = 0; i < int(counted.candidates_timed); ++i) {
+    gemm_autotune_options pinned = on;
+    pinned.pinned_candidate = i;
+    gemm_stats const st = check_bf16(260, 576, 2048, dtype::f32, 8, pinned);
+    EXPECT_EQ(st.tuned_plans, 1);
+    EXPECT_EQ(st.tuned_not_first, i != 0) << "candidate " << i << " was not the one kept";
+  }
+  // FP8 block-scaled: fewer algorithms may exist; whichever is kept matches CPU and double.
+  for (auto [m, n, k] : {std::array<std::int64_t, 3>{256, 2112, 2048}, {260, 8192, 512}}) {
+    gemm_stats const f = check_fp8(m, n, k, false, on);
+    EXPECT_EQ(f.plans, 1);
+    EXPECT_EQ(f.heuristic_queries, 1);
+    EXPECT_LE(f.tuned_plans, 1);
+    check_fp8(m, n, k, false, off);
+    for (int i = 0; i < int(f.candidates_timed); ++i) {
+      gemm_autotune_options pinned = on;
+      pinned.pinned_candidate = i;
+      check_fp8(m, n, k, false, pinned);
+    }
+  }
+}
+
+// A plan first made inside a graph capture takes the first candidate (nothing is timed or
+// allocated there), and its next eager call times the candidates without a new heuristic query.
+TEST_F(GemmCudaTest, CaptureDefersTuningToTheNextEagerCall) {
+  backend::cuda gpu(0);
+  auto const s = gpu.make_stream();
+  gemm_autotune_options on;
+  on.enabled = true;
+  gemm_context<backend::cuda> ctx(gpu, on);
+  std::int64_t const m = 256, n = 512, k = 1024;
+  tensor<backend::cuda> a(gpu, dtype::bf16, {m, k}), b(gpu, dtype::bf16, {n, k});
+  tensor<backend::cuda> c(gpu, dtype::bf16, {m, n}), ws(gpu, dtype::u8, {gemm_workspace_bytes});
+  gpu.fill(a.data(), a.numel(), 2, 0x3F80, s);  // 1.0
+  gpu.fill(b.data(), b.numel(), 2, 0x3E80, s);  // 0.25
+  gpu.fill(c.data(), c.nbytes(), 1, poison_byte, s);
+  test::run_in_graph(s, [&] { gemm(gpu, ctx, a, b, c, ws, s); });
+  for (bf16 v : download<bf16>(gpu, c, s)) ASSERT_EQ(float(v), 256.0f);
+  gemm_stats st = ctx.stats();
+  EXPECT_EQ(st.plans, 1);
+  EXPECT_EQ(st.tuned_plans, 0);
+  EXPECT_EQ(st.tuning_deferred, 1);
+  test::run_in_graph(s, [&] { gemm(gpu, ctx, a, b, c, ws, s); });  // still captured: waits
+  EXPECT_EQ(ctx.stats().tuning_deferred, 1);
+  EXPECT_EQ(ctx.stats().tuned_plans, 0);
+  gpu.fill(c.data(), c.nbytes(), 1, poison_byte, s);
+  gemm(gpu, ctx, a, b, c, ws, s);
+  for (bf16 v : download<bf16>(gpu, c, s)) ASSERT_EQ(float(v), 256.0f);
+  st = ctx.stats();
+  EXPECT_EQ(st.plans, 1);
+  EXPECT_EQ(st.heuristic_queries, 1);
+  EXPECT_EQ(st.tuned_plans, 1);
+  EXPECT_EQ(st.launches, 3);
+  // Timed once: later calls, captured or not, only launch.
+  test::run_in_graph(s, [&] { gemm(gpu, ctx, a, b, c, ws, s); });
+  gemm(gpu, ctx, a, b, c, ws, s);
+  s.synchronize();
+  EXPECT_EQ(ctx.stats().tuned_plans, 1);
+  EXPECT_EQ(ctx.stats().candidates_timed, st.candidates_timed);
+}
+
+// Scratch larger than allowed: the first candidate, untimed, and still the right product.
+TEST_F(GemmCudaTest, ScratchOverTheLimitKeepsFirstCandidate) {
+  gemm_autotune_options small;
+  small.enabled = true;
+  small.max_scratch_bytes = 1 << 20;
+  gemm_stats const st = check_bf16(128, 1024, 2048, dtype::bf16, 0, small);  // ~4.5 MB of scratch
+  EXPECT_EQ(st.tuned_plans, 0);
+  EXPECT_EQ(st.candidates_timed, 0);
+  EXPECT_EQ(st.plans, 1);
 }
 
 TEST_F(GemmCudaTest, RejectsViewsOnTheHost) {
