@@ -25,9 +25,9 @@
 #include <thread>
 #include <vector>
 
+#include "kernels/index/index.hpp"
 #include "lightcore/backend/cuda.hpp"
 #include "lightcore/core/cuda_check.hpp"
-#include "kernels/index/index.hpp"
 #include "lightcore/pd/cuda_ipc_transport.hpp"
 
 extern char** environ;
