@@ -9,6 +9,7 @@
 
 #include "kernels/activation/activation.hpp"
 #include "kernels/activation/activation_params.hpp"
+#include "kernels/common/pdl.cuh"
 #include "lightcore/core/cuda_check.hpp"
 
 namespace lightcore::kernels::detail {
@@ -33,6 +34,7 @@ struct silu_reg_array {
 template <class T>
 __global__ void __launch_bounds__(silu_and_mul_traits<T>::max_threads)
     silu_and_mul_kernel(silu_and_mul_params<T> const p) {
+  pdl_enter();
   using traits = silu_and_mul_traits<T>;
   using array = silu_reg_array<T, traits::elems>;
   std::int64_t const vector = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -61,7 +63,7 @@ void launch_silu_and_mul(silu_and_mul_params<T> const& p, CUstream_st* stream) {
       traits::max_threads, (vectors + traits::warp - 1) / traits::warp * traits::warp));
   dim3 const grid(unsigned((vectors + threads - 1) / threads),
                   unsigned(std::min<std::int64_t>(p.rows, traits::max_grid_y)));
-  silu_and_mul_kernel<T><<<grid, unsigned(threads), 0, stream>>>(p);
+  launch_pdl(silu_and_mul_kernel<T>, grid, dim3(unsigned(threads)), 0, stream, p);
   LC_CUDA_CHECK_LAUNCH();
 }
 

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "kernels/common/pdl.cuh"
 #include "kernels/embedding/embedding.hpp"
 #include "kernels/embedding/embedding_params.hpp"
 #include "lightcore/core/cuda_check.hpp"
@@ -32,6 +33,7 @@ template <class T>
 __global__ void __launch_bounds__(embedding_traits<T>::max_threads,
                                   embedding_traits<T>::blocks_per_sm)
     embedding_kernel(embedding_params<T> const p) {
+  pdl_enter();
   using traits = embedding_traits<T>;
   std::int64_t const vectors = p.hidden / traits::elems;
   for (std::int64_t t = blockIdx.x; t < p.tokens; t += gridDim.x) {
@@ -71,7 +73,7 @@ void launch_embedding(embedding_params<T> const& p, int num_sms, CUstream_st* st
       traits::max_threads, (per_batch + traits::warp - 1) / traits::warp * traits::warp));
   std::int64_t const max_blocks = std::int64_t(num_sms) * traits::max_threads_per_sm / threads;
   auto const blocks = unsigned(std::clamp<std::int64_t>(p.tokens, 1, max_blocks));
-  embedding_kernel<T><<<blocks, unsigned(threads), 0, stream>>>(p);
+  launch_pdl(embedding_kernel<T>, dim3(blocks), dim3(unsigned(threads)), 0, stream, p);
   LC_CUDA_CHECK_LAUNCH();
 }
 

@@ -26,6 +26,7 @@
 #include <atomic>
 #include <cstdint>
 
+#include "kernels/common/pdl.cuh"
 #include "kernels/gemm/fp8_small_m_params.hpp"
 #include "lightcore/core/cuda_check.hpp"
 #include "lightcore/core/error.hpp"
@@ -106,6 +107,7 @@ __device__ __forceinline__ int fp8_small_m_x_offset(int n, int chunk) {
 template <int TokenTiles>
 __global__ void __launch_bounds__(fp8_small_m_traits<TokenTiles>::threads)
     fp8_small_m_kernel(fp8_small_m_params const p) {
+  pdl_enter();
   using traits = fp8_small_m_traits<TokenTiles>;
   constexpr int stages = traits::weight_stages, x_stages = traits::x_stages;
   extern __shared__ __align__(16) std::uint8_t smem[];
@@ -336,13 +338,14 @@ void launch_gemm_fp8_small_m(fp8_small_m_params const& p, int ordinal, int num_s
   cfg.blockDim = dim3(traits::threads, 1, 1);
   cfg.dynamicSmemBytes = traits::smem_bytes;
   cfg.stream = stream;
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeClusterDimension;
-  attr.val.clusterDim.x = unsigned(splits);
-  attr.val.clusterDim.y = 1;
-  attr.val.clusterDim.z = 1;
-  cfg.attrs = &attr;
-  cfg.numAttrs = 1;
+  cudaLaunchAttribute attrs[2] = {};
+  attrs[0].id = cudaLaunchAttributeClusterDimension;
+  attrs[0].val.clusterDim.x = unsigned(splits);
+  attrs[0].val.clusterDim.y = 1;
+  attrs[0].val.clusterDim.z = 1;
+  attrs[1] = pdl_attribute();
+  cfg.attrs = attrs;
+  cfg.numAttrs = pdl_enabled() ? 2 : 1;
   LC_CUDA_CHECK(cudaLaunchKernelEx(&cfg, fp8_small_m_kernel<TokenTiles>, p));
   LC_CUDA_CHECK_LAUNCH();
 }

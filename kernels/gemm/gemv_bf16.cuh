@@ -15,6 +15,7 @@
 
 #include <cstdint>
 
+#include "kernels/common/pdl.cuh"
 #include "kernels/gemm/gemv_bf16_params.hpp"
 #include "lightcore/core/cuda_check.hpp"
 #include "lightcore/core/error.hpp"
@@ -110,6 +111,7 @@ __device__ __forceinline__ void gemv_bf16_store(gemv_bf16_params const& p, std::
 template <int MPad>
 __global__ void __launch_bounds__(32 * gemv_bf16_max_warps)
     gemv_bf16_nk_kernel(gemv_bf16_params const p) {
+  pdl_enter();
   using traits = gemv_bf16_traits<MPad>;
   constexpr int rows = traits::rows, unroll = traits::unroll, values = traits::nk_values;
   int const tid = int(threadIdx.x), lane = tid % 32, warp = tid / 32;
@@ -185,6 +187,7 @@ __global__ void __launch_bounds__(32 * gemv_bf16_max_warps)
 template <int MPad>
 __global__ void __launch_bounds__(gemv_bf16_kn_threads)
     gemv_bf16_kn_kernel(gemv_bf16_params const p) {
+  pdl_enter();
   using traits = gemv_bf16_traits<MPad>;
   constexpr int values = traits::kn_values, groups = gemv_bf16_kn_cols / 8;
   constexpr int warps = gemv_bf16_kn_threads / 32, kept = values / 4;
@@ -285,8 +288,8 @@ void launch_gemv_bf16_nk_fma(gemv_bf16_params const& p, gemv_bf16_geometry const
            "gemv_bf16: " << g.warps << " warps; allowed 1.." << gemv_bf16_max_warps);
   std::int64_t const ctas = (p.n + gemv_bf16_rows_per_cta - 1) / gemv_bf16_rows_per_cta;
   gemv_bf16_check_grid(ctas, p.batch, 1, p);
-  gemv_bf16_nk_kernel<MPad><<<dim3(unsigned(ctas), unsigned(p.batch), 1),
-                              dim3(unsigned(32 * g.warps), 1, 1), 0, stream>>>(p);
+  launch_pdl(gemv_bf16_nk_kernel<MPad>, dim3(unsigned(ctas), unsigned(p.batch), 1),
+             dim3(unsigned(32 * g.warps), 1, 1), 0, stream, p);
   LC_CUDA_CHECK_LAUNCH();
 }
 
@@ -297,7 +300,7 @@ void launch_gemv_bf16_kn(gemv_bf16_params const& p, gemv_bf16_geometry const& g,
   gemv_bf16_check_grid(g.splits, tiles, p.batch, p);
   dim3 const grid(unsigned(g.splits), unsigned(tiles), unsigned(p.batch));
   if (g.splits == 1) {  // no cluster: its launch costs scheduling time for nothing
-    gemv_bf16_kn_kernel<MPad><<<grid, dim3(gemv_bf16_kn_threads, 1, 1), 0, stream>>>(p);
+    launch_pdl(gemv_bf16_kn_kernel<MPad>, grid, dim3(gemv_bf16_kn_threads, 1, 1), 0, stream, p);
     LC_CUDA_CHECK_LAUNCH();
     return;
   }
@@ -306,13 +309,14 @@ void launch_gemv_bf16_kn(gemv_bf16_params const& p, gemv_bf16_geometry const& g,
   cfg.blockDim = dim3(gemv_bf16_kn_threads, 1, 1);
   cfg.dynamicSmemBytes = 0;
   cfg.stream = stream;
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeClusterDimension;
-  attr.val.clusterDim.x = unsigned(g.splits);
-  attr.val.clusterDim.y = 1;
-  attr.val.clusterDim.z = 1;
-  cfg.attrs = &attr;
-  cfg.numAttrs = 1;
+  cudaLaunchAttribute attrs[2] = {};
+  attrs[0].id = cudaLaunchAttributeClusterDimension;
+  attrs[0].val.clusterDim.x = unsigned(g.splits);
+  attrs[0].val.clusterDim.y = 1;
+  attrs[0].val.clusterDim.z = 1;
+  attrs[1] = pdl_attribute();
+  cfg.attrs = attrs;
+  cfg.numAttrs = pdl_enabled() ? 2 : 1;
   LC_CUDA_CHECK(cudaLaunchKernelEx(&cfg, gemv_bf16_kn_kernel<MPad>, p));
   LC_CUDA_CHECK_LAUNCH();
 }

@@ -3,6 +3,7 @@
 // copy_rows: one warp per row, 16-byte vectors, a grid over the rows.
 #include <cuda_runtime_api.h>
 
+#include "kernels/common/pdl.cuh"
 #include "kernels/index/index.hpp"
 #include "lightcore/backend/cuda.hpp"
 #include "lightcore/core/cuda_check.hpp"
@@ -15,6 +16,7 @@ __global__ void copy_indexed_kernel(std::int32_t* __restrict__ dst,
                                     std::int32_t const* __restrict__ src,
                                     std::int32_t const* __restrict__ src_index, std::int32_t n,
                                     std::int32_t n_dst, std::int32_t n_src) {
+  pdl_enter();
   for (std::int32_t k = std::int32_t(blockIdx.x * blockDim.x + threadIdx.x); k < n;
        k += std::int32_t(gridDim.x * blockDim.x)) {
     std::int32_t const to = dst_index[k];
@@ -55,10 +57,11 @@ void copy_indexed_cuda(tensor_view const& dst, tensor_view const& dst_index, ten
   constexpr int threads = 256;
   constexpr int blocks = 4;  // fixed: capturable, and a step's entries are few
   auto clamp = [](std::int64_t v) { return std::int32_t(std::min<std::int64_t>(v, INT32_MAX)); };
-  copy_indexed_kernel<<<blocks, threads, 0, stream>>>(
-      dst.data_as<std::int32_t>(), dst_index.data_as<std::int32_t>(), src.data_as<std::int32_t>(),
-      src_index.data() == nullptr ? nullptr : src_index.data_as<std::int32_t>(), n,
-      clamp(dst.size(0)), clamp(src.size(0)));
+  launch_pdl(copy_indexed_kernel, dim3(blocks), dim3(threads), 0, stream,
+             dst.data_as<std::int32_t>(), dst_index.data_as<std::int32_t>(),
+             src.data_as<std::int32_t>(),
+             src_index.data() == nullptr ? nullptr : src_index.data_as<std::int32_t>(), n,
+             clamp(dst.size(0)), clamp(src.size(0)));
   LC_CUDA_CHECK(cudaGetLastError());
 }
 

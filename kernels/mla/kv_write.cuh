@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "kernels/common/pdl.cuh"
 #include "kernels/mla/mla.hpp"
 #include "kernels/mla/mla_params.hpp"
 #include "lightcore/core/cuda_check.hpp"
@@ -24,6 +25,7 @@ struct kv_write_traits {
 template <class Layout>
 __global__ void __launch_bounds__(kv_write_traits::threads)
     kv_write_kernel(kv_write_params const p, std::int64_t const vectors_per_token) {
+  pdl_enter();
   constexpr int elems = kv_write_traits::elems;
   std::int64_t const first_vectors = p.segment[0].width / elems;
   std::int64_t const total = p.tokens * vectors_per_token;
@@ -60,7 +62,8 @@ void launch_kv_write(kv_write_params const& p, int num_sms, CUstream_st* stream)
   auto const blocks =
       unsigned(std::clamp<std::int64_t>((total + traits::threads - 1) / traits::threads, 1,
                                         std::int64_t(num_sms) * traits::blocks_per_sm));
-  kv_write_kernel<Layout><<<blocks, traits::threads, 0, stream>>>(p, vectors_per_token);
+  launch_pdl(kv_write_kernel<Layout>, dim3(blocks), dim3(traits::threads), 0, stream, p,
+             vectors_per_token);
   LC_CUDA_CHECK_LAUNCH();
 }
 

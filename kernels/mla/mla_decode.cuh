@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "kernels/common/pdl.cuh"
 #include "kernels/mla/mla.hpp"
 #include "kernels/mla/mla_decode_common.cuh"
 #include "kernels/mla/mla_decode_stream.cuh"
@@ -69,6 +70,7 @@ using mla_decode_config_64 = mla_decode_config<64, 4, 2, 32, 3>;
 
 template <class Cfg, class Layout>
 __global__ void __launch_bounds__(Cfg::threads, 1) mla_decode_kernel(mla_decode_params const p) {
+  pdl_enter();
   extern __shared__ __align__(128) unsigned char smem[];
   constexpr int heads = Cfg::heads, block_n = Cfg::block_n, pitch = Cfg::pitch;
   float const neg_inf = -INFINITY;
@@ -314,7 +316,7 @@ void launch_mla_decode(mla_decode_params const& p, CUstream_st* stream) {
   // allowed while a graph is being captured.
   LC_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, cfg::smem_bytes));
-  kernel<<<unsigned(grid), cfg::threads, cfg::smem_bytes, stream>>>(p);
+  launch_pdl(kernel, dim3(unsigned(grid)), dim3(cfg::threads), cfg::smem_bytes, stream, p);
   LC_CUDA_CHECK_LAUNCH();
 }
 
@@ -364,6 +366,7 @@ __device__ __forceinline__ void mla_merge_add(float (&acc)[mla_merge_traits::col
 template <class Out>
 __global__ void __launch_bounds__(32 * mla_merge_traits::max_warps)
     mla_merge_kernel(mla_decode_params const p) {
+  pdl_enter();
   static_assert(std::is_same_v<Out, bf16>, "mla_decode writes bf16 outputs");
   constexpr int cols = mla_merge_traits::columns_per_lane;
   __shared__ float weight[mla_max_splits];  // exp2(lse_i - max), 0 for an empty split
@@ -454,7 +457,7 @@ void launch_mla_merge(mla_decode_params const& p, CUstream_st* stream) {
            "mla merge: at most " << mla_max_splits << " splits and INT_MAX (row, head) pairs; got "
                                  << p.num_splits << " splits, " << pairs << " pairs");
   int const threads = 32 * mla_merge_traits::warps_for(p.num_splits);
-  mla_merge_kernel<Out><<<unsigned(pairs), threads, 0, stream>>>(p);
+  launch_pdl(mla_merge_kernel<Out>, dim3(unsigned(pairs)), dim3(unsigned(threads)), 0, stream, p);
   LC_CUDA_CHECK_LAUNCH();
 }
 

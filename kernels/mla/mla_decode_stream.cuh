@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "kernels/common/pdl.cuh"
 #include "kernels/mla/mla_decode_common.cuh"
 #include "kernels/mla/mla_mma.cuh"
 #include "kernels/mla/mla_params.hpp"
@@ -126,6 +127,7 @@ __device__ __forceinline__ void mla_stream_produce(mla_decode_params const& p,
 template <class Cfg, class Layout>
 __global__ void __launch_bounds__(Cfg::threads, 1)
     mla_decode_stream_kernel(mla_decode_params const p) {
+  pdl_enter();
   extern __shared__ __align__(128) unsigned char smem[];
   constexpr int heads = Cfg::heads, block_n = Cfg::block_n, pitch = Cfg::pitch;
   float const neg_inf = -INFINITY;

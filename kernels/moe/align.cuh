@@ -19,6 +19,7 @@
 
 #include <cstdint>
 
+#include "kernels/common/pdl.cuh"
 #include "kernels/moe/moe.hpp"
 #include "kernels/moe/moe_params.hpp"
 #include "lightcore/core/cuda_check.hpp"
@@ -65,6 +66,7 @@ __device__ __forceinline__ int moe_block_inclusive_scan(int v, int* warp_sums) {
 template <int Warps>
 __global__ void __launch_bounds__(moe_align_traits<Warps>::threads)
     moe_align_kernel(moe_align_params const p) {
+  pdl_enter();
   using traits = moe_align_traits<Warps>;
   constexpr int round = 32;
   __shared__ int warp_start[Warps][moe_max_experts];  // counts, then each warp's start per expert
@@ -183,7 +185,7 @@ void launch_moe_align(moe_align_params const& p, CUstream_st* stream) {
            "moe_align on CUDA supports 1 to " << moe_max_experts
                                               << " experts and block_m >= 1; got " << p.experts
                                               << " experts, block_m " << p.block_m);
-  moe_align_kernel<Warps><<<1, traits::threads, 0, stream>>>(p);
+  launch_pdl(moe_align_kernel<Warps>, dim3(1), dim3(traits::threads), 0, stream, p);
   LC_CUDA_CHECK_LAUNCH();
 }
 

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "kernels/common/pdl.cuh"
 #include "kernels/moe/moe_experts.hpp"
 #include "kernels/moe/moe_experts_params.hpp"
 #include "lightcore/core/bf16.hpp"
@@ -25,6 +26,7 @@ struct moe_combine_traits {
 
 __global__ void __launch_bounds__(moe_combine_traits::threads)
     moe_combine_kernel(moe_combine_params const p) {
+  pdl_enter();
   constexpr int vec = moe_combine_traits::vector;
   std::int64_t const per_token = p.hidden / vec;
   std::int64_t const total = p.tokens * per_token;
@@ -60,7 +62,7 @@ inline void launch_moe_combine_impl(moe_combine_params const& p, int num_sms, CU
   std::int64_t const wanted = (items + traits::threads - 1) / traits::threads;
   auto const grid =
       unsigned(std::min<std::int64_t>(wanted, std::int64_t(num_sms) * traits::ctas_per_sm));
-  moe_combine_kernel<<<grid, traits::threads, 0, stream>>>(p);
+  launch_pdl(moe_combine_kernel, dim3(grid), dim3(traits::threads), 0, stream, p);
   LC_CUDA_CHECK_LAUNCH();
 }
 

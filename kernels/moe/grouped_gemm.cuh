@@ -27,6 +27,7 @@
 #include <cstdint>
 
 #include "kernels/activation/activation_params.hpp"
+#include "kernels/common/pdl.cuh"
 #include "kernels/moe/moe_experts.hpp"
 #include "kernels/moe/moe_experts_params.hpp"
 #include "lightcore/core/bf16.hpp"
@@ -113,6 +114,7 @@ __device__ __forceinline__ std::uint32_t moe_pack_bf16(bf16 lo, bf16 hi) {
 template <moe_gemm_stage Stage, bool Fp8, int BlockM>
 __global__ void __launch_bounds__(moe_gemm_traits<Stage, Fp8, BlockM>::threads)
     moe_grouped_gemm_kernel(moe_grouped_gemm_params const p) {
+  pdl_enter();
   using traits = moe_gemm_traits<Stage, Fp8, BlockM>;
   constexpr bool gate_up = Stage == moe_gemm_stage::gate_up;
   constexpr int stages = traits::stages;
@@ -311,7 +313,7 @@ void launch_moe_grouped_gemm(moe_grouped_gemm_params const& p, CUstream_st* stre
   LC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                      traits::smem_bytes));
   dim3 const grid(unsigned(p.blocks), unsigned(p.n / traits::out_n), 1);
-  kernel<<<grid, traits::threads, traits::smem_bytes, stream>>>(p);
+  launch_pdl(kernel, grid, dim3(traits::threads), traits::smem_bytes, stream, p);
   LC_CUDA_CHECK_LAUNCH();
 }
 

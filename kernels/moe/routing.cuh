@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "kernels/common/pdl.cuh"
 #include "kernels/moe/moe.hpp"
 #include "kernels/moe/moe_params.hpp"
 #include "lightcore/core/cuda_check.hpp"
@@ -43,6 +44,7 @@ __device__ __forceinline__ moe_top2 moe_shfl_xor_top2(moe_top2 t, int offset) {
 template <int ExpertsPerLane>
 __global__ void __launch_bounds__(moe_routing_traits<ExpertsPerLane>::threads)
     moe_routing_kernel(moe_routing_params const p) {
+  pdl_enter();
   using traits = moe_routing_traits<ExpertsPerLane>;
   constexpr int epl = ExpertsPerLane;
   constexpr float neg_inf = -INFINITY;
@@ -216,7 +218,7 @@ void launch_moe_routing(moe_routing_params const& p, int num_sms, CUstream_st* s
   std::int64_t const needed = (p.tokens + traits::warps - 1) / traits::warps;
   auto const blocks =
       unsigned(std::clamp<std::int64_t>(needed, 1, std::int64_t(num_sms) * traits::blocks_per_sm));
-  moe_routing_kernel<ExpertsPerLane><<<blocks, traits::threads, 0, stream>>>(p);
+  launch_pdl(moe_routing_kernel<ExpertsPerLane>, dim3(blocks), dim3(traits::threads), 0, stream, p);
   LC_CUDA_CHECK_LAUNCH();
 }
 

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 
+#include "kernels/common/pdl.cuh"
 #include "kernels/norm/norm.hpp"
 #include "kernels/norm/norm_params.hpp"
 #include "lightcore/core/cuda_check.hpp"
@@ -45,22 +46,12 @@ __device__ __forceinline__ float warp_sum(float s) {
   return s;
 }
 
-// Programmatic dependent launch: lets the next kernel on the stream be scheduled now (it still
-// waits for this grid to finish before it reads anything), then waits until the grid this one
-// was launched after has finished and its writes are visible. Both are no-ops unless the launch
-// asked for the overlap (rmsnorm_launch::overlap_previous); every global access comes after the
-// wait.
-__device__ __forceinline__ void rmsnorm_overlap_previous_grid() {
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-}
-
 template <int VectorsPerThread, bool Fused>
 __global__ void __launch_bounds__(rmsnorm_traits::max_threads)
     rmsnorm_kernel(rmsnorm_params<bf16> const p) {
   constexpr int elems = rmsnorm_traits::elems;
   __shared__ float warp_sums[rmsnorm_traits::max_warps];
-  rmsnorm_overlap_previous_grid();
+  pdl_enter();  // every global access comes after it (kernels/common/pdl.cuh)
 
   int const threads = int(blockDim.x);  // per row, a multiple of 32
   int const t = int(threadIdx.x);
@@ -158,11 +149,9 @@ void launch_rmsnorm(rmsnorm_params<bf16> const& p, rmsnorm_launch const& geometr
   cfg.gridDim = dim3(unsigned(blocks), 1, 1);
   cfg.blockDim = dim3(unsigned(geometry.threads_per_row), unsigned(geometry.rows_per_block), 1);
   cfg.stream = stream;
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute attr = pdl_attribute();
   cfg.attrs = &attr;
-  cfg.numAttrs = geometry.overlap_previous ? 1 : 0;
+  cfg.numAttrs = geometry.overlap_previous && pdl_enabled() ? 1 : 0;
   LC_CUDA_CHECK(cudaLaunchKernelEx(&cfg, rmsnorm_kernel<VectorsPerThread, Fused>, p));
   LC_CUDA_CHECK_LAUNCH();
 }

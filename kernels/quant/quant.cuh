@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "kernels/common/pdl.cuh"
 #include "kernels/common/vector_types.cuh"
 #include "kernels/quant/quant.hpp"
 #include "kernels/quant/quant_params.hpp"
@@ -40,6 +41,7 @@ template <class In, class Out>
 __global__ void __launch_bounds__(quant_traits<In, Out>::threads,
                                   quant_traits<In, Out>::blocks_per_sm)
     quant_kernel(quant_params<In, Out> const p, std::int64_t const groups) {
+  pdl_enter();
   using traits = quant_traits<In, Out>;
   using in_array = reg_array<In, traits::elems>;
   using out_array = reg_array<Out, traits::elems>;
@@ -126,7 +128,7 @@ void launch_quantize_per_token_group(quant_params<In, Out> const& p, int num_sms
   std::int64_t const max_blocks = std::int64_t(num_sms) * traits::blocks_per_sm;
   auto const blocks = unsigned(std::clamp<std::int64_t>(
       (threads_needed + traits::threads - 1) / traits::threads, 1, max_blocks));
-  quant_kernel<In, Out><<<blocks, traits::threads, 0, stream>>>(p, groups);
+  launch_pdl(quant_kernel<In, Out>, dim3(blocks), dim3(traits::threads), 0, stream, p, groups);
   LC_CUDA_CHECK_LAUNCH();
 }
 

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 
+#include "kernels/common/pdl.cuh"
 #include "kernels/rope/rope.hpp"
 #include "kernels/rope/rope_params.hpp"
 #include "lightcore/core/cuda_check.hpp"
@@ -96,15 +97,6 @@ __device__ __forceinline__ void rope_store(bf16* row, int const lane,
   }
 }
 
-// Programmatic dependent launch: lets the next kernel on the stream be scheduled now (it still
-// waits for this grid to finish before it reads anything), then waits until the grid this one
-// was launched after has finished and its writes are visible. Both are no-ops unless the launch
-// asked for the overlap (rope_launch); every global access comes after the wait.
-__device__ __forceinline__ void rope_overlap_previous_grid() {
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-}
-
 // One warp per (token, chunk); quarter q of the warp (lanes 8q .. 8q + 7) takes rows
 // first + q, first + 4 + q, ... of the chunk. In place: lane l's outputs overwrite inputs that
 // lanes l / 2 and 4 + l / 2 of its row read, so every row load of the warp happens before the
@@ -114,7 +106,7 @@ template <int MaxSteps, bool Vectorized>
 __global__ void __launch_bounds__(rope_traits::threads)
     rope_kernel(rope_params const p, rope_chunking const c) {
   using traits = rope_traits;
-  rope_overlap_previous_grid();
+  pdl_enter();  // every global access comes after it
   std::uint32_t const warp_id = blockIdx.x * traits::warps_per_block + threadIdx.x / traits::warp;
   std::uint32_t const units = std::uint32_t(p.tokens) * c.chunks_per_token;
   if (warp_id >= units) return;
@@ -175,7 +167,7 @@ inline bool rope_rows_aligned(bf16 const* base, std::int64_t stride0, std::int64
 
 // Launches `kernel` with programmatic stream serialization when `overlapped`: its blocks may be
 // scheduled while the previous kernel on the stream finishes, which hides the launch gap
-// between two short kernels (see rope_overlap_previous_grid).
+// between two short kernels (see kernels/common/pdl.cuh).
 template <class... Args>
 void rope_launch(void (*kernel)(Args...), unsigned blocks, CUstream_st* stream, bool overlapped,
                  Args... args) {
@@ -183,11 +175,9 @@ void rope_launch(void (*kernel)(Args...), unsigned blocks, CUstream_st* stream, 
   cfg.gridDim = dim3(blocks, 1, 1);
   cfg.blockDim = dim3(rope_traits::threads, 1, 1);
   cfg.stream = stream;
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute attr = pdl_attribute();
   cfg.attrs = &attr;
-  cfg.numAttrs = overlapped ? 1 : 0;
+  cfg.numAttrs = overlapped && pdl_enabled() ? 1 : 0;
   LC_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, args...));
   LC_CUDA_CHECK_LAUNCH();
 }
