@@ -43,6 +43,11 @@ __device__ __forceinline__ uint4 gemv_bf16_load_stream(void const* ptr) {
   return v;
 }
 
+// Starts moving the 128-byte line at ptr into L2 (no register, no wait).
+__device__ __forceinline__ void gemv_bf16_prefetch_l2(void const* ptr) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(ptr));
+}
+
 // 16 bytes of the tokens: read-only for the kernel's lifetime, reused through L1.
 __device__ __forceinline__ uint4 gemv_bf16_load_tokens(void const* ptr) {
   return __ldg(static_cast<uint4 const*>(ptr));
@@ -111,7 +116,6 @@ __device__ __forceinline__ void gemv_bf16_store(gemv_bf16_params const& p, std::
 template <int MPad>
 __global__ void __launch_bounds__(32 * gemv_bf16_max_warps)
     gemv_bf16_nk_kernel(gemv_bf16_params const p) {
-  pdl_enter();
   using traits = gemv_bf16_traits<MPad>;
   constexpr int rows = traits::rows, unroll = traits::unroll, values = traits::nk_values;
   int const tid = int(threadIdx.x), lane = tid % 32, warp = tid / 32;
@@ -124,6 +128,15 @@ __global__ void __launch_bounds__(32 * gemv_bf16_max_warps)
 #pragma unroll
   for (int r = 0; r < rows; ++r)  // rows past N read row N - 1; their sums are not stored
     w_row[r] = p.b + batch * p.stride_b + std::min(n0 + r, p.n - 1) * p.ldb;
+  // The weights do not depend on the kernels before this one: under programmatic dependent launch
+  // this CTA is resident while the previous kernel finishes, so its rows start streaming into L2
+  // then, and only the tokens wait for pdl_enter.
+  constexpr std::int64_t line = 64;  // bf16 values per 128-byte line
+  std::int64_t const lines = (p.k + line - 1) / line;
+#pragma unroll
+  for (int r = 0; r < rows; ++r)
+    for (std::int64_t i = tid; i < lines; i += threads) gemv_bf16_prefetch_l2(w_row[r] + i * line);
+  pdl_enter();
   std::uint16_t const* x_row[MPad];
 #pragma unroll
   for (int m = 0; m < MPad; ++m)
