@@ -3,6 +3,8 @@
 //  - decode-like T = 1..64: the floor is reading the hit experts' weights once (GB/s and
 //    frac_of_hbm of those bytes);
 //  - prefill-like T = 4096, 8192: TFLOP/s of the routed FLOPs (2 x T x top_k x 3 x H x I);
+//  - the GEMM kernel forced either way (arg 3: 0 the dispatch's choice, 1 the mma.sync kernel, 2
+//    the wgmma kernel) to place the dispatch's token threshold;
 //  - the baseline: the same MoE as a loop of per-expert kernels::gemm calls (cuBLASLt bf16, with
 //    host-side counts: the baseline alone may sync), silu_and_mul and a weighted combine left out
 //    (the baseline is charged the GEMMs only, which flatters it).
@@ -104,7 +106,8 @@ struct moe_setup {
   }
 };
 
-// args: model (0 R1, 1 V2-Lite), tokens, format (0 bf16, 1 fp8)
+// args: model (0 R1, 1 V2-Lite), tokens, format (0 bf16, 1 fp8), kernel (0 the dispatch's
+// choice, 1 mma.sync, 2 wgmma where it applies)
 void bm_moe_experts(benchmark::State& state) {
   if (skip_without_gpu(state)) return;
   shape const s = shape_of(state.range(0));
@@ -116,9 +119,13 @@ void bm_moe_experts(benchmark::State& state) {
   bool const fp8 = f == moe_weight_format::fp8_block;
   kernels::moe_expert_weights const w{m.gate_up, m.down, fp8 ? m.gu_s.view() : tensor_view{},
                                       fp8 ? m.dn_s.view() : tensor_view{}};
+  // The checked params, as kernels::moe_experts makes them, with the kernel choice moved.
+  kernels::moe_experts_params p = kernels::detail::make_moe_experts_params(
+      gpu.where(), m.hidden, m.ids, m.weights, m.align(), block_m, w, m.out, m.ws);
+  if (state.range(3) == 1) p.wgmma_min_tokens = std::int64_t(1) << 40;
+  if (state.range(3) == 2) p.wgmma_min_tokens = 1;
   double const seconds = median_seconds(&state, gpu, stream, [&](int) {
-    kernels::moe_experts(gpu, m.hidden, m.ids, m.weights, m.align(), block_m, w, m.out, m.ws,
-                         stream);
+    kernels::detail::moe_experts_cuda(p, gpu.where().index, stream.get());
   });
   std::set<std::int32_t> const hit(m.host_ids.begin(), m.host_ids.end());
   double const weight_bytes =
@@ -182,9 +189,15 @@ void register_all() {
   for (std::int64_t model : {0, 1}) {
     for (std::int64_t t : {1, 2, 4, 8, 16, 32, 64, 4096, 8192}) {
       for (std::int64_t f : {0, 1})
-        timed(benchmark::RegisterBenchmark("BM_moe_experts", bm_moe_experts))->Args({model, t, f});
+        timed(benchmark::RegisterBenchmark("BM_moe_experts", bm_moe_experts))
+            ->Args({model, t, f, 0});
       timed(benchmark::RegisterBenchmark("BM_moe_gemm_loop", bm_moe_gemm_loop))->Args({model, t});
     }
+    // bf16, each kernel forced, over the prefill sizes around the threshold.
+    for (std::int64_t t : {256, 512, 1024, 2048, 4096, 8192})
+      for (std::int64_t kernel : {1, 2})
+        timed(benchmark::RegisterBenchmark("BM_moe_experts", bm_moe_experts))
+            ->Args({model, t, 0, kernel});
   }
 }
 

@@ -57,6 +57,9 @@ void moe_experts_cuda(moe_experts_params const& p, int ordinal, CUstream_st* str
 // Defined in grouped_gemm.cuh and combine.cuh, instantiated once per variant in instantiations/.
 template <moe_gemm_stage Stage, bool Fp8, int BlockM>
 void launch_moe_grouped_gemm(moe_grouped_gemm_params const& p, CUstream_st* stream);
+// Defined in grouped_gemm_wgmma.cuh (sm_90a), bf16 only; TileM rows per CTA (128 instantiated).
+template <moe_gemm_stage Stage, int BlockM, int TileM>
+void launch_moe_grouped_gemm_wgmma(moe_grouped_gemm_params const& p, CUstream_st* stream);
 void launch_moe_combine(moe_combine_params const& p, int num_sms, CUstream_st* stream);
 #endif
 

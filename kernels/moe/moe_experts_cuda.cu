@@ -1,6 +1,7 @@
 // moe experts: the CUDA dispatch. Builds the two grouped GEMMs' params from the workspace layout,
-// chooses the instantiation (GEMM stage x bf16 | FP8 x block_m; each in its own file under
-// instantiations/) and issues, on one stream and with a geometry fixed by the token count:
+// chooses the instantiation (GEMM stage x bf16 | FP8 x block_m, and for bf16 prefill-sized batches
+// the wgmma kernel; each in its own file under instantiations/) and issues, on one stream and with
+// a geometry fixed by the token count:
 //   [FP8: quantise hidden] -> GEMM 1 (+ SiLU-and-mul) -> [FP8: quantise the intermediate]
 //   -> GEMM 2 (x routed weight) -> combine.
 #include <cstdint>
@@ -12,9 +13,16 @@
 namespace lightcore::kernels::detail {
 namespace {
 
+// The wgmma kernel where it applies (bf16, block_m 64, a prefill-sized batch, N a multiple of its
+// tile), else the mma.sync kernel of this format and block_m.
 template <moe_gemm_stage Stage>
-void launch_gemm(moe_grouped_gemm_params const& p, bool fp8, std::int64_t block_m,
+void launch_gemm(moe_grouped_gemm_params const& p, bool fp8, std::int64_t block_m, bool wgmma,
                  CUstream_st* stream) {
+  std::int64_t const wgmma_tile_n =
+      Stage == moe_gemm_stage::gate_up ? moe_gemm_wgmma_gate_up_tile_n : moe_gemm_wgmma_down_tile_n;
+  // 128-row tiles: two aligned blocks of one expert per CTA (grouped_gemm_wgmma.cuh).
+  if (wgmma && !fp8 && block_m == 64 && p.n % wgmma_tile_n == 0)
+    return launch_moe_grouped_gemm_wgmma<Stage, 64, 128>(p, stream);
   if (fp8) {
     if (block_m == 64) return launch_moe_grouped_gemm<Stage, true, 64>(p, stream);
     if (block_m == 128) return launch_moe_grouped_gemm<Stage, true, 128>(p, stream);
@@ -45,6 +53,8 @@ void moe_experts_cuda(moe_experts_params const& p, int ordinal, CUstream_st* str
   g1.rows = rows;
   g1.top_k = p.top_k;
   g1.blocks = cap.blocks;
+  g1.experts = p.experts;
+  bool const wgmma = p.tokens >= p.wgmma_min_tokens;
   moe_grouped_gemm_params g2 = g1;
 
   g1.n = inter;
@@ -69,7 +79,7 @@ void moe_experts_cuda(moe_experts_params const& p, int ordinal, CUstream_st* str
     g1.a = p.hidden;
     g1.lda = p.hidden_ld;
   }
-  launch_gemm<moe_gemm_stage::gate_up>(g1, fp8, p.block_m, stream);
+  launch_gemm<moe_gemm_stage::gate_up>(g1, fp8, p.block_m, wgmma, stream);
 
   g2.n = h;
   g2.k = inter;
@@ -95,7 +105,7 @@ void moe_experts_cuda(moe_experts_params const& p, int ordinal, CUstream_st* str
     g2.a = ws + l.intermediate;
     g2.lda = inter;
   }
-  launch_gemm<moe_gemm_stage::down>(g2, fp8, p.block_m, stream);
+  launch_gemm<moe_gemm_stage::down>(g2, fp8, p.block_m, wgmma, stream);
 
   moe_combine_params c;
   c.routed_out = reinterpret_cast<std::uint16_t const*>(ws + l.routed_out);

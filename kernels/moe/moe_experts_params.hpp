@@ -33,6 +33,15 @@ inline constexpr std::int64_t moe_gemm_gate_up_tile_n = 64;
 inline constexpr std::int64_t moe_gemm_down_tile_n = 128;
 inline constexpr std::int64_t moe_experts_dim_multiple = 128;
 
+// The Hopper (wgmma) grouped GEMM for prefill-sized batches: bf16 weights and block_m 64 only; its
+// output tiles are 128 intermediate columns (gate_up) and 256 hidden columns (down), so a GEMM
+// whose N is not a multiple of its tile takes the mma.sync kernel. It runs from
+// moe_experts_wgmma_min_tokens tokens on (tokens; measured on R1 bf16, docs/perf/moe-experts.md:
+// from T = 256 it is faster than mma.sync, 11% there; decode sizes stay on mma.sync).
+inline constexpr std::int64_t moe_gemm_wgmma_gate_up_tile_n = 128;
+inline constexpr std::int64_t moe_gemm_wgmma_down_tile_n = 256;
+inline constexpr std::int64_t moe_experts_wgmma_min_tokens = 256;
+
 // The aligned block heights (moe_align's block_m) the grouped GEMM has tiles for.
 inline constexpr bool moe_experts_block_m_supported(std::int64_t block_m) {
   return block_m == 64 || block_m == 128;
@@ -100,6 +109,9 @@ struct moe_experts_params {
   std::int64_t gate_up_scales_ld = 0;  // gemm_fp8_weight_scale_ld(H)
   std::int64_t down_scales_ld = 0;     // gemm_fp8_weight_scale_ld(I)
   moe_weight_format format = moe_weight_format::bf16;
+  // Tokens from which bf16 block_m 64 GEMMs take the wgmma kernel (tests and benchmarks move it
+  // to compare the two kernels on the same inputs).
+  std::int64_t wgmma_min_tokens = moe_experts_wgmma_min_tokens;
 };
 
 // Which of the two grouped GEMMs a kernel runs.
@@ -127,6 +139,7 @@ struct moe_grouped_gemm_params {
   std::int64_t lda = 0, ldo = 0, a_scales_ld = 0;  // elements
   std::int64_t w_scales_ld = 0;                    // floats between scale rows
   std::int64_t blocks = 0;                         // grid size over row blocks (block capacity)
+  std::int64_t experts = 0;  // weight stacks in w (the wgmma kernel's tensor map extent)
 };
 
 // The combine: out[t] = bf16(sum of y[t * top_k + slot] over slots with inverse >= 0).

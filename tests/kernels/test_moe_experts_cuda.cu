@@ -5,11 +5,17 @@
 // ranks; outputs and workspace poisoned; alignment and experts captured together in a CUDA graph.
 // R1 at T 4096: the CPU reference runs on 64 sampled tokens (a token's output depends on its own
 // inputs alone), to keep its time reasonable.
+// The wgmma kernel (bf16, block_m 64, from moe_experts_wgmma_min_tokens tokens): the T 257 and
+// 4096 bf16 cases above take it through the dispatch; below it is also forced at small T on every
+// model shape, at T not a multiple of 64 with experts of 0, 1 and every token's rows, in a graph,
+// on a shape whose down GEMM falls back to mma.sync, against the mma.sync kernel on every token of
+// R1 at T 4096, and with parameters it must refuse.
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <exception>
 #include <random>
 #include <string>
 #include <tuple>
@@ -37,6 +43,10 @@ constexpr std::uint64_t poison = 0xFF;
 // far below 1% of the rms. bf16 5e-3, FP8 1e-2 relative L2; 4% / 6% of rms per element.
 double rel_l2(moe_weight_format f) { return f == moe_weight_format::bf16 ? 5e-3 : 1e-2; }
 double elem_tol(moe_weight_format f) { return f == moe_weight_format::bf16 ? 0.04 : 0.06; }
+
+// Which grouped GEMM kernel runs: the dispatch's choice (the public entry point), or one forced
+// through the threshold field of the params.
+enum class gemm_kernel { dispatch, mma_sync, wgmma };
 
 struct device_moe {
   tensor<backend::cuda> hidden, ids, weights, gate_up, down, gu_scales, dn_scales, out, ws;
@@ -86,14 +96,21 @@ struct device_moe {
   }
 
   void enqueue(backend::cuda& gpu, moe_weight_format f, std::int64_t experts,
-               backend::cuda::stream_type const& stream) {
+               backend::cuda::stream_type const& stream,
+               gemm_kernel kernel = gemm_kernel::dispatch) {
     kernels::moe_align_outputs const a{counts, offsets, sorted, blocks, total, inverse};
     kernels::moe_align(gpu, ids, experts, block_m, a, stream);
     bool const fp8 = f == moe_weight_format::fp8_block;
-    kernels::moe_experts(gpu, hidden, ids, weights, a, block_m,
-                         {gate_up, down, fp8 ? gu_scales.view() : tensor_view{},
-                          fp8 ? dn_scales.view() : tensor_view{}},
-                         out, ws, stream);
+    kernels::moe_expert_weights const w{gate_up, down, fp8 ? gu_scales.view() : tensor_view{},
+                                        fp8 ? dn_scales.view() : tensor_view{}};
+    if (kernel == gemm_kernel::dispatch) {
+      kernels::moe_experts(gpu, hidden, ids, weights, a, block_m, w, out, ws, stream);
+      return;
+    }
+    kernels::moe_experts_params p = kernels::detail::make_moe_experts_params(
+        gpu.where(), hidden, ids, weights, a, block_m, w, out, ws);
+    p.wgmma_min_tokens = kernel == gemm_kernel::wgmma ? 1 : std::int64_t(1) << 40;
+    kernels::detail::moe_experts_cuda(p, gpu.where().index, stream.get());
   }
 
   std::vector<bf16> download(backend::cuda& gpu, backend::cuda::stream_type const& stream) {
@@ -146,30 +163,69 @@ test::moe_shape shape_of(int model) {
   return model == 0 ? test::v2_lite_shape : model == 1 ? test::r1_shape : test::r1_tp8_shape;
 }
 
+// Expert in.hit.back() keeps a single row (one of token 0's slots) and leaves every other token's
+// choice, replaced there by a hit expert the token does not use yet.
+void keep_one_row_of_last_expert(test::moe_inputs& in) {
+  std::int64_t const k = in.shape.top_k;
+  std::int32_t const single = in.hit.back();
+  for (std::int64_t t = 0; t < in.tokens; ++t) {
+    auto* const ids = in.ids.data() + t * k;
+    auto* const at = std::find(ids, ids + k, single);
+    if (t == 0) {
+      // Not the slot of an all-to-one expert (hit[0]).
+      if (at == ids + k) *(ids[0] == in.hit[0] ? ids + 1 : ids) = single;
+      continue;
+    }
+    if (at == ids + k) continue;
+    for (std::int32_t e : in.hit)
+      if (e != single && std::find(ids, ids + k, e) == ids + k) {
+        *at = e;
+        break;
+      }
+  }
+  ASSERT_EQ(std::count(in.ids.begin(), in.ids.end(), single), 1);
+}
+
+struct check_opts {
+  gemm_kernel kernel = gemm_kernel::dispatch;
+  bool one_row_expert = false;  // keep_one_row_of_last_expert
+  std::int64_t sample = 0;      // tokens checked against the CPU (0: the default rule below)
+};
+
 void check(test::moe_shape shape, std::int64_t tokens, moe_weight_format f, std::int64_t hit,
-           bool all_to_one, std::int64_t block_m, bool graph, bool other_ranks = false) {
+           bool all_to_one, std::int64_t block_m, bool graph, bool other_ranks = false,
+           check_opts const& o = {}) {
   SCOPED_TRACE(::testing::Message()
                << "E " << shape.experts << ", top-" << shape.top_k << ", H " << shape.hidden
                << ", I " << shape.inter << ", T " << tokens
                << (f == moe_weight_format::bf16 ? ", bf16" : ", fp8") << ", hit " << hit
                << ", block_m " << block_m << (all_to_one ? ", one expert takes all" : "")
-               << (graph ? ", graph" : ""));
+               << (graph ? ", graph" : "")
+               << (o.kernel == gemm_kernel::wgmma      ? ", wgmma forced"
+                   : o.kernel == gemm_kernel::mma_sync ? ", mma.sync forced"
+                                                       : "")
+               << (o.one_row_expert ? ", an expert with one row" : ""));
   backend::cuda gpu(0);
   auto const stream = gpu.make_stream();
   auto rng = test::test_rng();
   auto in = test::make_moe_inputs(shape, tokens, f, hit, all_to_one, rng);
   if (other_ranks)
     for (std::size_t r = 1; r < in.ids.size(); r += 5) in.ids[r] = -1;
+  if (o.one_row_expert) keep_one_row_of_last_expert(in);
   device_moe d(gpu, stream, in, block_m);
-  test::run_maybe_in_graph(stream, graph, [&] { d.enqueue(gpu, f, shape.experts, stream); });
+  test::run_maybe_in_graph(stream, graph,
+                           [&] { d.enqueue(gpu, f, shape.experts, stream, o.kernel); });
   auto const got = d.download(gpu, stream);
-  // The CPU reference on at most 64 tokens for R1's full size at large T, else on all of them.
+  // The CPU reference on at most 64 tokens for R1's full size at large T (or on o.sample tokens),
+  // else on all of them.
   std::vector<std::int64_t> rows(static_cast<std::size_t>(tokens));
   for (std::int64_t t = 0; t < tokens; ++t) rows[std::size_t(t)] = t;
-  bool const sampled = shape.inter >= 2048 && shape.hidden >= 7168 && tokens > 257;
-  if (sampled) {
+  std::int64_t const sample =
+      o.sample > 0 ? o.sample
+                   : (shape.inter >= 2048 && shape.hidden >= 7168 && tokens > 257 ? 64 : tokens);
+  if (sample < tokens) {
     std::shuffle(rows.begin() + 1, rows.end() - 1, rng);  // keep the first and last token
-    rows.resize(63);
+    rows.resize(std::size_t(sample - 1));
     rows.push_back(tokens - 1);
   }
   auto const want = reference_rows(in, rows, block_m);
@@ -232,6 +288,108 @@ TEST_F(MoeExpertsCudaCases, CapturedInAGraph) {
     check(test::v2_lite_shape, 64, f, 64, false, 64, true);
     check(test::r1_tp8_shape, 3, f, 24, false, 128, true);
   }
+}
+
+class MoeExpertsCudaWgmma : public test::cuda_test {};
+
+// Forced at sizes the dispatch gives to mma.sync: every model shape, one to a few row blocks per
+// expert (lone blocks of a 128-row tile), R1-TP8's down GEMM has K 256: fewer K stages than the
+// ring holds.
+TEST_F(MoeExpertsCudaWgmma, ForcedOnEveryModelShape) {
+  check_opts const o{gemm_kernel::wgmma};
+  for (std::int64_t t : {1, 3, 64, 257})
+    check(test::v2_lite_shape, t, moe_weight_format::bf16, 64, false, 64, false, false, o);
+  check(test::r1_tp8_shape, 257, moe_weight_format::bf16, 24, false, 64, false, false, o);
+  check(test::r1_shape, 64, moe_weight_format::bf16, 24, false, 64, false, false, o);
+}
+
+// T not a multiple of 64, one expert taking every token (T rows: many blocks, the last one
+// partial), one expert with a single row, most experts with none (their weights NaN); experts
+// with odd and even block counts (V2-Lite: ~6 blocks each, R1-TP8: ~5).
+TEST_F(MoeExpertsCudaWgmma, RaggedTokensAndExpertsOfZeroOneAndEveryRow) {
+  check_opts const f{gemm_kernel::wgmma, true, 96};
+  check(test::v2_lite_shape, 1000, moe_weight_format::bf16, 16, true, 64, false, false, f);
+  check(test::r1_tp8_shape, 777, moe_weight_format::bf16, 24, true, 64, false, false, f);
+  // Through the dispatch: from the threshold on, bf16 block_m 64 takes the wgmma kernel.
+  check_opts const o{gemm_kernel::dispatch, true, 96};
+  check(test::v2_lite_shape, kernels::moe_experts_wgmma_min_tokens + 77, moe_weight_format::bf16,
+        16, true, 64, false, false, o);
+  // Other ranks' ids (-1) in the same batch.
+  check(test::v2_lite_shape, 1100, moe_weight_format::bf16, 64, false, 64, false, true, o);
+}
+
+TEST_F(MoeExpertsCudaWgmma, CapturedInAGraph) {
+  check_opts const o{gemm_kernel::dispatch, false, 64};
+  check(test::v2_lite_shape, kernels::moe_experts_wgmma_min_tokens + 5, moe_weight_format::bf16, 64,
+        false, 64, true, false, o);
+}
+
+// H 384 is no multiple of the down kernel's 256 columns: gate_up runs on wgmma, down on mma.sync.
+TEST_F(MoeExpertsCudaWgmma, DownFallsBackWhereHiddenIsNotAMultipleOf256) {
+  test::moe_shape const small{8, 2, 384, 256};
+  check(small, 300, moe_weight_format::bf16, 8, false, 64, false, false,
+        check_opts{gemm_kernel::wgmma});
+}
+
+// Every token of R1 at T 4096: the two kernels agree within the tolerances each meets against the
+// CPU reference (both sum in fp32, in different orders), and the wgmma output has no NaN.
+TEST_F(MoeExpertsCudaWgmma, AgreesWithMmaSyncOnEveryTokenOfR1) {
+  auto const shape = test::r1_shape;
+  std::int64_t const tokens = 4096;
+  backend::cuda gpu(0);
+  auto const stream = gpu.make_stream();
+  auto rng = test::test_rng();
+  auto in = test::make_moe_inputs(shape, tokens, moe_weight_format::bf16, 24, false, rng);
+  device_moe d(gpu, stream, in, 64);
+  d.enqueue(gpu, moe_weight_format::bf16, shape.experts, stream, gemm_kernel::mma_sync);
+  auto const want = test::widen(d.download(gpu, stream));
+  gpu.fill(d.out.data(), d.out.nbytes(), 1, poison, stream);
+  gpu.fill(d.ws.data(), d.ws.nbytes(), 1, poison, stream);
+  d.enqueue(gpu, moe_weight_format::bf16, shape.experts, stream, gemm_kernel::wgmma);
+  auto const got = d.download(gpu, stream);
+  test::expect_close(got, want, rel_l2(moe_weight_format::bf16), elem_tol(moe_weight_format::bf16),
+                     shape.hidden);
+}
+
+// The launcher refuses what its tiles cannot cover, saying what is allowed.
+TEST_F(MoeExpertsCudaWgmma, RefusesShapesItsTilesCannotCover) {
+  kernels::moe_grouped_gemm_params p;
+  p.n = 384;  // down tiles are 256 columns wide
+  p.k = 512;
+  p.experts = 4;
+  p.blocks = 1;
+  p.lda = 512;
+  auto const message_of = [](auto&& launch) -> std::string {
+    try {
+      launch();
+    } catch (std::exception const& e) {
+      return e.what();
+    }
+    return "no error";
+  };
+  using kernels::moe_gemm_stage;
+  std::string m = message_of([&] {
+    kernels::detail::launch_moe_grouped_gemm_wgmma<moe_gemm_stage::down, 64, 128>(p, nullptr);
+  });
+  EXPECT_NE(m.find("multiple of 256"), std::string::npos) << m;
+  p.n = 256;
+  p.k = 100;  // not a whole number of 64-value stages
+  m = message_of([&] {
+    kernels::detail::launch_moe_grouped_gemm_wgmma<moe_gemm_stage::gate_up, 64, 128>(p, nullptr);
+  });
+  EXPECT_NE(m.find("of 64"), std::string::npos) << m;
+  p.k = 512;
+  p.experts = 0;  // the tensor map needs the weights' extent
+  m = message_of([&] {
+    kernels::detail::launch_moe_grouped_gemm_wgmma<moe_gemm_stage::gate_up, 64, 128>(p, nullptr);
+  });
+  EXPECT_NE(m.find("experts > 0"), std::string::npos) << m;
+  p.experts = 4;
+  p.lda = 500;  // rows must stay 16-byte aligned for the 16-byte copies
+  m = message_of([&] {
+    kernels::detail::launch_moe_grouped_gemm_wgmma<moe_gemm_stage::gate_up, 64, 128>(p, nullptr);
+  });
+  EXPECT_NE(m.find("multiple of 8"), std::string::npos) << m;
 }
 
 }  // namespace
