@@ -224,6 +224,7 @@ int serve(B& backend, engine_options const& o) {
     ro.kv_host = o.kv_host;
     ro.kv_port = o.kv_port;
     ro.timeout = std::chrono::milliseconds(o.pd_timeout_ms);
+    ro.transport = o.pd_transport;
     if (o.role == "prefill") {
       auto p = std::make_unique<pd_prefill<B, engine_type>>(eng, exec.stream(), outbox, inbox, ro);
       // Each prompt's KV goes layer by layer while its prefill step runs.

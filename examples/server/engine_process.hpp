@@ -46,6 +46,9 @@ struct engine_options {
   // flight holds one) plus room for the protocol's messages; default 288
   std::int64_t control_threads = 288;
   bool pd_stream_layers = true;  // prefill: send KV layer by layer during the forward; default on
+  // prefill (CUDA): the KV transport to decode instances: auto (CUDA IPC on this node, NCCL
+  // elsewhere), ipc or nccl; default auto
+  std::string pd_transport = "auto";
 };
 
 // Runs until the process is told to stop (SIGTERM / SIGINT) or the loop fails; returns the exit

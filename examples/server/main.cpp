@@ -97,6 +97,9 @@ constexpr flag flags[] = {
     {"--pd-start-timeout-ms", "N",
      "pd-router: how long a prompt may wait for its prefill, queue included; the decode side "
      "holds its slots that long (default 600000)"},
+    {"--pd-transport", "T",
+     "prefill (CUDA): how KV reaches decode instances: auto (default: CUDA IPC on this node, "
+     "NCCL on others), ipc or nccl"},
     {"--pd-send-after-prefill", nullptr,
      "prefill: send a prompt's KV after its prefill step instead of layer by layer during it "
      "(for comparison)"},
@@ -228,6 +231,10 @@ options parse(int argc, char** argv) {
     } else if (a == "--pd-timeout-ms") {
       o.engine.pd_timeout_ms = to_int(a, v, 1, INT32_MAX);
       o.router.timeout_ms = o.engine.pd_timeout_ms;
+    } else if (a == "--pd-transport") {
+      if (v != "auto" && v != "ipc" && v != "nccl")
+        usage(2, "--pd-transport is '" + v + "'; allowed: auto, ipc, nccl");
+      o.engine.pd_transport = v;
     } else if (a == "--pd-start-timeout-ms") {
       o.router.start_timeout_ms = to_int(a, v, 1, INT32_MAX);
     } else if (a == "--prefill" || a == "--decode") {

@@ -3,7 +3,9 @@
 // done and abort messages, and POST /pd/decode waits for the transfer to land, adopts the
 // request into the engine with the first token the prefill side sampled, and streams the rest
 // of its tokens back as newline-ended JSON. The KV bytes arrive through a tcp_kv_server (host
-// pool) or are written by the prefill process through CUDA IPC (device pool).
+// pool), are written by the prefill process through CUDA IPC (device pool, same node), or arrive
+// through an nccl_kv_server (device pool, any GPU NCCL reaches) that POST /pd/nccl_link opens
+// for a prefill instance.
 #pragma once
 
 #include <chrono>
@@ -22,6 +24,17 @@
 #include "pd_prefill.hpp"  // pd_role_options, pd_node_name
 #if defined(LIGHTCORE_WITH_CUDA)
 #include "lightcore/pd/cuda_ipc_transport.hpp"
+#endif
+#if defined(LIGHTCORE_WITH_NCCL)
+#include <nccl.h>
+
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "lightcore/pd/nccl_framing.hpp"
+#include "lightcore/pd/nccl_transport.hpp"
 #endif
 
 namespace lightcore::server {
@@ -145,6 +158,46 @@ class pd_decode final : public pd_node {
       });
       single_reply(res, reply, std::chrono::seconds(30));
     });
+#if defined(LIGHTCORE_WITH_NCCL)
+    if constexpr (B::kind == device_kind::cuda) {
+      // A prefill instance asks for an NCCL link: a fresh unique id, joined here as rank 1 on a
+      // thread of its own (the join blocks until the prefill side joins as rank 0 with the id it
+      // gets in the answer). A later request from the same instance replaces its link.
+      s.Post("/pd/nccl_link", [this](httplib::Request const& req, httplib::Response& res) {
+        std::string from;
+        try {
+          auto const j = nlohmann::json::parse(req.body);
+          LC_CHECK(j.is_object() && j.contains("from") && j.at("from").is_string(),
+                   "POST /pd/nccl_link takes {\"from\": the prefill instance's control URL}");
+          from = j.at("from").get<std::string>();
+          parse_http_url(from);
+        } catch (std::exception const& e) {
+          return reply_json_error(res, 400, e.what(), "bad_request");
+        }
+        ncclUniqueId id;
+        if (ncclResult_t const r = ncclGetUniqueId(&id); r != ncclSuccess)
+          return reply_json_error(
+              res, 500, std::string("ncclGetUniqueId: ") + ncclGetErrorString(r), "transport");
+        pd::nccl_id_bytes bytes;
+        static_assert(sizeof id == sizeof bytes);
+        std::memcpy(bytes.data(), &id, sizeof id);
+        // The joining thread owns what it touches (it may outlive this role if the prefill side
+        // never joins); the process's exit ends it.
+        std::thread([links = nccl_links_, layers = eng_->kv_pool().layers(), id, from] {
+          try {
+            auto server = std::make_shared<pd::nccl_kv_server>(layers, id);
+            std::lock_guard g(links->m);
+            links->by_prefill[from] = std::move(server);
+          } catch (std::exception const& e) {
+            std::fprintf(stderr, "lightcore_server: NCCL link from %s failed: %s\n", from.c_str(),
+                         e.what());
+          }
+        }).detach();
+        res.set_content(nlohmann::json{{"nccl_id", pd::nccl_id_to_hex(bytes)}}.dump(),
+                        "application/json");
+      });
+    }
+#endif
     s.Post("/pd/message", [this](httplib::Request const& req, httplib::Response& res) {
       try {
         for (pd::message const& m : parse_message_batch(req.body)) rx_.handle(m);
@@ -201,6 +254,9 @@ class pd_decode final : public pd_node {
         {"layout", {{"layers", c.layers}, {"width", c.width}, {"dtype", name_of(c.type)}}}};
     if (!kv_address_.empty()) j["kv"] = kv_address_;
     if (!ipc_.empty()) j["ipc"] = ipc_;
+#if defined(LIGHTCORE_WITH_NCCL)
+    if constexpr (B::kind == device_kind::cuda) j["nccl"] = true;
+#endif
     return j;
   }
 
@@ -324,6 +380,13 @@ class pd_decode final : public pd_node {
   std::unique_ptr<pd::tcp_kv_server> kv_server_;
   std::string kv_address_;
   nlohmann::json ipc_ = nlohmann::json::array();
+#if defined(LIGHTCORE_WITH_NCCL)
+  struct nccl_links {
+    std::mutex m;
+    std::map<std::string, std::shared_ptr<pd::nccl_kv_server>> by_prefill;  // by control URL
+  };
+  std::shared_ptr<nccl_links> nccl_links_ = std::make_shared<nccl_links>();
+#endif
   std::uint64_t next_id_ = 0;
   std::mutex reply_to_m_;  // the receiver's sink may run on the engine thread or a handler's
   std::unordered_map<pd::transfer_id, std::string> reply_to_;  // transfer -> prefill control url

@@ -25,6 +25,14 @@
 #if defined(LIGHTCORE_WITH_CUDA)
 #include "kernels/index/index.hpp"
 #include "lightcore/pd/cuda_ipc_transport.hpp"
+#if defined(LIGHTCORE_WITH_NCCL)
+#include <nccl.h>
+
+#include <cstring>
+
+#include "lightcore/pd/nccl_framing.hpp"
+#include "lightcore/pd/nccl_transport.hpp"
+#endif
 #endif
 
 namespace lightcore::server {
@@ -106,6 +114,10 @@ struct pd_role_options {
   std::string kv_host = "127.0.0.1";          // decode: the TCP KV server's address (bound, told)
   int kv_port = 0;                            // decode: its port; 0: any free port
   std::chrono::milliseconds timeout{30'000};  // a transfer's whole budget; default 30 s
+  // prefill (CUDA): how KV reaches a decode instance: "ipc" (CUDA IPC, same node only), "nccl"
+  // (NCCL send/recv, any GPU NCCL reaches; needs an NCCL build on both sides) or "auto" (default:
+  // CUDA IPC on the same node, NCCL otherwise)
+  std::string transport = "auto";
   // decode: a landed transfer nobody asked to decode is freed after this long; default 60 s
   std::chrono::milliseconds claim_timeout{60'000};
 };
@@ -491,21 +503,63 @@ class pd_prefill final : public pd_node, public engine::kv_stream_observer {
           std::move(sink), cfg, eng_->kv_pool().layers(), e.host, std::uint16_t(e.port));
     } else {
 #if defined(LIGHTCORE_WITH_CUDA)
-      LC_CHECK(decode.contains("ipc") && decode.at("ipc").is_array() &&
-                   decode.value("node", std::string()) == pd_node_name(),
-               "the decode instance offers no CUDA IPC handles on this node ("
-                   << pd_node_name()
-                   << "); a CUDA prefill instance sends over CUDA IPC within one node only");
-      std::vector<pd::ipc_layer> dst;
-      for (auto const& h : decode.at("ipc")) dst.push_back(ipc_layer_from_hex(h));
-      l = std::make_shared<pd_link_of<pd_ipc_transport>>(
-          std::move(sink), cfg, eng_->kv_pool().layers(), dst, compute_->get());
+      bool const same_node = decode.contains("ipc") && decode.at("ipc").is_array() &&
+                             decode.value("node", std::string()) == pd_node_name();
+      if (o_.transport == "nccl" || (o_.transport == "auto" && !same_node)) {
+#if defined(LIGHTCORE_WITH_NCCL)
+        LC_CHECK(decode.value("nccl", false),
+                 "the decode instance offers no NCCL link (it was built without NCCL)");
+        ncclUniqueId const id = open_nccl_link(url);
+        // Blocks until the decode side has joined (it does so as it answers) and the hellos
+        // passed: once per decode instance, on the first transfer to it.
+        l = std::make_shared<pd_link_of<pd::nccl_transport>>(
+            std::move(sink), cfg, eng_->kv_pool().layers(), id, compute_->get());
+#else
+        LC_THROW(
+            "this prefill instance was built without NCCL; it sends KV over CUDA IPC to a "
+            "decode instance on its own node ("
+            << pd_node_name() << ") only");
+#endif
+      } else {
+        LC_CHECK(same_node, "the decode instance offers no CUDA IPC handles on this node ("
+                                << pd_node_name()
+                                << "); CUDA IPC works within one node only (--pd-transport nccl "
+                                   "or auto reaches other nodes)");
+        std::vector<pd::ipc_layer> dst;
+        for (auto const& h : decode.at("ipc")) dst.push_back(ipc_layer_from_hex(h));
+        l = std::make_shared<pd_link_of<pd_ipc_transport>>(
+            std::move(sink), cfg, eng_->kv_pool().layers(), dst, compute_->get());
+      }
 #endif
     }
     LC_CHECK(l != nullptr, "no KV transport for this pool");
     links_[url] = l;
     return l;
   }
+
+#if defined(LIGHTCORE_WITH_NCCL)
+  // Asks the decode instance at `url` (its control endpoint) for an NCCL link: it makes the
+  // unique id, starts joining as rank 1 and answers with the id in hex.
+  ncclUniqueId open_nccl_link(std::string const& url) const {
+    http_endpoint const e = parse_http_url(url);
+    httplib::Client c(e.host, e.port);
+    c.set_connection_timeout(std::chrono::seconds(2));
+    c.set_read_timeout(std::chrono::seconds(10));
+    auto const r = c.Post("/pd/nccl_link", nlohmann::json{{"from", o_.control_url}}.dump(),
+                          "application/json");
+    LC_CHECK(r && r->status == 200, "the decode instance "
+                                        << url << " opened no NCCL link: "
+                                        << (r ? r->body : httplib::to_string(r.error())));
+    auto const j = nlohmann::json::parse(r->body, nullptr, false);
+    LC_CHECK(j.is_object() && j.contains("nccl_id") && j.at("nccl_id").is_string(),
+             "the decode instance " << url << " answered /pd/nccl_link without an nccl_id");
+    pd::nccl_id_bytes const bytes = pd::nccl_id_from_hex(j.at("nccl_id").get<std::string>());
+    ncclUniqueId id;
+    static_assert(sizeof id == sizeof bytes);
+    std::memcpy(&id, bytes.data(), sizeof id);
+    return id;
+  }
+#endif
 
 #if defined(LIGHTCORE_WITH_CUDA)
   static pd::ipc_layer ipc_layer_from_hex(nlohmann::json const& h) {

@@ -682,6 +682,8 @@ TEST(PdFlags, BadRoleFlagsExitWithTheReason) {
   expect("--role pd-router --prefill 127.0.0.1:1 --decode http://127.0.0.1:2", "http://host:port");
   expect("--prefill http://127.0.0.1:1", "flags of --role pd-router");
   expect("--role decode --mock-engine", "single role only");
+  expect("--role prefill --pd-transport carrier-pigeon", "allowed: auto, ipc, nccl");
+  expect("--role pd-router --pd-start-timeout-ms 0", "--pd-start-timeout-ms");
 }
 
 }  // namespace
