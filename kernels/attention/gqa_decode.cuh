@@ -25,7 +25,7 @@
 
 #include "kernels/attention/gqa_decode.hpp"
 #include "kernels/attention/gqa_decode_params.hpp"
-#include "kernels/mla/mla_mma.cuh"
+#include "kernels/common/ptx.cuh"
 #include "lightcore/core/cuda_check.hpp"
 
 namespace lightcore::kernels::detail {

@@ -21,7 +21,7 @@
 
 #include "kernels/attention/attention.hpp"
 #include "kernels/attention/attention_params.hpp"
-#include "kernels/mla/mla_mma.cuh"
+#include "kernels/common/ptx.cuh"
 #include "lightcore/core/cuda_check.hpp"
 
 namespace lightcore::kernels::detail {

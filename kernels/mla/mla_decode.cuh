@@ -24,7 +24,7 @@
 #include "kernels/mla/mla.hpp"
 #include "kernels/mla/mla_decode_common.cuh"
 #include "kernels/mla/mla_decode_stream.cuh"
-#include "kernels/mla/mla_mma.cuh"
+#include "kernels/common/ptx.cuh"
 #include "kernels/mla/mla_params.hpp"
 #include "lightcore/core/cuda_check.hpp"
 

@@ -8,7 +8,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "kernels/mla/mla_mma.cuh"
+#include "kernels/common/ptx.cuh"
 #include "kernels/mla/mla_params.hpp"
 
 namespace lightcore::kernels::detail {

@@ -22,7 +22,7 @@
 
 #include "kernels/common/pdl.cuh"
 #include "kernels/mla/mla_decode_common.cuh"
-#include "kernels/mla/mla_mma.cuh"
+#include "kernels/common/ptx.cuh"
 #include "kernels/mla/mla_params.hpp"
 
 namespace lightcore::kernels::detail {

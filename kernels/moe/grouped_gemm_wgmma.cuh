@@ -47,6 +47,7 @@
 #include <cstdint>
 
 #include "kernels/activation/activation_params.hpp"
+#include "kernels/common/ptx.cuh"
 #include "kernels/moe/grouped_gemm.cuh"
 #include "kernels/moe/moe_experts.hpp"
 #include "kernels/moe/moe_experts_params.hpp"
@@ -87,33 +88,7 @@ struct moe_wgmma_traits {
   static constexpr int threads = 3 * 128;
 };
 
-// --- mbarriers, bulk tensor copies, proxy fences --------------------------------------------
-
-__device__ __forceinline__ void moe_wg_bar_init(std::uint32_t bar, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void moe_wg_bar_arrive(std::uint32_t bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
-}
-__device__ __forceinline__ void moe_wg_bar_arrive_tx(std::uint32_t bar, std::uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
-               : "memory");
-}
-// Spins until the phase of parity `parity` has completed.
-__device__ __forceinline__ void moe_wg_bar_wait(std::uint32_t bar, std::uint32_t parity) {
-  std::uint32_t done = 0;
-  do {
-    asm volatile(
-        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-        " selp.u32 %0, 1, 0, p;\n}"
-        : "=r"(done)
-        : "r"(bar), "r"(parity)
-        : "memory");
-  } while (done == 0);
-}
-__device__ __forceinline__ void moe_wg_fence_proxy_async() {
-  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-}
+// --- bulk tensor copies (mbarriers, proxy fences: kernels/common/ptx.cuh) ---------------------
 
 // A box of the 2-D tensor map at (inner = k, outer = row) -> shared `dst`, counted on `bar`.
 __device__ __forceinline__ void moe_wg_tma_load(std::uint32_t dst, CUtensorMap const* map, int k,
@@ -215,11 +190,11 @@ __global__ void __launch_bounds__(moe_wgmma_traits<Stage, BlockM, TileM>::thread
   if (tid == 0) {
     for (int s = 0; s < stages; ++s) {
       // full: the producers' arrivals + thread 0's announcement (with the weight bytes).
-      moe_wg_bar_init(full0 + 8 * s, traits::producer_threads + 1);
-      moe_wg_bar_init(empty0 + 8 * s, second_busy ? 8 : 4);  // a lane of each busy consumer warp
+      mbarrier_init(full0 + 8 * s, traits::producer_threads + 1);
+      mbarrier_init(empty0 + 8 * s, second_busy ? 8 : 4);  // a lane of each busy consumer warp
     }
     // Visible to the copy engine (async proxy) before the first bulk copy signals on them.
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    mbarrier_init_fence();
   }
   // Where each A row comes from, looked up once (the producers read it every stage): a token's
   // row of x (gate_up) or the row itself (down); -1 for padding and for a lone block's other half.
@@ -253,10 +228,10 @@ __global__ void __launch_bounds__(moe_wgmma_traits<Stage, BlockM, TileM>::thread
     }
     for (int kt = 0; kt < k_tiles; ++kt) {
       int const s = kt % stages;
-      if (kt >= stages) moe_wg_bar_wait(empty0 + 8 * s, std::uint32_t((kt / stages - 1) & 1));
+      if (kt >= stages) mbarrier_wait(empty0 + 8 * s, std::uint32_t((kt / stages - 1) & 1));
       std::uint32_t const a_dst = ring + s * traits::stage_bytes;
       if (tid == 0) {
-        moe_wg_bar_arrive_tx(full0 + 8 * s, traits::b_bytes);
+        mbarrier_arrive_expect_tx(full0 + 8 * s, traits::b_bytes);
 #pragma unroll
         for (int q = 0; q < 4; ++q)
           moe_wg_tma_load(a_dst + traits::a_bytes + q * traits::copy_rows * traits::row_bytes,
@@ -277,14 +252,14 @@ __global__ void __launch_bounds__(moe_wgmma_traits<Stage, BlockM, TileM>::thread
       // Stage kt - lag's copies of this thread have landed: fence, then count them on its barrier.
       if (kt >= lag) {
         moe_cp_wait<lag>();
-        moe_wg_fence_proxy_async();
-        moe_wg_bar_arrive(full0 + 8 * ((kt - lag) % stages));
+        fence_proxy_async_shared();
+        mbarrier_arrive(full0 + 8 * ((kt - lag) % stages));
       }
     }
     moe_cp_wait<0>();
-    moe_wg_fence_proxy_async();
+    fence_proxy_async_shared();
     for (int kt = k_tiles > lag ? k_tiles - lag : 0; kt < k_tiles; ++kt)
-      moe_wg_bar_arrive(full0 + 8 * (kt % stages));
+      mbarrier_arrive(full0 + 8 * (kt % stages));
     return;
   }
 
@@ -303,7 +278,7 @@ __global__ void __launch_bounds__(moe_wgmma_traits<Stage, BlockM, TileM>::thread
     for (int i = 0; i < 64; ++i) acc[h][i] = 0.0f;
   for (int kt = 0; kt < k_tiles; ++kt) {
     int const s = kt % stages;
-    moe_wg_bar_wait(full0 + 8 * s, std::uint32_t((kt / stages) & 1));
+    mbarrier_wait(full0 + 8 * s, std::uint32_t((kt / stages) & 1));
     std::uint32_t const a_tile = ring + s * traits::stage_bytes + a_row0 * traits::row_bytes;
     std::uint32_t const b_tile = ring + s * traits::stage_bytes + traits::a_bytes;
 #pragma unroll
@@ -321,7 +296,7 @@ __global__ void __launch_bounds__(moe_wgmma_traits<Stage, BlockM, TileM>::thread
     moe_wg_wait<1>();  // the previous stage's group is done: its buffers may be refilled
 #pragma unroll
     for (int h = 0; h < mmas; ++h) moe_wg_pin(acc[h]);
-    if (kt > 0 && lane == 0) moe_wg_bar_arrive(empty0 + 8 * ((kt - 1) % stages));
+    if (kt > 0 && lane == 0) mbarrier_arrive(empty0 + 8 * ((kt - 1) % stages));
   }
   moe_wg_wait<0>();
 #pragma unroll

@@ -1,7 +1,7 @@
-// mla: the warp-level PTX the decode kernels are built from: cp.async with zero fill, ldmatrix
-// (plain and transposed), the bf16 m16n8k16 MMA with fp32 accumulators (sm_80+), and the sm_90
-// mbarrier and bulk-copy instructions of the streaming kernel. Fragment layouts are those of the
-// PTX ISA ("Matrix Fragments for mma.m16n8k16").
+// The warp-level PTX the attention and MoE kernels are built from: cp.async with zero fill,
+// ldmatrix (plain and transposed), the bf16 m16n8k16 MMA with fp32 accumulators (sm_80+), and the
+// sm_90 mbarrier, proxy-fence and bulk-copy instructions of the producer/consumer pipelines.
+// Fragment layouts are those of the PTX ISA ("Matrix Fragments for mma.m16n8k16").
 #pragma once
 
 #include <cuda_runtime.h>
