@@ -60,4 +60,24 @@ void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t sm
   LC_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, args...));
 }
 
+// The same with thread-block clusters of cluster_x CTAs along x (grid.x a multiple of it).
+template <class... Params, class... Args>
+void launch_pdl_cluster(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t smem,
+                        cudaStream_t stream, unsigned cluster_x, Args const&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attrs[2] = {};
+  attrs[0].id = cudaLaunchAttributeClusterDimension;
+  attrs[0].val.clusterDim.x = cluster_x;
+  attrs[0].val.clusterDim.y = 1;
+  attrs[0].val.clusterDim.z = 1;
+  attrs[1] = pdl_attribute();
+  cfg.attrs = attrs;
+  cfg.numAttrs = pdl_enabled() ? 2 : 1;
+  LC_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, args...));
+}
+
 }  // namespace lightcore::kernels::detail

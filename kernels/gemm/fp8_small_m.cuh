@@ -333,20 +333,9 @@ void launch_gemm_fp8_small_m(fp8_small_m_params const& p, int ordinal, int num_s
            "gemm_fp8_small_m takes N <= " << 65535 * traits::rows << " and K/128 < 2^31; got N = "
                                           << p.n << ", K = " << p.k);
   int const splits = fp8_small_m_splits(row_groups, k_blocks, num_sms, limits);
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(unsigned(splits), unsigned(row_groups), 1);
-  cfg.blockDim = dim3(traits::threads, 1, 1);
-  cfg.dynamicSmemBytes = traits::smem_bytes;
-  cfg.stream = stream;
-  cudaLaunchAttribute attrs[2] = {};
-  attrs[0].id = cudaLaunchAttributeClusterDimension;
-  attrs[0].val.clusterDim.x = unsigned(splits);
-  attrs[0].val.clusterDim.y = 1;
-  attrs[0].val.clusterDim.z = 1;
-  attrs[1] = pdl_attribute();
-  cfg.attrs = attrs;
-  cfg.numAttrs = pdl_enabled() ? 2 : 1;
-  LC_CUDA_CHECK(cudaLaunchKernelEx(&cfg, fp8_small_m_kernel<TokenTiles>, p));
+  launch_pdl_cluster(fp8_small_m_kernel<TokenTiles>,
+                     dim3(unsigned(splits), unsigned(row_groups), 1), dim3(traits::threads, 1, 1),
+                     traits::smem_bytes, stream, unsigned(splits), p);
   LC_CUDA_CHECK_LAUNCH();
 }
 

@@ -317,20 +317,8 @@ void launch_gemv_bf16_kn(gemv_bf16_params const& p, gemv_bf16_geometry const& g,
     LC_CUDA_CHECK_LAUNCH();
     return;
   }
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(gemv_bf16_kn_threads, 1, 1);
-  cfg.dynamicSmemBytes = 0;
-  cfg.stream = stream;
-  cudaLaunchAttribute attrs[2] = {};
-  attrs[0].id = cudaLaunchAttributeClusterDimension;
-  attrs[0].val.clusterDim.x = unsigned(g.splits);
-  attrs[0].val.clusterDim.y = 1;
-  attrs[0].val.clusterDim.z = 1;
-  attrs[1] = pdl_attribute();
-  cfg.attrs = attrs;
-  cfg.numAttrs = pdl_enabled() ? 2 : 1;
-  LC_CUDA_CHECK(cudaLaunchKernelEx(&cfg, gemv_bf16_kn_kernel<MPad>, p));
+  launch_pdl_cluster(gemv_bf16_kn_kernel<MPad>, grid, dim3(gemv_bf16_kn_threads, 1, 1), 0, stream,
+                     unsigned(g.splits), p);
   LC_CUDA_CHECK_LAUNCH();
 }
 
