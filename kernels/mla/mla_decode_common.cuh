@@ -53,6 +53,107 @@ __device__ __forceinline__ void mla_write_empty_split(mla_decode_params const& p
   }
 }
 
+// One block of the online softmax and P V, after the warp's S tiles (its s_tiles n8 tiles of
+// token columns, rows row0 and row0 + 8 of the head tile) are computed: scale into log2 units and
+// mask positions at or past kv_end, combine the row maxima of the warps_n warps of a head row
+// through red_max, write P as bf16 into p_s (read back through p_addr), combine the row sums
+// through red_sum, rescale the running o, l by exp2(m_old - m_new), and O += P V (V at v_addr).
+// `sync` is the barrier of the warps that share red_max/red_sum/p_s (the CTA, or the consumer
+// warps of a producer/consumer kernel); the next block's first `sync` orders this block's P V
+// before P's next writes.
+template <class Cfg, int STiles, class Sync>
+__device__ __forceinline__ void mla_softmax_pv_block(
+    float (&s)[STiles][4], int const token0, int const kv_end, float const scale_log2,
+    float* const red_max, float* const red_sum, bf16* const p_s, std::uint32_t const p_addr,
+    std::uint32_t const v_addr, int const row0, int const wn, int const t4, float (&m_run)[2],
+    float (&l_run)[2], float (&o)[Cfg::o_tiles][4], Sync const& sync) {
+  constexpr int heads = Cfg::heads;
+  float const neg_inf = -INFINITY;
+  float mx[2] = {neg_inf, neg_inf};
+#pragma unroll
+  for (int n = 0; n < STiles; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float const v = token0 + n * 8 + (e & 1) < kv_end ? s[n][e] * scale_log2 : neg_inf;
+      s[n][e] = v;
+      mx[e >> 1] = fmaxf(mx[e >> 1], v);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xFFFF'FFFFu, mx[r], 1));
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xFFFF'FFFFu, mx[r], 2));
+  }
+  if (t4 == 0) {
+    red_max[wn * heads + row0] = mx[0];
+    red_max[wn * heads + row0 + 8] = mx[1];
+  }
+  sync();
+
+  // The new running maxima (every warp of a head row computes the same), P and its row sums.
+  float m_new[2], alpha[2], sum[2] = {0.0f, 0.0f};
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float m = m_run[r];
+#pragma unroll
+    for (int w = 0; w < Cfg::warps_n; ++w) m = fmaxf(m, red_max[w * heads + row0 + 8 * r]);
+    m_new[r] = m;                    // finite: every block holds at least one position of the split
+    alpha[r] = exp2f(m_run[r] - m);  // 0 on the first block (m_run = -inf)
+    m_run[r] = m;
+  }
+#pragma unroll
+  for (int n = 0; n < STiles; ++n) {
+    float const p0 = exp2f(s[n][0] - m_new[0]), p1 = exp2f(s[n][1] - m_new[0]);
+    float const p2 = exp2f(s[n][2] - m_new[1]), p3 = exp2f(s[n][3] - m_new[1]);
+    sum[0] += p0 + p1;
+    sum[1] += p2 + p3;
+    int const col = wn * Cfg::warp_tokens + n * 8 + 2 * t4;
+    *reinterpret_cast<std::uint32_t*>(p_s + row0 * Cfg::p_pitch + col) = pack_bf16x2(p0, p1);
+    *reinterpret_cast<std::uint32_t*>(p_s + (row0 + 8) * Cfg::p_pitch + col) = pack_bf16x2(p2, p3);
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    sum[r] += __shfl_xor_sync(0xFFFF'FFFFu, sum[r], 1);
+    sum[r] += __shfl_xor_sync(0xFFFF'FFFFu, sum[r], 2);
+  }
+  if (t4 == 0) {
+    red_sum[wn * heads + row0] = sum[0];
+    red_sum[wn * heads + row0 + 8] = sum[1];
+  }
+  // Also orders this block's reads of red_max before the next block's writes, and every warp's
+  // P before P V.
+  sync();
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float total = 0.0f;
+#pragma unroll
+    for (int w = 0; w < Cfg::warps_n; ++w) total += red_sum[w * heads + row0 + 8 * r];
+    l_run[r] = l_run[r] * alpha[r] + total;
+  }
+#pragma unroll
+  for (int n = 0; n < Cfg::o_tiles; ++n) {
+    o[n][0] *= alpha[0];
+    o[n][1] *= alpha[0];
+    o[n][2] *= alpha[1];
+    o[n][3] *= alpha[1];
+  }
+
+  // O += P V, V the block's first 512 columns.
+#pragma unroll
+  for (int kk = 0; kk < Cfg::block_n / 16; ++kk) {
+    std::uint32_t a[4];
+    ldmatrix_x4(a, p_addr + kk * 32);
+#pragma unroll
+    for (int j = 0; j < Cfg::o_tiles / 2; ++j) {
+      std::uint32_t v[4];
+      ldmatrix_x4_trans(v, v_addr + (kk * 16 * Cfg::pitch + j * 16) * 2);
+      mma_bf16_16816(o[2 * j], a, v[0], v[1]);
+      mma_bf16_16816(o[2 * j + 1], a, v[2], v[3]);
+    }
+  }
+}
+
 // The epilogue of one warp: its o tiles (rows row0 and row0 + 8 of the head tile, columns
 // col0 + n * 8 of the warp's slice) normalised by the running sums; bf16 into out when the row is
 // not split, else f32 into the split's partial result with its lse in log2 units.

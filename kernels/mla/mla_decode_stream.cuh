@@ -21,8 +21,8 @@
 #include <cstdint>
 
 #include "kernels/common/pdl.cuh"
-#include "kernels/mla/mla_decode_common.cuh"
 #include "kernels/common/ptx.cuh"
+#include "kernels/mla/mla_decode_common.cuh"
 #include "kernels/mla/mla_params.hpp"
 
 namespace lightcore::kernels::detail {
@@ -219,96 +219,17 @@ __global__ void __launch_bounds__(Cfg::threads, 1)
       ldmatrix_x2(k, k_addr + kk * 32);
       mma_bf16_16816(acc[kk % Cfg::s_chains], a, k[0], k[1]);
     }
-    float s[4];
+    float s[1][4];  // the warp's one n8 tile of tokens
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      s[e] = acc[0][e];
+      s[0][e] = acc[0][e];
 #pragma unroll
-      for (int c = 1; c < Cfg::s_chains; ++c) s[e] += acc[c][e];
+      for (int c = 1; c < Cfg::s_chains; ++c) s[0][e] += acc[c][e];
     }
 
-    // Scale into log2 units, mask positions past the split, row maxima of this warp's tokens.
     int const token0 = kv_begin + it * block_n + wn * Cfg::warp_tokens + 2 * t4;
-    float mx[2] = {neg_inf, neg_inf};
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      float const v = token0 + (e & 1) < kv_end ? s[e] * scale_log2 : neg_inf;
-      s[e] = v;
-      mx[e >> 1] = fmaxf(mx[e >> 1], v);
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xFFFF'FFFFu, mx[r], 1));
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xFFFF'FFFFu, mx[r], 2));
-    }
-    if (t4 == 0) {
-      red_max[wn * heads + row0] = mx[0];
-      red_max[wn * heads + row0 + 8] = mx[1];
-    }
-    consumers_sync();
-
-    // The new running maxima (every warp computes the same), P and its row sums.
-    float m_new[2], alpha[2], sum[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float m = m_run[r];
-#pragma unroll
-      for (int w = 0; w < Cfg::warps_n; ++w) m = fmaxf(m, red_max[w * heads + row0 + 8 * r]);
-      m_new[r] = m;  // finite: every block holds at least one position of the split
-      alpha[r] = exp2f(m_run[r] - m);  // 0 on the first block (m_run = -inf)
-      m_run[r] = m;
-    }
-    {
-      float const p0 = exp2f(s[0] - m_new[0]), p1 = exp2f(s[1] - m_new[0]);
-      float const p2 = exp2f(s[2] - m_new[1]), p3 = exp2f(s[3] - m_new[1]);
-      sum[0] = p0 + p1;
-      sum[1] = p2 + p3;
-      int const col = wn * Cfg::warp_tokens + 2 * t4;
-      *reinterpret_cast<std::uint32_t*>(p_s + row0 * Cfg::p_pitch + col) = pack_bf16x2(p0, p1);
-      *reinterpret_cast<std::uint32_t*>(p_s + (row0 + 8) * Cfg::p_pitch + col) =
-          pack_bf16x2(p2, p3);
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      sum[r] += __shfl_xor_sync(0xFFFF'FFFFu, sum[r], 1);
-      sum[r] += __shfl_xor_sync(0xFFFF'FFFFu, sum[r], 2);
-    }
-    if (t4 == 0) {
-      red_sum[wn * heads + row0] = sum[0];
-      red_sum[wn * heads + row0 + 8] = sum[1];
-    }
-    // Also orders this block's reads of red_max before the next block's writes, and every warp's
-    // P before P V; the next block's first barrier orders P V before P's next writes.
-    consumers_sync();
-
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float total = 0.0f;
-#pragma unroll
-      for (int w = 0; w < Cfg::warps_n; ++w) total += red_sum[w * heads + row0 + 8 * r];
-      l_run[r] = l_run[r] * alpha[r] + total;
-    }
-#pragma unroll
-    for (int n = 0; n < Cfg::o_tiles; ++n) {
-      o[n][0] *= alpha[0];
-      o[n][1] *= alpha[0];
-      o[n][2] *= alpha[1];
-      o[n][3] *= alpha[1];
-    }
-
-    // O += P V, V the block's first 512 columns.
-#pragma unroll
-    for (int kk = 0; kk < block_n / 16; ++kk) {
-      std::uint32_t a[4];
-      ldmatrix_x4(a, p_addr + kk * 32);
-#pragma unroll
-      for (int j = 0; j < Cfg::o_tiles / 2; ++j) {
-        std::uint32_t v[4];
-        ldmatrix_x4_trans(v, v_addr + (kk * 16 * pitch + j * 16) * 2);
-        mma_bf16_16816(o[2 * j], a, v[0], v[1]);
-        mma_bf16_16816(o[2 * j + 1], a, v[2], v[3]);
-      }
-    }
+    mla_softmax_pv_block<Cfg>(s, token0, kv_end, scale_log2, red_max, red_sum, p_s, p_addr, v_addr,
+                              row0, wn, t4, m_run, l_run, o, consumers_sync);
     // The warp is done with the stage: the producer may refill it.
     __syncwarp();
     if (lane == 0) mbarrier_arrive(empty0 + 8 * stage);
