@@ -21,6 +21,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <memory>
 #include <span>
 #include <string>
@@ -134,9 +135,11 @@ class cuda_ipc_transport {
     cudaStreamSynchronize(copy_);
     cudaStreamSynchronize(notify_);  // the completions point into callers' objects
     for (slot_upload& u : uploads_) {
-      release(u);
-      if (u.used != nullptr) cudaEventDestroy(u.used);
+      cudaFreeHost(u.host);
+      cudaFree(u.device);
+      cudaEventDestroy(u.used);
     }
+    for (std::int32_t* h : retired_hosts_) cudaFreeHost(h);
     cudaEventDestroy(copied_);
     cudaEventDestroy(written_);
     cudaStreamDestroy(notify_);
@@ -215,25 +218,41 @@ class cuda_ipc_transport {
     std::size_t n = 0;               // slots per list now held
     cudaEvent_t used = nullptr;      // after the last copy that read `device`
   };
-  static constexpr std::size_t upload_ring = 4;
 
+  // The device lists for this job. submit() runs on the prefill engine's thread between the
+  // layers of a forward, so this never waits for the GPU: the transfers of one step interleave
+  // their layers, each finds its own entry, and a new list takes an entry whose copies have all
+  // finished, or a new entry (device memory stream-ordered on the copy stream).
   slot_upload& upload(std::span<std::int32_t const> src, std::span<std::int32_t const> dst) {
     std::size_t const n = src.size();
-    if (current_ < upload_ring) {
-      slot_upload& u = uploads_[current_];
+    for (slot_upload& u : uploads_)
       if (u.n == n && std::memcmp(u.host, src.data(), n * 4) == 0 &&
           std::memcmp(u.host + n, dst.data(), n * 4) == 0)
         return u;
+    slot_upload* free = nullptr;
+    for (slot_upload& u : uploads_) {
+      cudaError_t const e = cudaEventQuery(u.used);
+      if (e == cudaSuccess) {
+        free = &u;
+        break;
+      }
+      LC_CHECK(e == cudaErrorNotReady, "cuda_ipc_transport: " << cudaGetErrorString(e));
     }
-    current_ = current_ < upload_ring ? (current_ + 1) % upload_ring : 0;
-    slot_upload& u = uploads_[current_];
-    if (u.used == nullptr) LC_CUDA_CHECK(cudaEventCreateWithFlags(&u.used, cudaEventDisableTiming));
-    LC_CUDA_CHECK(cudaEventSynchronize(u.used));  // its staging and list may be rewritten now
+    if (free == nullptr) {
+      free = &uploads_.emplace_back();
+      LC_CUDA_CHECK(cudaEventCreateWithFlags(&free->used, cudaEventDisableTiming));
+    }
+    slot_upload& u = *free;
     if (u.capacity < n) {
-      release(u);
+      // The old buffers' last reader has finished (or there are none): the device list goes
+      // back in stream order; pinned memory is freed only at destruction (cudaFreeHost waits).
+      if (u.device != nullptr) LC_CUDA_CHECK(cudaFreeAsync(u.device, copy_));
+      if (u.host != nullptr) retired_hosts_.push_back(u.host);
       std::size_t const capacity = std::max<std::size_t>(n, 2 * u.capacity);
+      u.host = nullptr;
+      u.device = nullptr;
       LC_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&u.host), 2 * capacity * 4));
-      LC_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&u.device), 2 * capacity * 4));
+      LC_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&u.device), 2 * capacity * 4, copy_));
       u.capacity = capacity;
     }
     std::memcpy(u.host, src.data(), n * 4);
@@ -241,13 +260,6 @@ class cuda_ipc_transport {
     u.n = n;
     LC_CUDA_CHECK(cudaMemcpyAsync(u.device, u.host, 2 * n * 4, cudaMemcpyHostToDevice, copy_));
     return u;
-  }
-  static void release(slot_upload& u) noexcept {
-    if (u.host != nullptr) cudaFreeHost(u.host);
-    if (u.device != nullptr) cudaFree(u.device);
-    u.host = nullptr;
-    u.device = nullptr;
-    u.capacity = u.n = 0;
   }
 
   std::vector<tensor_view> src_;  // per layer [source slots, width], this device
@@ -258,8 +270,8 @@ class cuda_ipc_transport {
   cudaStream_t notify_ = nullptr;  // the completions' host functions, behind copied_
   cudaEvent_t written_ = nullptr;  // re-recorded per layer: a wait takes its state when queued
   cudaEvent_t copied_ = nullptr;
-  std::array<slot_upload, upload_ring> uploads_{};
-  std::size_t current_ = upload_ring;  // the last upload used; upload_ring: none yet
+  std::deque<slot_upload> uploads_;           // stable references while it grows
+  std::vector<std::int32_t*> retired_hosts_;  // pinned staging outgrown, freed at destruction
   kv_layout layout_;
 };
 
