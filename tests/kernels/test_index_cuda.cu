@@ -8,6 +8,7 @@
 #include <random>
 #include <vector>
 
+#include "common/cuda.hpp"
 #include "kernels/index/index.hpp"
 #include "lightcore/backend/cpu.hpp"
 #include "lightcore/backend/cuda.hpp"
@@ -18,9 +19,9 @@ namespace {
 
 using gpu_t = backend::cuda;
 
-TEST(CopyIndexedCuda, MatchesTheCpu) {
-  if (gpu_t::device_count() == 0)
-    GTEST_SKIP() << "no CUDA device visible: GPU tests run on a GPU machine";
+class CopyIndexedCuda : public cuda_test {};
+
+TEST_F(CopyIndexedCuda, MatchesTheCpu) {
   gpu_t gpu(0);
   backend::cpu cpu;
   auto s = gpu.make_stream();
@@ -65,9 +66,9 @@ TEST(CopyIndexedCuda, MatchesTheCpu) {
 }
 
 // The rows of a KV layer (576 bf16) between shuffled slots of two pools, as PD moves them.
-TEST(CopyRowsCuda, MatchesTheCpuOnScatteredSlots) {
-  if (gpu_t::device_count() == 0)
-    GTEST_SKIP() << "no CUDA device visible: GPU tests run on a GPU machine";
+class CopyRowsCuda : public cuda_test {};
+
+TEST_F(CopyRowsCuda, MatchesTheCpuOnScatteredSlots) {
   gpu_t gpu(0);
   backend::cpu cpu;
   auto s = gpu.make_stream();
