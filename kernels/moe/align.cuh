@@ -33,9 +33,9 @@ struct moe_align_traits {
   // Rounds of 32 ids each warp loads before it uses them: 8 loads in flight per warp hide the
   // latency of L2/HBM that a load-use chain per round would expose 8 times.
   static constexpr int unroll = 8;
-  // Per-warp counters for every expert: 32 x 256 x 4 = 32 KiB of static shared memory.
-  static constexpr int counter_bytes = Warps * int(moe_max_experts) * 4;
-  static_assert(threads >= moe_max_experts, "the scan gives each expert one thread");
+  // Per-warp counters for every expert: 32 x 264 x 4 = 33 KiB of static shared memory.
+  static constexpr int counter_bytes = Warps * int(moe_max_stacked_experts) * 4;
+  static_assert(threads >= moe_max_stacked_experts, "the scan gives each expert one thread");
   static_assert(threads <= 1024 && counter_bytes <= 40 * 1024);
 };
 
@@ -69,16 +69,16 @@ __global__ void __launch_bounds__(moe_align_traits<Warps>::threads)
   pdl_enter();
   using traits = moe_align_traits<Warps>;
   constexpr int round = 32;
-  __shared__ int warp_start[Warps][moe_max_experts];  // counts, then each warp's start per expert
-  __shared__ int offsets[moe_max_experts + 1];
-  __shared__ int counts[moe_max_experts];
+  constexpr int max_experts = int(moe_max_stacked_experts);
+  __shared__ int warp_start[Warps][max_experts];  // counts, then each warp's start per expert
+  __shared__ int offsets[max_experts + 1];
+  __shared__ int counts[max_experts];
   __shared__ int warp_sums[Warps];
 
   int const tid = int(threadIdx.x), lane = tid % 32, warp = tid / 32;
   int const experts = p.experts, block_m = p.block_m;
   auto const rows = int(p.rows);
-  for (int i = tid; i < Warps * int(moe_max_experts); i += traits::threads)
-    (&warp_start[0][0])[i] = 0;
+  for (int i = tid; i < Warps * max_experts; i += traits::threads) (&warp_start[0][0])[i] = 0;
   __syncthreads();
 
   // Chunks of whole rounds: warp w owns rows [w * chunk, min(rows, (w + 1) * chunk)).
@@ -181,8 +181,8 @@ __global__ void __launch_bounds__(moe_align_traits<Warps>::threads)
 template <int Warps>
 void launch_moe_align(moe_align_params const& p, CUstream_st* stream) {
   using traits = moe_align_traits<Warps>;
-  LC_CHECK(p.experts >= 1 && p.experts <= moe_max_experts && p.block_m >= 1,
-           "moe_align on CUDA supports 1 to " << moe_max_experts
+  LC_CHECK(p.experts >= 1 && p.experts <= moe_max_stacked_experts && p.block_m >= 1,
+           "moe_align on CUDA supports 1 to " << moe_max_stacked_experts
                                               << " experts and block_m >= 1; got " << p.experts
                                               << " experts, block_m " << p.block_m);
   launch_pdl(moe_align_kernel<Warps>, dim3(1), dim3(traits::threads), 0, stream, p);

@@ -32,17 +32,20 @@ struct moe_routing_config {
   moe_group_select group_select = moe_group_select::top2_sum;  // topk_method
   bool norm_topk_prob = true;          // renormalise the chosen scores to sum 1
   float routed_scaling_factor = 2.5f;  // multiplies every weight
+  // Shared experts folded into the expert stack after the routed ones: every token's last
+  // shared_experts slots name experts num_experts.. with weight 1. Default 0 (run them apart).
+  std::int64_t shared_experts = 0;
 
   // DeepSeek-V3 and R1: 256 experts, top-8 of the 4 best of 8 groups, sigmoid, "noaux_tc".
   static constexpr moe_routing_config deepseek_v3() { return {}; }
   // DeepSeek-V2: 160 experts, top-6 of the 3 best of 8 groups (by their max), softmax, unscaled
   // sum, weights x 16.
   static constexpr moe_routing_config deepseek_v2() {
-    return {160, 6, 8, 3, moe_scoring::softmax, moe_group_select::max, false, 16.0f};
+    return {160, 6, 8, 3, moe_scoring::softmax, moe_group_select::max, false, 16.0f, 0};
   }
   // DeepSeek-V2-Lite: 64 experts, greedy top-6, softmax, weights as scored.
   static constexpr moe_routing_config deepseek_v2_lite() {
-    return {64, 6, 1, 1, moe_scoring::softmax, moe_group_select::none, false, 1.0f};
+    return {64, 6, 1, 1, moe_scoring::softmax, moe_group_select::none, false, 1.0f, 0};
   }
 };
 
@@ -104,8 +107,9 @@ void launch_moe_align(moe_align_params const& p, CUstream_st* stream);
 
 // Routes every token: logits [tokens, experts] f32 (unit column stride, row stride >= experts),
 // bias [experts] f32 contiguous or an empty view (tensor_view{}) for none, topk_ids [tokens,
-// top_k] i32 and topk_weights [tokens, top_k] f32 contiguous; all on the backend's device.
-// Each token's experts are written in descending choice order. Ordered on `stream`.
+// top_k + shared_experts] i32 and topk_weights [tokens, top_k + shared_experts] f32 contiguous;
+// all on the backend's device. Each token's experts are written in descending choice order, then
+// the shared experts (config.shared_experts). Ordered on `stream`.
 template <Backend B>
 void moe_route(B& backend, tensor_view const& logits, tensor_view const& bias,
                moe_routing_config const& config, tensor_view const& topk_ids,
@@ -128,8 +132,9 @@ void moe_route(B& backend, tensor_view const& logits, tensor_view const& bias,
 }
 
 // Groups the routed rows of topk_ids [tokens, top_k] i32 (contiguous) by expert, for experts in
-// [0, num_experts) (other ids are left out), padding each expert's rows to a multiple of block_m;
-// writes every element of `out`. Deterministic: within an expert, rows in ascending token * top_k
+// [0, num_experts) (other ids are left out; num_experts <= moe_max_stacked_experts), padding each
+// expert's rows to a multiple of block_m; writes every element of `out`. Deterministic: within an
+// expert, rows in ascending token * top_k
 // + slot. Ordered on `stream`.
 template <Backend B>
 void moe_align(B& backend, tensor_view const& topk_ids, std::int64_t num_experts,

@@ -28,9 +28,9 @@ moe_group_select parse_moe_topk_method(std::string_view topk_method) {
 moe_align_sizes moe_align_capacity(std::int64_t tokens, std::int64_t top_k,
                                    std::int64_t num_experts, std::int64_t block_m) {
   LC_CHECK(tokens >= 0 && top_k >= 1 && top_k <= moe_max_top_k && num_experts >= 1 &&
-               num_experts <= moe_max_experts && block_m >= 1 && block_m <= INT32_MAX,
+               num_experts <= moe_max_stacked_experts && block_m >= 1 && block_m <= INT32_MAX,
            "moe_align_capacity needs tokens >= 0, 1 <= top_k <= "
-               << moe_max_top_k << ", 1 <= experts <= " << moe_max_experts
+               << moe_max_top_k << ", 1 <= experts <= " << moe_max_stacked_experts
                << " and block_m >= 1; got tokens " << tokens << ", top_k " << top_k << ", experts "
                << num_experts << ", block_m " << block_m);
   LC_CHECK(tokens <= INT32_MAX / top_k,
@@ -103,6 +103,12 @@ void check_routing_config(moe_routing_config const& c) {
            "moe_route needs 1 <= top_k <= min(experts, "
                << moe_max_top_k << ") = " << std::min(e, moe_max_top_k) << "; got top_k "
                << c.top_k);
+  LC_CHECK(c.shared_experts >= 0 && c.shared_experts <= moe_max_shared_experts &&
+               c.top_k + c.shared_experts <= moe_max_top_k,
+           "moe_route folds 0 to " << moe_max_shared_experts << " shared experts into each token's "
+                                   << "slots, with top_k + shared_experts <= " << moe_max_top_k
+                                   << "; got shared_experts " << c.shared_experts << ", top_k "
+                                   << c.top_k);
   LC_CHECK(c.scoring == moe_scoring::sigmoid || c.scoring == moe_scoring::softmax,
            "moe_route: unknown scoring " << int(c.scoring) << "; allowed: sigmoid, softmax");
   LC_CHECK(c.group_select == moe_group_select::none ||
@@ -135,13 +141,15 @@ moe_routing_params make_moe_routing_params(device where, tensor_view const& logi
                                            tensor_view const& topk_ids,
                                            tensor_view const& topk_weights) {
   check_routing_config(config);
-  std::int64_t const e = config.num_experts, k = config.top_k;
+  std::int64_t const e = config.num_experts, k = config.top_k + config.shared_experts;
   LC_CHECK(logits.type() == dtype::f32 && logits.rank() == 2 && logits.size(1) == e,
            "moe_route needs logits [tokens, " << e << "] f32 (the gate GEMM's output); got "
                                               << logits.type() << " " << logits.shape());
   std::int64_t const tokens = logits.size(0);
   LC_CHECK(tokens <= INT32_MAX / k,
-           "moe_route supports tokens * top_k < 2^31; got tokens " << tokens << ", top_k " << k);
+           "moe_route supports tokens * (top_k + shared_experts) < 2^31; "
+           "got tokens "
+               << tokens << ", slots " << k);
   LC_CHECK(logits.where() == where,
            "moe_route on " << where << " needs every view there; logits are on " << logits.where());
   std::int64_t const row_stride = tokens <= 1 ? e : logits.stride(0);
@@ -167,7 +175,8 @@ moe_routing_params make_moe_routing_params(device where, tensor_view const& logi
   p.tokens = tokens;
   p.logits_stride = row_stride;
   p.experts = int(e);
-  p.top_k = int(k);
+  p.top_k = int(config.top_k);
+  p.shared_experts = int(config.shared_experts);
   // Every group kept is the same as no group stage: skip it (HF masks nothing then either).
   bool const grouped =
       config.group_select != moe_group_select::none && config.topk_group < config.n_group;

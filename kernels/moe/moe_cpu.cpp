@@ -51,11 +51,16 @@ void moe_route_cpu(moe_routing_params const& p) {
     std::partial_sort(keys.begin(), keys.begin() + k, keys.end(), std::greater<>());
     float sum = 0.0f;
     for (int i = 0; i < k; ++i) sum += score[std::size_t(moe_key_index(keys[std::size_t(i)]))];
+    std::int64_t const slots = k + p.shared_experts;
     for (int i = 0; i < k; ++i) {
       int const e = moe_key_index(keys[std::size_t(i)]);
-      p.topk_ids[t * k + i] = e;
-      p.topk_weights[t * k + i] =
+      p.topk_ids[t * slots + i] = e;
+      p.topk_weights[t * slots + i] =
           moe_weight(score[std::size_t(e)], sum, p.renormalize, p.routed_scaling_factor);
+    }
+    for (int j = 0; j < p.shared_experts; ++j) {
+      p.topk_ids[t * slots + k + j] = e_count + j;
+      p.topk_weights[t * slots + k + j] = 1.0f;
     }
   }
 }

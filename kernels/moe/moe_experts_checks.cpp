@@ -81,8 +81,9 @@ moe_experts_params make_moe_experts_params(device where, tensor_view const& hidd
            "moe_experts weights do not agree: gate_up " << gu.shape() << " [E, 2I, H], down "
                                                         << dn.shape() << " [E, H, I]");
   check_sizes(h, inter, block_m);
-  LC_CHECK(experts >= 1 && experts <= moe_max_experts,
-           "moe_experts supports 1 to " << moe_max_experts << " experts; got " << experts);
+  LC_CHECK(experts >= 1 && experts <= moe_max_stacked_experts,
+           "moe_experts supports 1 to " << moe_max_stacked_experts << " experts (routed and shared "
+                                        << "folded in); got " << experts);
   LC_CHECK(gu.type() == dn.type() && (gu.type() == dtype::bf16 || gu.type() == dtype::fp8_e4m3),
            "moe_experts supports gate_up and down both bf16 or both fp8_e4m3; got "
                << gu.type() << " and " << dn.type());

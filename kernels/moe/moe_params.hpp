@@ -14,8 +14,14 @@ namespace lightcore::kernels {
 // routing kernel keeps a token's scores in the registers of one warp, 8 per lane, and the
 // alignment kernel keeps one counter per expert for each of its warps in shared memory.
 inline constexpr std::int64_t moe_max_experts = 256;
-// The largest top_k: lane i of the token's warp writes the i-th choice.
+// The largest top_k, shared experts folded in included: lane i of the token's warp writes the
+// i-th slot.
 inline constexpr std::int64_t moe_max_top_k = 32;
+// The most shared experts that routing appends to every token (DeepSeek-V2/V2-Lite: 2, V3/R1: 1),
+// and the largest expert stack that alignment and the expert GEMMs take: the routed experts plus
+// the shared ones folded in after them.
+inline constexpr std::int64_t moe_max_shared_experts = 8;
+inline constexpr std::int64_t moe_max_stacked_experts = moe_max_experts + moe_max_shared_experts;
 // The largest n_group: lane g of the token's warp ranks group g.
 inline constexpr std::int64_t moe_max_groups = 32;
 // What a renormalised weight's denominator adds to the sum of the chosen scores (as in Hugging
@@ -44,16 +50,21 @@ enum class moe_group_select : std::uint8_t {
 //   top-k   = the top_k largest choice values (ties: the lower expert index), in descending order
 //   weight  = score (unbiased) of each chosen expert; if renormalize, divided by (sum of the k
 //             scores, added in the order chosen, + 1e-20); then times routed_scaling_factor
+//   shared  = slots [top_k, top_k + shared_experts) of every token name experts [experts, experts +
+//             shared_experts) with weight 1: the shared experts, folded into the routed stack
+//             after the routed ones, so that one grouped GEMM runs both (DeepSeek adds the shared
+//             experts' output unscaled)
 // Plain data: passed by value to the kernel.
 struct moe_routing_params {
   float const* logits = nullptr;     // [tokens, experts], row stride logits_stride, unit col stride
   float const* bias = nullptr;       // [experts] or null (no correction bias)
-  std::int32_t* topk_ids = nullptr;  // [tokens, top_k], contiguous
-  float* topk_weights = nullptr;     // [tokens, top_k], contiguous
+  std::int32_t* topk_ids = nullptr;  // [tokens, top_k + shared_experts], contiguous
+  float* topk_weights = nullptr;     // [tokens, top_k + shared_experts], contiguous
   std::int64_t tokens = 0;
   std::int64_t logits_stride = 0;  // elements between the rows of logits, >= experts
   int experts = 0;                 // E, 1..moe_max_experts
   int top_k = 0;                   // 1..min(E, moe_max_top_k)
+  int shared_experts = 0;          // 0..moe_max_shared_experts; top_k + it <= moe_max_top_k
   int n_group = 1;                 // divides E; 1..moe_max_groups
   int topk_group = 1;              // 1..n_group; == n_group keeps every group
   moe_scoring scoring = moe_scoring::sigmoid;
@@ -81,7 +92,7 @@ struct moe_align_params {
   std::int64_t rows = 0;                    // tokens * top_k, < 2^31
   std::int64_t sorted_capacity = 0;         // >= moe_align_capacity's padded rows
   std::int64_t block_capacity = 0;          // >= moe_align_capacity's blocks
-  int experts = 0;                          // 1..moe_max_experts
+  int experts = 0;                          // 1..moe_max_stacked_experts
   int block_m = 0;                          // >= 1
 };
 

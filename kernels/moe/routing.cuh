@@ -200,10 +200,13 @@ __global__ void __launch_bounds__(moe_routing_traits<ExpertsPerLane>::threads)
         offer();
       }
     }
+    std::int64_t const at = token * (p.top_k + p.shared_experts) + lane;
     if (lane < p.top_k) {
-      std::int64_t const at = token * p.top_k + lane;
       p.topk_ids[at] = my_expert;
       p.topk_weights[at] = moe_weight(my_score, sum, p.renormalize, p.routed_scaling_factor);
+    } else if (lane < p.top_k + p.shared_experts) {
+      p.topk_ids[at] = p.experts + lane - p.top_k;  // the shared experts, after the routed ones
+      p.topk_weights[at] = 1.0f;
     }
   }
 }

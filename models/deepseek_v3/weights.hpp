@@ -11,7 +11,11 @@
 //    q [heads * (nope + rope), hidden] and kv_a [kv_lora + rope, hidden]. kv_b_proj split per head
 //    into w_uk [heads, nope, kv_lora] and w_uv [heads, v, kv_lora], bf16 (dequantised from FP8).
 //  - MLP: gate_up [2I, hidden] = [gate_proj; up_proj] (gate first, what silu_and_mul takes),
-//    down [hidden, I]; routed experts stacked [E, 2I, hidden] and [E, hidden, I].
+//    down [hidden, I]; routed experts stacked [E, 2I, hidden] and [E, hidden, I]. With
+//    layout_options::fuse_shared_experts (the default) the shared experts' MLP, of intermediate
+//    S x I, is cut into S experts of width I appended to the stack ([E + S, 2I, hidden]): the
+//    MLP is a sum over its intermediate columns, so the S parts add up to it exactly, and one
+//    grouped GEMM runs routed and shared experts together (moe_weights::fused_shared).
 //  - Norm weights, the embedding and lm_head are bf16; the router keeps the checkpoint's dtype,
 //    its correction bias is f32.
 //
@@ -85,9 +89,13 @@ struct mlp_weights {
 struct moe_weights {
   tensor_view router;       // [E, hidden], bf16 or f32 as the checkpoint has it; replicated
   tensor_view router_bias;  // [E] f32 (noaux_tc) or empty; replicated
-  linear_weight gate_up;    // [E, 2I, hidden], I = moe_intermediate_size / world
-  linear_weight down;       // [E, hidden, I]
-  std::optional<mlp_weights> shared;  // n_shared_experts > 0: intermediate moe_I * n_shared / world
+  linear_weight gate_up;    // [E + fused_shared, 2I, hidden], I = moe_intermediate_size / world
+  linear_weight down;       // [E + fused_shared, hidden, I]
+  // The shared experts, when they are not folded into the stack: one MLP of intermediate
+  // moe_I * n_shared / world. Empty when n_shared_experts is 0 or fused_shared > 0.
+  std::optional<mlp_weights> shared;
+  // Shared experts folded into the stack after the E routed ones (n_shared_experts, or 0).
+  std::int64_t fused_shared = 0;
 };
 
 struct layer_weights {
@@ -136,14 +144,23 @@ std::ostream& operator<<(std::ostream& os, memory_report const& r);
 using load_progress =
     std::function<void(std::uint64_t done, std::uint64_t total, std::string const& tensor)>;
 
+// Choices of layout that do not change what the model computes.
+struct layout_options {
+  // Shared experts as extra experts of the routed stack (see the top); false keeps them as a
+  // separate dense MLP. Default true.
+  bool fuse_shared_experts = true;
+};
+
 struct load_options {
   tp_shard shard;          // default: rank 0 of 1
   load_progress progress;  // default: none
+  layout_options layout;   // default: shared experts fused
 };
 
 struct dummy_options {
   tp_shard shard;          // default: rank 0 of 1
   std::uint64_t seed = 0;  // the values' seed; equal seeds give equal bits on every backend
+  layout_options layout;   // default: shared experts fused
 };
 
 // The weights of one rank on backend B: owns the tensors, hands out views.

@@ -26,13 +26,14 @@ struct model_weights<B>::builder {
   // tensor goes, the weights keep the memory and the views.
   static std::pair<model_weights<B>, detail::weights_plan> allocate(B& backend,
                                                                     io::model_config const& c,
-                                                                    tp_shard shard) {
+                                                                    tp_shard shard,
+                                                                    layout_options layout) {
     model_weights<B> m;
     m.config_ = c;
     m.shard_ = shard;
     auto& storage = m.storage_;
     detail::weights_plan plan =
-        detail::plan_weights(c, shard, [&](detail::dest_tensor const& d) -> tensor_view {
+        detail::plan_weights(c, shard, layout, [&](detail::dest_tensor const& d) -> tensor_view {
           storage.emplace_back(backend, d.type, d.shape);
           return storage.back().view();
         });
@@ -54,7 +55,8 @@ model_weights<B> load_weights(B& backend, io::model_config const& c,
                               load_options const& options = {}) {
   io::safetensors_checkpoint const files(checkpoint);
   detail::check_checkpoint(files, c, checkpoint.string());
-  auto [weights, plan] = model_weights<B>::builder::allocate(backend, c, options.shard);
+  auto [weights, plan] =
+      model_weights<B>::builder::allocate(backend, c, options.shard, options.layout);
   auto stream = backend.make_stream();
   detail::read_checkpoint(
       files, c, plan,
@@ -83,7 +85,8 @@ model_weights<B> load_weights(B& backend, std::filesystem::path const& directory
 template <Backend B>
 model_weights<B> dummy_weights(B& backend, io::model_config const& c,
                                dummy_options const& options = {}) {
-  auto [weights, plan] = model_weights<B>::builder::allocate(backend, c, options.shard);
+  auto [weights, plan] =
+      model_weights<B>::builder::allocate(backend, c, options.shard, options.layout);
   auto stream = backend.make_stream();
   for (std::size_t i = 0; i < plan.dests.size(); ++i) {
     detail::dest_tensor const& d = plan.dests[i];

@@ -82,8 +82,9 @@ part col_range(std::string source, std::int64_t rows, std::int64_t cols, std::in
 
 class planner {
  public:
-  planner(io::model_config const& c, tp_shard shard, allocate_fn const& allocate)
-      : c_(c), shard_(shard), allocate_(allocate) {}
+  planner(io::model_config const& c, tp_shard shard, layout_options layout,
+          allocate_fn const& allocate)
+      : c_(c), shard_(shard), layout_(layout), allocate_(allocate) {}
 
   weights_plan run() {
     check_divisions();
@@ -199,10 +200,14 @@ class planner {
     for (std::size_t i = 0; i + 1 < proto.size(); ++i) fp8 = fp8 && proto[i].full_rows % block == 0;
     if (quantised && !fp8) out_.memory.dequantised.push_back(name);
     if (fp8) {
-      std::int64_t row = 0;
-      for (auto const& p : proto) {
-        check_fp8_split(p, row);
-        row += p.r1 - p.r0;
+      // Every stacked part, not only expert 0's: shared experts folded into a stack come from
+      // other rows of another tensor.
+      for (std::int64_t e = experts > 0 ? 0 : -1; e < std::max<std::int64_t>(experts, 0); ++e) {
+        std::int64_t row = 0;
+        for (auto const& p : parts_of(e)) {
+          check_fp8_split(p, row);
+          row += p.r1 - p.r0;
+        }
       }
     }
     dims const wshape = experts > 0 ? dims{experts, n, k} : dims{n, k};
@@ -239,21 +244,45 @@ class planner {
   }
 
   // gate_proj and up_proj rows [r0, r1) of intermediate `width` fused, down_proj columns likewise.
+  // A stack of `experts` routed experts takes `fused` more after them: the shared experts' MLP
+  // (intermediate width x fused) cut into `fused` parts, part j of the rank's share being its
+  // intermediate columns [r0' + j * local, r0' + (j + 1) * local) with r0' the rank's first.
   mlp_weights mlp(std::string const& name, std::string const& prefix_of_e, std::int64_t width,
-                  std::int64_t experts, weight_category cat) {
+                  std::int64_t experts, weight_category cat, std::int64_t fused = 0,
+                  std::string const& shared = {}) {
     std::int64_t const h = c_.hidden_size;
     std::int64_t const local = width / shard_.world, r0 = shard_.rank * local, r1 = r0 + local;
-    auto const prefix = [&](std::int64_t e) {
-      return e < 0 ? prefix_of_e : prefix_of_e + "." + std::to_string(e);
+    std::int64_t const shared_width = width * fused, shared_r0 = shard_.rank * local * fused;
+    // (source prefix, full width, rows) of expert e's share.
+    struct share {
+      std::string prefix;
+      std::int64_t width, r0, r1;
     };
+    auto const share_of = [&](std::int64_t e) -> share {
+      if (e < 0) return {prefix_of_e, width, r0, r1};
+      if (e < experts) return {prefix_of_e + "." + std::to_string(e), width, r0, r1};
+      std::int64_t const j0 = shared_r0 + (e - experts) * local;
+      return {shared, shared_width, j0, j0 + local};
+    };
+    std::int64_t const stack = experts > 0 ? experts + fused : 0;
+    std::uint64_t const before = out_.memory.bytes[int(cat)];
     mlp_weights m;
-    m.gate_up = linear(name + ".gate_up", cat, experts, [&](std::int64_t e) {
-      return std::vector<part>{row_range(prefix(e) + ".gate_proj", width, h, r0, r1),
-                               row_range(prefix(e) + ".up_proj", width, h, r0, r1)};
+    m.gate_up = linear(name + ".gate_up", cat, stack, [&](std::int64_t e) {
+      share const s = share_of(e);
+      return std::vector<part>{row_range(s.prefix + ".gate_proj", s.width, h, s.r0, s.r1),
+                               row_range(s.prefix + ".up_proj", s.width, h, s.r0, s.r1)};
     });
-    m.down = linear(name + ".down", cat, experts, [&](std::int64_t e) {
-      return std::vector<part>{col_range(prefix(e) + ".down_proj", h, width, r0, r1)};
+    m.down = linear(name + ".down", cat, stack, [&](std::int64_t e) {
+      share const s = share_of(e);
+      return std::vector<part>{col_range(s.prefix + ".down_proj", h, s.width, s.r0, s.r1)};
     });
+    if (fused > 0) {
+      // What the folded parts occupy counts as the shared experts'.
+      std::uint64_t const moved =
+          (out_.memory.bytes[int(cat)] - before) / std::uint64_t(stack) * std::uint64_t(fused);
+      out_.memory.bytes[int(cat)] -= moved;
+      out_.memory.bytes[int(weight_category::shared_experts)] += moved;
+    }
     return m;
   }
 
@@ -320,11 +349,15 @@ class planner {
       m.router_bias =
           plain(p + ".mlp.gate.e_score_correction_bias", p + ".mlp.gate.e_score_correction_bias",
                 {experts}, weight_category::router, dtype::f32, dummy_std);
-    mlp_weights const routed = mlp(p + ".mlp.experts", p + ".mlp.experts", c_.moe_intermediate_size,
-                                   experts, weight_category::routed_experts);
+    // Shared experts folded into the stack when asked for (weights.hpp), else a dense MLP.
+    std::int64_t const fused = layout_.fuse_shared_experts ? c_.n_shared_experts : 0;
+    mlp_weights const routed =
+        mlp(p + ".mlp.experts", p + ".mlp.experts", c_.moe_intermediate_size, experts,
+            weight_category::routed_experts, fused, p + ".mlp.shared_experts");
     m.gate_up = routed.gate_up;
     m.down = routed.down;
-    if (c_.n_shared_experts > 0)
+    m.fused_shared = fused;
+    if (c_.n_shared_experts > 0 && fused == 0)
       m.shared =
           mlp(p + ".mlp.shared_experts", p + ".mlp.shared_experts",
               c_.moe_intermediate_size * c_.n_shared_experts, 0, weight_category::shared_experts);
@@ -334,20 +367,22 @@ class planner {
 
   io::model_config const& c_;
   tp_shard shard_;
+  layout_options layout_;
   allocate_fn const& allocate_;
   weights_plan out_;
 };
 
 }  // namespace
 
-weights_plan plan_weights(io::model_config const& c, tp_shard shard, allocate_fn const& allocate) {
+weights_plan plan_weights(io::model_config const& c, tp_shard shard, layout_options layout,
+                          allocate_fn const& allocate) {
   // A dry run first (nothing allocated) so that every refusal comes before any memory is taken.
   std::vector<std::byte> scratch(256);
   allocate_fn const dry = [&](dest_tensor const& d) {
     return tensor_view(scratch.data(), d.type, d.shape);
   };
-  planner(c, shard, dry).run();
-  return planner(c, shard, allocate).run();
+  planner(c, shard, layout, dry).run();
+  return planner(c, shard, layout, allocate).run();
 }
 
 }  // namespace detail

@@ -55,7 +55,8 @@ using copy_fn = std::function<void(void* dst, void const* src, std::size_t bytes
 // The rank's tensors, allocated through `allocate`, and where every checkpoint tensor goes. Throws,
 // before allocating anything, on a world size that does not divide the heads or an intermediate
 // size, and on a split of an FP8 weight that is not on 128 boundaries.
-weights_plan plan_weights(io::model_config const& c, tp_shard shard, allocate_fn const& allocate);
+weights_plan plan_weights(io::model_config const& c, tp_shard shard, layout_options layout,
+                          allocate_fn const& allocate);
 
 // Checks that the checkpoint holds every tensor of the config's layout with its dtype and shape;
 // the error names the tensor, what it has and what is expected.

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/activation/activation.hpp"
@@ -111,8 +112,9 @@ class moe_experts_weights {
 };
 
 // The MoE block of one layer: out [T, H] = routed experts' weighted sum + shared experts.
-// When the shared experts' down projection is FP8 (it cannot accumulate), their output goes to
-// `shared_out` instead, for the caller to add; else shared_out is left untouched.
+// Shared experts folded into the stack (moe_weights::fused_shared) run inside the grouped GEMMs.
+// Otherwise, when the shared experts' down projection is FP8 (it cannot accumulate), their output
+// goes to `shared_out` instead, for the caller to add; else shared_out is left untouched.
 // `dispatch` (moe_dispatch.hpp) places the routed experts: it moves the routed rows to their
 // experts before them, brings the sums back after them, and sums the ranks' partial products once
 // the shared experts are in (tensor_parallel: out and shared_out hold the full sums on return).
@@ -123,7 +125,15 @@ void moe_block(forward_context<B>& ctx, io::model_config const& c,
                models::deepseek_v3::moe_weights const& w, moe_experts_weights<B> const& experts,
                tensor_view const& x, tensor_view const& out, tensor_view const& shared_out,
                Dispatch&& dispatch = Dispatch{}) {
-  std::int64_t const t = x.size(0), e = c.n_routed_experts, k = c.num_experts_per_tok;
+  // Shared experts folded into the stack (weights.hpp) ride along as the last slots of every
+  // token: routing appends them with weight 1, and the grouped GEMMs run them with the routed.
+  std::int64_t const fused = w.fused_shared;
+  std::int64_t const t = x.size(0), e = c.n_routed_experts, k = c.num_experts_per_tok + fused;
+  if constexpr (!std::remove_cvref_t<Dispatch>::folds_shared_experts)
+    LC_CHECK(fused == 0,
+             "moe_block: this dispatch policy moves routed rows between ranks and "
+             "cannot run shared experts folded into the stack; allowed: weights "
+             "loaded with layout_options::fuse_shared_experts = false");
   if (t == 0) return;
   auto logits = ctx.acquire("moe.logits", dtype::f32, {t, e});
   {
@@ -132,11 +142,13 @@ void moe_block(forward_context<B>& ctx, io::model_config const& c,
   }
   auto ids = ctx.acquire("moe.topk_ids", dtype::i32, {t, k});
   auto weights = ctx.acquire("moe.topk_weights", dtype::f32, {t, k});
-  kernels::moe_route(ctx.backend, logits.view(), w.router_bias, routing_config(c), ids.view(),
-                     weights.view(), ctx.stream);
+  kernels::moe_routing_config routing = routing_config(c);
+  routing.shared_experts = fused;
+  kernels::moe_route(ctx.backend, logits.view(), w.router_bias, routing, ids.view(), weights.view(),
+                     ctx.stream);
   logits.reset();
   moe_dispatched const d = dispatch.dispatch(ctx, x, ids.view(), weights.view(), out, c);
-  std::int64_t const n = d.x.size(0), el = d.experts;
+  std::int64_t const n = d.x.size(0), el = d.experts + fused;
   LC_CHECK(el == experts.get().gate_up.size(0), "moe_block: the dispatch hands the experts "
                                                     << el << " experts but this rank's stack "
                                                     << "holds " << experts.get().gate_up.size(0));

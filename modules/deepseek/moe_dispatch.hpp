@@ -50,6 +50,9 @@ struct moe_dispatched {
 //   p.reduce(ctx, out, shared_out)             after the combine and the shared experts: out (and
 //                                              shared_out when it is not empty) summed over the
 //                                              ranks that hold partial products
+//   P::folds_shared_experts                    whether shared experts folded into the stack (ids
+//                                              past the routed ones) may run through it: true
+//                                              when the rows stay on this rank
 // so that moe_block keeps one shape whatever the placement.
 namespace moe_dispatch {
 
@@ -58,6 +61,8 @@ namespace moe_dispatch {
 struct local {
   local() = default;
   explicit local(no_communicator&) {}
+
+  static constexpr bool folds_shared_experts = true;
 
   static std::int64_t routed_experts(io::model_config const& c) { return c.n_routed_experts; }
 
@@ -84,6 +89,9 @@ template <class C>
 class tensor_parallel {
  public:
   explicit tensor_parallel(C& comm) : comm_(&comm) {}
+
+  // The shared experts' parts are split like every expert's: each rank's partial joins the sum.
+  static constexpr bool folds_shared_experts = true;
 
   static std::int64_t routed_experts(io::model_config const& c) { return c.n_routed_experts; }
 
@@ -143,6 +151,8 @@ class expert_parallel {
   }
 
   static std::int64_t routed_experts(io::model_config const& c) { return c.n_routed_experts; }
+  // Rows move to the ranks of their experts; shared experts run apart, on every rank.
+  static constexpr bool folds_shared_experts = false;
 
   template <Backend B>
   moe_dispatched dispatch(forward_context<B>&, tensor_view const&, tensor_view const&,

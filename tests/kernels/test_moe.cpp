@@ -38,15 +38,15 @@ struct routed {
 routed route_cpu(std::vector<float>& logits, std::int64_t tokens, std::int64_t stride,
                  std::vector<float>* bias, moe_routing_config const& c) {
   backend::cpu cpu;
-  routed r{std::vector<std::int32_t>(std::size_t(tokens * c.top_k), -7),
-           std::vector<float>(std::size_t(tokens * c.top_k), std::nanf(""))};
+  std::int64_t const slots = c.top_k + c.shared_experts;
+  routed r{std::vector<std::int32_t>(std::size_t(tokens * slots), -7),
+           std::vector<float>(std::size_t(tokens * slots), std::nanf(""))};
   tensor_view const l(logits.data(), dtype::f32, {tokens, c.num_experts}, {stride, 1},
                       device::cpu());
   tensor_view const b =
       bias ? tensor_view(bias->data(), dtype::f32, {c.num_experts}) : tensor_view{};
-  kernels::moe_route(cpu, l, b, c, tensor_view(r.ids.data(), dtype::i32, {tokens, c.top_k}),
-                     tensor_view(r.weights.data(), dtype::f32, {tokens, c.top_k}),
-                     cpu.make_stream());
+  kernels::moe_route(cpu, l, b, c, tensor_view(r.ids.data(), dtype::i32, {tokens, slots}),
+                     tensor_view(r.weights.data(), dtype::f32, {tokens, slots}), cpu.make_stream());
   return r;
 }
 
@@ -115,6 +115,30 @@ TEST(MoeRouteCpu, MatchesDefinitionOddShapes) {
   moe_routing_config all_groups = moe_routing_config::deepseek_v3();
   all_groups.topk_group = all_groups.n_group;  // every group kept: a plain top-k
   expect_matches_definition(all_groups, 100, true);
+}
+
+// Shared experts folded in: the routed slots as without them, then experts E.. with weight 1.
+TEST(MoeRouteCpu, SharedExpertsFollowTheRoutedSlots) {
+  for (auto c : {moe_routing_config::deepseek_v3(), moe_routing_config::deepseek_v2_lite()}) {
+    std::int64_t const tokens = 65, k = c.top_k, stride = c.num_experts;
+    auto rng = test::test_rng();
+    auto logits = test::random_logits(tokens, c.num_experts, stride, rng);
+    auto bias = test::random_bias(c.num_experts, rng);
+    std::vector<float>* b = c.scoring == moe_scoring::sigmoid ? &bias : nullptr;
+    auto const base = route_cpu(logits, tokens, stride, b, c);
+    c.shared_experts = 2;
+    auto const got = route_cpu(logits, tokens, stride, b, c);
+    for (std::int64_t t = 0; t < tokens; ++t) {
+      for (std::int64_t i = 0; i < k; ++i) {
+        EXPECT_EQ(got.ids[std::size_t(t * (k + 2) + i)], base.ids[std::size_t(t * k + i)]);
+        EXPECT_EQ(got.weights[std::size_t(t * (k + 2) + i)], base.weights[std::size_t(t * k + i)]);
+      }
+      for (std::int64_t j = 0; j < 2; ++j) {
+        EXPECT_EQ(got.ids[std::size_t(t * (k + 2) + k + j)], c.num_experts + j);
+        EXPECT_EQ(got.weights[std::size_t(t * (k + 2) + k + j)], 1.0f);
+      }
+    }
+  }
 }
 
 // Equal choices: the lower expert index first; equal groups: the lower group index.
@@ -382,6 +406,21 @@ TEST_F(MoeErrors, RoutingConfigIsChecked) {
   c = moe_routing_config::deepseek_v3();
   c.top_k = 33;
   test::expect_error([&] { route(c, {4, 256}, {4, 33}); }, {"1 <= top_k <= min(experts, 32)"});
+  c = moe_routing_config::deepseek_v3();
+  c.shared_experts = 9;
+  test::expect_error(
+      [&] {
+        route(c, {4, 256}, {4, 17});
+      },
+      {"0 to 8 shared experts",
+       "got "
+       "shared_experts 9"});
+  c.top_k = 30;
+  c.shared_experts = 3;
+  test::expect_error([&] { route(c, {4, 256}, {4, 32}); }, {"top_k + shared_experts <= 32"});
+  c = moe_routing_config::deepseek_v3();
+  c.shared_experts = 1;
+  test::expect_error([&] { route(c, {4, 256}, {4, 8}); }, {"topk_ids i32 [4, 9]", "[4, 8]"});
 }
 
 TEST_F(MoeErrors, RoutingViewsAreChecked) {

@@ -54,15 +54,16 @@ struct routed {
 routed route_cpu(std::vector<float>& logits, std::int64_t tokens, std::int64_t stride,
                  std::vector<float>* bias, moe_routing_config const& c) {
   backend::cpu cpu;
-  routed r{std::vector<std::int32_t>(std::size_t(tokens * c.top_k)),
-           std::vector<float>(std::size_t(tokens * c.top_k))};
+  std::int64_t const slots = c.top_k + c.shared_experts;
+  routed r{std::vector<std::int32_t>(std::size_t(tokens * slots)),
+           std::vector<float>(std::size_t(tokens * slots))};
   tensor_view const b =
       bias ? tensor_view(bias->data(), dtype::f32, {c.num_experts}) : tensor_view{};
   kernels::moe_route(
       cpu,
       tensor_view(logits.data(), dtype::f32, {tokens, c.num_experts}, {stride, 1}, device::cpu()),
-      b, c, tensor_view(r.ids.data(), dtype::i32, {tokens, c.top_k}),
-      tensor_view(r.weights.data(), dtype::f32, {tokens, c.top_k}), cpu.make_stream());
+      b, c, tensor_view(r.ids.data(), dtype::i32, {tokens, slots}),
+      tensor_view(r.weights.data(), dtype::f32, {tokens, slots}), cpu.make_stream());
   return r;
 }
 
@@ -75,8 +76,8 @@ struct device_routing {
                  std::vector<float> const* host_bias, moe_routing_config const& c)
       : logits(gpu, dtype::f32, {std::max<std::int64_t>(tokens, 1), stride}),
         bias(gpu, dtype::f32, {c.num_experts}),
-        ids(gpu, dtype::i32, {tokens, c.top_k}),
-        weights(gpu, dtype::f32, {tokens, c.top_k}) {
+        ids(gpu, dtype::i32, {tokens, c.top_k + c.shared_experts}),
+        weights(gpu, dtype::f32, {tokens, c.top_k + c.shared_experts}) {
     if (tokens > 0) gpu.copy(logits.data(), host_logits.data(), host_logits.size() * 4, stream);
     logits_view =
         tensor_view(logits.data(), dtype::f32, {tokens, c.num_experts}, {stride, 1}, gpu.where());
@@ -212,6 +213,41 @@ TEST_F(MoeCudaTest, RoutingWithEveryGroupKeptIsAPlainTopK) {
   check_routing(c, 300, 256, true);
   c.group_select = moe_group_select::none;
   check_routing(c, 300, 260, false);
+}
+
+// Shared experts folded in: every token's routed slots exactly as without them (same kernel
+// decisions, bit for bit), then experts E.. with weight 1, the same on both backends.
+TEST_F(MoeCudaTest, SharedExpertsFollowTheRoutedSlots) {
+  backend::cuda gpu(0);
+  auto const stream = gpu.make_stream();
+  for (auto c : {moe_routing_config::deepseek_v3(), moe_routing_config::deepseek_v2_lite()}) {
+    std::int64_t const tokens = 300, k = c.top_k,
+                       shared = c.scoring == moe_scoring::sigmoid ? 1 : 2;
+    SCOPED_TRACE(::testing::Message() << "E " << c.num_experts << ", shared " << shared);
+    auto rng = test::test_rng();
+    auto logits = test::random_logits(tokens, c.num_experts, c.num_experts, rng);
+    device_routing alone(gpu, stream, logits, tokens, c.num_experts, nullptr, c);
+    alone.enqueue(gpu, c, stream);
+    auto const base = alone.download(gpu, stream);
+    c.shared_experts = shared;
+    device_routing folded(gpu, stream, logits, tokens, c.num_experts, nullptr, c);
+    test::run_maybe_in_graph(stream, true, [&] { folded.enqueue(gpu, c, stream); });
+    auto const got = folded.download(gpu, stream);
+    auto const cpu = route_cpu(logits, tokens, c.num_experts, nullptr, c);
+    std::int64_t bad = 0;
+    for (std::int64_t t = 0; t < tokens; ++t)
+      for (std::int64_t i = 0; i < k + shared; ++i) {
+        auto const at = std::size_t(t * (k + shared) + i);
+        bool const ok = i < k ? got.ids[at] == base.ids[std::size_t(t * k + i)] &&
+                                    got.weights[at] == base.weights[std::size_t(t * k + i)]
+                              : got.ids[at] == c.num_experts + (i - k) && got.weights[at] == 1.0f &&
+                                    cpu.ids[at] == got.ids[at] && cpu.weights[at] == 1.0f;
+        if (!ok && ++bad <= 8)
+          ADD_FAILURE() << "token " << t << " slot " << i << ": expert " << got.ids[at]
+                        << ", weight " << got.weights[at];
+      }
+    EXPECT_EQ(bad, 0);
+  }
 }
 
 TEST_F(MoeCudaTest, RoutingCapturesIntoCudaGraph) {
@@ -390,6 +426,15 @@ TEST_P(MoeAlignCuda, MatchesCpuReference) {
   check_alignment(r1, tokens, 8, 256, block_m);
   auto lite = routed_ids(tokens, moe_routing_config::deepseek_v2_lite(), rng);
   check_alignment(lite, tokens, 6, 64, block_m);
+  // Shared experts folded in: R1's stack of 257 (one past the routing's 256), V2-Lite's of 66.
+  auto r1_shared = moe_routing_config::deepseek_v3();
+  r1_shared.shared_experts = 1;
+  auto r1s = routed_ids(tokens, r1_shared, rng);
+  check_alignment(r1s, tokens, 9, 257, block_m);
+  auto lite_shared = moe_routing_config::deepseek_v2_lite();
+  lite_shared.shared_experts = 2;
+  auto lites = routed_ids(tokens, lite_shared, rng);
+  check_alignment(lites, tokens, 8, 66, block_m);
 }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, MoeAlignCuda,

@@ -327,7 +327,7 @@ TEST(ForwardTensorParallel, VocabShardedLogitsAreTheColumnsOfTheFullOnes) {
   within(hang_limit, [&] {
     dist::run_ranks(world, [&](inproc_communicator& comm) {
       cpu backend;
-      auto const w = ds::load_weights(backend, dir.path(), {{comm.rank(), world}, {}});
+      auto const w = ds::load_weights(backend, dir.path(), {{comm.rank(), world}, {}, {}});
       ranges[std::size_t(comm.rank())] = w.vocab();
       ds::model_options mo{rank_model<tp_model>::max_len};
       rank_model<tp_model> a(backend, w, mo, comm);
@@ -355,7 +355,8 @@ TEST(ForwardTensorParallel, VocabShardedLogitsAreTheColumnsOfTheFullOnes) {
 struct moe_case {
   char const* name;
   char const* config;
-  bool aligned_fp8;  // FP8 experts and an FP8 shared down projection (its output separate)
+  bool aligned_fp8;  // FP8 experts and an FP8 shared down projection
+  bool fused;        // shared experts folded into the stack; else apart (FP8: output separate)
 };
 
 class MoeBlockTensorParallel : public ::testing::TestWithParam<moe_case> {};
@@ -375,12 +376,19 @@ TEST_P(MoeBlockTensorParallel, EqualsTheLocalBlockUpToTheRoundingOfThePartials) 
   std::int64_t const t = 37, layer = 1;
 
   cpu backend;
-  auto const full = ds::load_weights(backend, dir.path() / "ckpt");
+  ds::load_options lo;
+  lo.layout.fuse_shared_experts = p.fused;
+  auto const full = ds::load_weights(backend, dir.path() / "ckpt", lo);
   io::model_config const& c = full.config();
   std::int64_t const h = c.hidden_size;
   ASSERT_TRUE(full.layer(layer).moe.has_value());
-  bool const separate = full.layer(layer).moe->shared->down.fp8();
-  ASSERT_EQ(separate, p.aligned_fp8) << "the case must exercise the shared output it names";
+  ds::moe_weights const& m = *full.layer(layer).moe;
+  ASSERT_EQ(m.fused_shared, p.fused ? c.n_shared_experts : 0);
+  ASSERT_EQ(m.shared.has_value(), !p.fused);
+  ASSERT_EQ(m.gate_up.fp8(), p.aligned_fp8);
+  bool const separate = !p.fused && m.shared->down.fp8();
+  ASSERT_EQ(separate, p.aligned_fp8 && !p.fused)
+      << "the case must exercise the shared output it names";
   auto rng = test_rng();
   std::vector<bf16> x = random_bf16(t * h, rng);
   tensor_view const xv(x.data(), dtype::bf16, {t, h});
@@ -408,7 +416,9 @@ TEST_P(MoeBlockTensorParallel, EqualsTheLocalBlockUpToTheRoundingOfThePartials) 
   within(hang_limit, [&] {
     dist::run_ranks(world, [&](inproc_communicator& comm) {
       cpu be;
-      auto const w = ds::load_weights(be, dir.path() / "ckpt", {{comm.rank(), world}, {}});
+      ds::load_options rank_options = lo;
+      rank_options.shard = {comm.rank(), world};
+      auto const w = ds::load_weights(be, dir.path() / "ckpt", rank_options);
       modules::deepseek::moe_dispatch::local alone;
       partial[std::size_t(comm.rank())] = run_block(be, w, alone);
       counting_communicator counter{&comm};
@@ -455,12 +465,14 @@ TEST_P(MoeBlockTensorParallel, EqualsTheLocalBlockUpToTheRoundingOfThePartials) 
             << e_shared << ", bound " << block_bound << ")\n";
 }
 
-INSTANTIATE_TEST_SUITE_P(Tiny, MoeBlockTensorParallel,
-                         ::testing::Values(moe_case{"v3_bf16", "tiny_deepseek_v3.json", false},
-                                           moe_case{"v2_bf16", "tiny_deepseek_v2.json", false},
-                                           moe_case{"v3_fp8_aligned", "tiny_deepseek_v3.json",
-                                                    true}),
-                         [](auto const& i) { return std::string(i.param.name); });
+INSTANTIATE_TEST_SUITE_P(
+    Tiny, MoeBlockTensorParallel,
+    ::testing::Values(moe_case{"v3_bf16", "tiny_deepseek_v3.json", false, true},
+                      moe_case{"v2_bf16", "tiny_deepseek_v2.json", false, true},
+                      moe_case{"v2_bf16_apart", "tiny_deepseek_v2.json", false, false},
+                      moe_case{"v3_fp8_aligned", "tiny_deepseek_v3.json", true, true},
+                      moe_case{"v3_fp8_aligned_apart", "tiny_deepseek_v3.json", true, false}),
+    [](auto const& i) { return std::string(i.param.name); });
 
 // Expects `f` to throw a lightcore::error whose message holds every string of `needles`.
 template <class F>
@@ -479,11 +491,11 @@ TEST(ForwardTensorParallel, MismatchedShardsAreRefused) {
   // 4 heads do not split over 3 ranks: the loader names the field.
   expect_error(
       [&] {
-        ds::dummy_weights(backend, c, {{0, 3}, 1});
+        ds::dummy_weights(backend, c, {{0, 3}, 1, {}});
       },
       {"num_attention_heads", "world 3"});
   // Weights of world 1 under a communicator of world 2.
-  auto const whole = ds::dummy_weights(backend, c, {{0, 1}, 1});
+  auto const whole = ds::dummy_weights(backend, c, {{0, 1}, 1, {}});
   expect_error(
       [&] {
         dist::run_ranks(2, [&](inproc_communicator& comm) {
@@ -493,7 +505,7 @@ TEST(ForwardTensorParallel, MismatchedShardsAreRefused) {
       },
       {"communicator is rank", "world 2", "weights are rank 0 of world 1"});
   // A shard without a communicator.
-  auto const half = ds::dummy_weights(backend, c, {{1, 2}, 1});
+  auto const half = ds::dummy_weights(backend, c, {{1, 2}, 1, {}});
   expect_error([&] { ds::model<cpu> m(backend, half); },
                {"rank 1 of a tensor-parallel world of 2", "communicator"});
   // The communicator's rank must be the weights' rank.

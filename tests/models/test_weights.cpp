@@ -74,7 +74,7 @@ TEST(Weights, Fp8KeptWhereTheGemmTakesItElseDequantised) {
       EXPECT_TRUE(l.mlp->gate_up.fp8() && l.mlp->down.fp8()) << "intermediate 512";
     } else {
       EXPECT_FALSE(l.moe->gate_up.fp8() || l.moe->down.fp8()) << "moe intermediate 192";
-      EXPECT_FALSE(l.moe->shared->gate_up.fp8());
+      EXPECT_EQ(l.moe->fused_shared, c.n_shared_experts) << "shared experts folded by default";
     }
   }
   EXPECT_FALSE(m.memory().dequantised.empty());
@@ -92,10 +92,11 @@ TEST(Weights, Fp8KeptWhereTheGemmTakesItElseDequantised) {
     EXPECT_EQ(l.attn.q_a_kv_a.scales.shape(), (dims{7, 2}));  // ceil(832 / 128), 256 / 128
     EXPECT_EQ(l.attn.q_a_kv_a.scales.stride(0), 4);           // padded to 4 for cuBLASLt
     if (l.moe) {
-      EXPECT_EQ(l.moe->gate_up.w.shape(), (dims{8, 1024, 256}));
-      EXPECT_EQ(l.moe->gate_up.scales.shape(), (dims{8, 8, 2}));
-      EXPECT_EQ(l.moe->down.w.shape(), (dims{8, 256, 512}));
-      EXPECT_EQ(l.moe->down.scales.shape(), (dims{8, 2, 4}));
+      // 8 routed experts and the shared one folded in after them.
+      EXPECT_EQ(l.moe->gate_up.w.shape(), (dims{9, 1024, 256}));
+      EXPECT_EQ(l.moe->gate_up.scales.shape(), (dims{9, 8, 2}));
+      EXPECT_EQ(l.moe->down.w.shape(), (dims{9, 256, 512}));
+      EXPECT_EQ(l.moe->down.scales.shape(), (dims{9, 2, 4}));
     }
   }
 }
@@ -218,9 +219,9 @@ TEST(Weights, DummyIsDeterministicAndSeeded) {
   for (char const* config : {"tiny_deepseek_v3.json", "tiny_deepseek_v2.json"}) {
     auto const c = io::load_model_config(config_path(config));
     std::uint64_t const seed = run_seed();
-    auto const a = ds::dummy_weights(backend, c, {{}, seed});
-    auto const b = ds::dummy_weights(backend, c, {{}, seed});
-    auto const other = ds::dummy_weights(backend, c, {{}, seed + 1});
+    auto const a = ds::dummy_weights(backend, c, {{}, seed, {}});
+    auto const b = ds::dummy_weights(backend, c, {{}, seed, {}});
+    auto const other = ds::dummy_weights(backend, c, {{}, seed + 1, {}});
     std::map<std::string, std::vector<std::uint8_t>> first;
     for_each_view(a.views(),
                   [&](std::string const& n, tensor_view const& v) { first[n] = logical_bytes(v); });

@@ -93,8 +93,15 @@ void expect_reassembles(ds::model_weights<cpu> const& full, ds::model_weights<cp
     if (f.moe->router_bias.data() != nullptr) {
       EXPECT_EQ(logical_bytes(f.moe->router_bias), logical_bytes(r.moe->router_bias)) << w;
     }
-    mlp(f.moe->gate_up, f.moe->down, r.moe->gate_up, r.moe->down, c.moe_intermediate_size,
-        w + " experts");
+    // The routed experts; folded shared experts are parts of another split (each rank's share
+    // cut in n_shared_experts), checked against the checkpoint by checkpoint_reference.
+    ASSERT_EQ(f.moe->fused_shared, r.moe->fused_shared) << w;
+    auto const routed = [&](ds::linear_weight const& l) {
+      std::int64_t const e = c.n_routed_experts;
+      return ds::linear_weight{l.w.slice(0, 0, e), l.fp8() ? l.scales.slice(0, 0, e) : l.scales};
+    };
+    mlp(routed(f.moe->gate_up), routed(f.moe->down), routed(r.moe->gate_up), routed(r.moe->down),
+        c.moe_intermediate_size, w + " experts");
     if (f.moe->shared)
       mlp(f.moe->shared->gate_up, f.moe->shared->down, r.moe->shared->gate_up, r.moe->shared->down,
           c.moe_intermediate_size * c.n_shared_experts, w + " shared");
@@ -166,10 +173,10 @@ TEST(WeightsTensorParallel, MisalignedFp8SplitsAreRefused) {
       io::load_model_config(derived_config(dir.path(), "tiny_deepseek_v3.json", patch));
   expect_error(
       [&] {
-        ds::dummy_weights(backend, experts, {{0, 4}, 1});
+        ds::dummy_weights(backend, experts, {{0, 4}, 1, {}});
       },
       {"model.layers.1.mlp.experts.0.gate_proj.weight", "world 4", "128"});
-  EXPECT_NO_THROW(ds::dummy_weights(backend, experts, {{1, 2}, 1}));  // 128 rows per rank
+  EXPECT_NO_THROW(ds::dummy_weights(backend, experts, {{1, 2}, 1, {}}));  // 128 rows per rank
   // 4 heads at world 4: q_b_proj's 192 rows per rank.
   patch["moe_intermediate_size"] = 512;
   patch["num_attention_heads"] = 4;
@@ -184,21 +191,21 @@ TEST(WeightsTensorParallel, MisalignedFp8SplitsAreRefused) {
   // The same split of bf16 weights is fine.
   auto unquantised = heads;
   unquantised.quantization.reset();
-  EXPECT_NO_THROW(ds::dummy_weights(backend, unquantised, {{3, 4}, 1}));
+  EXPECT_NO_THROW(ds::dummy_weights(backend, unquantised, {{3, 4}, 1, {}}));
   // A world that does not divide the heads names the field.
   expect_error(
       [&] {
-        ds::dummy_weights(backend, unquantised, {{0, 3}, 1});
+        ds::dummy_weights(backend, unquantised, {{0, 3}, 1, {}});
       },
       {"num_attention_heads", "world 3"});
-  expect_error([&] { ds::dummy_weights(backend, unquantised, {{4, 4}, 1}); }, {"rank 4"});
+  expect_error([&] { ds::dummy_weights(backend, unquantised, {{4, 4}, 1, {}}); }, {"rank 4"});
 }
 
 TEST(WeightsTensorParallel, DummyReplicatedTensorsAgreeAcrossRanks) {
   cpu backend;
   auto const c = io::load_model_config(config_path("tiny_deepseek_v3.json"));
-  auto const a = ds::dummy_weights(backend, c, {{0, 2}, 5});
-  auto const b = ds::dummy_weights(backend, c, {{1, 2}, 5});
+  auto const a = ds::dummy_weights(backend, c, {{0, 2}, 5, {}});
+  auto const b = ds::dummy_weights(backend, c, {{1, 2}, 5, {}});
   for (std::size_t i = 0; i < a.views().layers.size(); ++i) {
     auto const& x = a.views().layers[i];
     auto const& y = b.views().layers[i];

@@ -168,13 +168,30 @@ class checkpoint_reference {
         expect_plain(l.moe->router_bias, p + ".mlp.gate.e_score_correction_bias");
       else
         EXPECT_EQ(l.moe->router_bias.data(), nullptr);
-      ASSERT_EQ(l.moe->gate_up.w.size(0), c_.n_routed_experts);
-      for (std::int64_t e = 0; e < c_.n_routed_experts; ++e)
+      std::int64_t const e_count = c_.n_routed_experts, fused = l.moe->fused_shared;
+      ASSERT_TRUE(fused == 0 || fused == c_.n_shared_experts) << p << ": " << fused;
+      ASSERT_EQ(l.moe->gate_up.w.size(0), e_count + fused);
+      ASSERT_EQ(l.moe->down.w.size(0), e_count + fused);
+      for (std::int64_t e = 0; e < e_count; ++e)
         expect_mlp(l.moe->gate_up.expert(e), l.moe->down.expert(e),
                    p + ".mlp.experts." + std::to_string(e), c_.moe_intermediate_size);
-      ASSERT_EQ(l.moe->shared.has_value(), c_.n_shared_experts > 0);
+      // Folded shared experts: stack entry E + j holds part j of this rank's share of the
+      // shared MLP's intermediate, i.e. columns s0 + j * local .. of it.
+      std::string const shared = p + ".mlp.shared_experts";
+      std::int64_t const local = c_.moe_intermediate_size / w;
+      for (std::int64_t j = 0; j < fused; ++j) {
+        std::int64_t const i0 = r * local * c_.n_shared_experts + j * local;
+        expect_linear(l.moe->gate_up.expert(e_count + j),
+                      {{shared + ".gate_proj", i0, i0 + local, 0, h},
+                       {shared + ".up_proj", i0, i0 + local, 0, h}},
+                      shared + " folded " + std::to_string(j) + " gate_up");
+        expect_linear(l.moe->down.expert(e_count + j),
+                      {{shared + ".down_proj", 0, h, i0, i0 + local}},
+                      shared + " folded " + std::to_string(j) + " down");
+      }
+      ASSERT_EQ(l.moe->shared.has_value(), c_.n_shared_experts > 0 && fused == 0);
       if (l.moe->shared)
-        expect_mlp(l.moe->shared->gate_up, l.moe->shared->down, p + ".mlp.shared_experts",
+        expect_mlp(l.moe->shared->gate_up, l.moe->shared->down, shared,
                    c_.moe_intermediate_size * c_.n_shared_experts);
     }
     expect_plain(m.norm, "model.norm.weight");
