@@ -8,6 +8,7 @@
 
 #include "kernels/attention/attention.hpp"
 #include "kernels/mla/mla.hpp"
+#include "kernels/mla/mla_kv_prepare.hpp"
 #include "kernels/norm/norm.hpp"
 #include "kernels/rope/rope.hpp"
 #include "lightcore/io/hf_config.hpp"
@@ -77,16 +78,17 @@ void mla_attention(forward_context<B>& ctx, io::model_config const& c,
     linear(ctx, x, w.kv_a, kva.view());
     kv_a = kva.view();
   }
-  auto latent = ctx.acquire("attn.latent", dtype::bf16, {t, lora});
-  kernels::rmsnorm(ctx.backend, kv_a.slice(1, 0, lora), w.kv_a_norm, latent.view(), eps,
-                   ctx.stream);
-  tensor_view const k_rope = kv_a.slice(1, lora, lora + rope);
-  kernels::apply_rope(ctx.backend, q.view().slice(1, 0, heads).slice(2, nope, qk), k_rope,
-                      b.positions, b.cos_sin, ctx.stream);
-  kernels::mla_write_kv(ctx.backend, latent.view(), k_rope,
-                        kernels::kv_slots::table(b.req_to_token, b.token_req_rows, b.positions),
-                        kv_cache, ctx.stream);
-  latent.reset();
+  // kv_a_layernorm, the rope of q and of the key, and the new tokens' cache rows, in one step.
+  kernels::mla_kv_prepare_args kp;
+  kp.kv_a = kv_a;
+  kp.norm_weight = w.kv_a_norm;
+  kp.eps = eps;
+  kp.q_rope = q.view().slice(1, 0, heads).slice(2, nope, qk);
+  kp.positions = b.positions;
+  kp.cos_sin = b.cos_sin;
+  kp.slots = kernels::kv_slots::table(b.req_to_token, b.token_req_rows, b.positions);
+  kp.kv_cache = kv_cache;
+  kernels::mla_kv_prepare(ctx.backend, kp, ctx.stream);
 
   auto attn = ctx.acquire("attn.out", dtype::bf16, {t, heads, vdim});
   if (tp > 0) {
