@@ -231,6 +231,10 @@ TEST(EngineHandover, StreamObserverSeesCompletedPromptsThenEachWrittenLayer) {
     c.overlap = overlap;
     c.scheduler.max_tokens_per_step = 16;  // a 40-token prompt takes three chunks
     engine_t e(f.backend, ex, c);
+    // The pool may reuse the previous loop's memory, rows and all: NaN bytes everywhere, so that
+    // a row not yet written never equals the row that will be.
+    for (tensor_view const& layer : e.kv_pool().layers())
+      std::memset(layer.data(), 0xFF, layer.nbytes());
     stream_recorder rec;
     rec.e = &e;
     e.set_kv_stream_observer(&rec);
