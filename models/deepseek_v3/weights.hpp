@@ -8,7 +8,10 @@
 //    leading [E] to both.
 //  - attention (MLA): with q_lora, q_a_proj and kv_a_proj_with_mqa fused into q_a_kv_a [q_lora +
 //    kv_lora + rope, hidden] (one GEMM reads the hidden state once); without q_lora (V2-Lite),
-//    q [heads * (nope + rope), hidden] and kv_a [kv_lora + rope, hidden]. kv_b_proj split per head
+//    q_proj's rows of the rank and kv_a_proj_with_mqa fused into q_kv_a [heads * (nope + rope) +
+//    kv_lora + rope, hidden] for the same reason (bf16 weights; FP8 ones stay apart, as the
+//    fused scale blocks would need the rank's q rows to be a multiple of 128), with q and kv_a
+//    views of its rows. kv_b_proj split per head
 //    into w_uk [heads, nope, kv_lora] and w_uv [heads, v, kv_lora], bf16 (dequantised from FP8).
 //  - MLP: gate_up [2I, hidden] = [gate_proj; up_proj] (gate first, what silu_and_mul takes),
 //    down [hidden, I]; routed experts stacked [E, 2I, hidden] and [E, hidden, I]. With
@@ -72,8 +75,9 @@ struct attention_weights {
   linear_weight q_a_kv_a;  // q_lora models: [q_lora + kv_lora + rope, hidden], replicated
   tensor_view q_a_norm;    // q_lora models: [q_lora], replicated
   linear_weight q_b;       // q_lora models: [heads * (nope + rope), q_lora]
-  linear_weight q;         // no q_lora: [heads * (nope + rope), hidden]
-  linear_weight kv_a;      // no q_lora: [kv_lora + rope, hidden], replicated
+  linear_weight q_kv_a;    // no q_lora, bf16: [heads * (nope + rope) + kv_lora + rope, hidden]
+  linear_weight q;         // no q_lora: [heads * (nope + rope), hidden] (q_kv_a's first rows)
+  linear_weight kv_a;      // no q_lora: [kv_lora + rope, hidden], replicated (q_kv_a's last)
   tensor_view kv_a_norm;   // [kv_lora], replicated
   tensor_view w_uk;        // [heads, nope, kv_lora] bf16: kv_b_proj's key rows of each head
   tensor_view w_uv;        // [heads, v, kv_lora] bf16: kv_b_proj's value rows of each head

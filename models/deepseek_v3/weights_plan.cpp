@@ -302,6 +302,16 @@ class planner {
       out.q_b = linear(a + ".q_b", cat, 0, [&](std::int64_t) {
         return std::vector<part>{row_range(a + ".q_b_proj", heads * qk, q_lora, h0 * qk, h1 * qk)};
       });
+    } else if (!c_.quantization) {
+      // One weight, so that one GEMM (a weight-streaming GEMV at decode) reads the hidden state
+      // for both; q and kv_a are views of its rows.
+      out.q_kv_a = linear(a + ".q_kv_a", cat, 0, [&](std::int64_t) {
+        return std::vector<part>{row_range(a + ".q_proj", heads * qk, h, h0 * qk, h1 * qk),
+                                 whole(a + ".kv_a_proj_with_mqa", kv_a_rows, h)};
+      });
+      std::int64_t const q_rows = local * qk;
+      out.q = {out.q_kv_a.w.slice(0, 0, q_rows), {}};
+      out.kv_a = {out.q_kv_a.w.slice(0, q_rows, q_rows + kv_a_rows), {}};
     } else {
       out.q = linear(a + ".q", cat, 0, [&](std::int64_t) {
         return std::vector<part>{row_range(a + ".q_proj", heads * qk, h, h0 * qk, h1 * qk)};

@@ -56,13 +56,23 @@ void mla_attention(forward_context<B>& ctx, io::model_config const& c,
   float const eps = float(c.rms_norm_eps);
   std::int64_t const hp = round_up(heads, mla_decode_head_multiple);
 
-  // q [T, Hp, 192] (heads past `heads` zero, for the decode tiles) and kv_a [T, 576].
-  auto q = ctx.acquire("attn.q", dtype::bf16, {t, hp, qk});
+  // q [T, Hp, 192] (heads past `heads` zero, for the decode tiles) and kv_a [T, 576]. Without
+  // q_lora and with no padded heads, one GEMM over q_kv_a writes both side by side: q is then
+  // the first Hp * 192 columns of rows Hp * 192 + 576 wide.
+  bool const q_kv_fused = !c.q_lora_rank && w.q_kv_a.w.data() != nullptr && hp == heads;
+  typename forward_context<B>::lease q =
+      ctx.acquire("attn.q", dtype::bf16, {t, q_kv_fused ? hp * qk + lora + rope : hp * qk});
   if (hp != heads) ctx.zero(q.view());
-  tensor_view const q_rows = q.view().reshape({t, hp * qk}).slice(1, 0, heads * qk);
+  std::int64_t const q_stride = q.view().size(1);
+  tensor_view const q_all(q.view().data(), dtype::bf16, {t, hp, qk}, {q_stride, qk, 1},
+                          q.view().where());
+  tensor_view const q_rows = q.view().slice(1, 0, heads * qk);
   typename forward_context<B>::lease fused, qa_norm, kva;
   tensor_view kv_a;
-  if (c.q_lora_rank) {
+  if (q_kv_fused) {
+    linear(ctx, x, w.q_kv_a, q.view());
+    kv_a = q.view().slice(1, hp * qk, hp * qk + lora + rope);
+  } else if (c.q_lora_rank) {
     std::int64_t const ql = *c.q_lora_rank;
     fused = ctx.acquire("attn.q_a_kv_a", dtype::bf16, {t, ql + lora + rope});
     linear(ctx, x, w.q_a_kv_a, fused.view());
@@ -83,7 +93,7 @@ void mla_attention(forward_context<B>& ctx, io::model_config const& c,
   kp.kv_a = kv_a;
   kp.norm_weight = w.kv_a_norm;
   kp.eps = eps;
-  kp.q_rope = q.view().slice(1, 0, heads).slice(2, nope, qk);
+  kp.q_rope = q_all.slice(1, 0, heads).slice(2, nope, qk);
   kp.positions = b.positions;
   kp.cos_sin = b.cos_sin;
   kp.slots = kernels::kv_slots::table(b.req_to_token, b.token_req_rows, b.positions);
@@ -95,7 +105,7 @@ void mla_attention(forward_context<B>& ctx, io::model_config const& c,
     auto const layout = kernels::mla_prefill_workspace_layout(b.prefill_kv_tokens, heads);
     auto ws = ctx.acquire("attn.prefill_workspace", dtype::u8, {layout.bytes});
     kernels::mla_prefill_args a;
-    a.q = q.view().slice(0, 0, tp).slice(1, 0, heads);
+    a.q = q_all.slice(0, 0, tp).slice(1, 0, heads);
     a.kv_cache = kv_cache;
     a.req_to_token = b.req_to_token;
     a.req_rows = b.prefill_req_rows;
@@ -112,7 +122,7 @@ void mla_attention(forward_context<B>& ctx, io::model_config const& c,
     // q_abs[:, h] = q_nope[:, h] . W_UK[h]: [heads] x [Td, 128] . [128, 512].
     auto q_abs = ctx.acquire("attn.q_absorbed", dtype::bf16, {td, hp, lora});
     if (hp != heads) ctx.zero(q_abs.view());
-    tensor_view const qd = q.view().slice(0, tp, t);
+    tensor_view const qd = q_all.slice(0, tp, t);
     {
       auto ws = ctx.gemm_workspace();
       kernels::gemm_options opt;

@@ -113,7 +113,8 @@ TEST_P(ForwardCuda, DecodeRowsAndMixedBatchesMatchTheCpu) {
 // The forward at hidden sizes that take every launch path of the kernels the tiny models do not
 // reach: RMSNorm's buckets (512: one warp, two vectors per lane; 2048: a 256-thread block, one
 // vector; 7168: 224 threads, four vectors; q_lora 1536: 192 threads), the FP8 GEMMs at R1's hidden
-// size, and MLA with 16 heads (no head padding). CUDA against the CPU forward of the same seeded
+// size, and MLA with 16 heads (no head padding; without q_lora, V2-Lite's one GEMM over the fused
+// q_kv_a weight and q strided inside its output). CUDA against the CPU forward of the same seeded
 // dummy weights, for a 21-token prefill and two decode steps.
 TEST(ForwardCudaShapes, HiddenSizesThatTakeEveryKernelPath) {
   if (backend::cuda::device_count() == 0)
@@ -125,16 +126,19 @@ TEST(ForwardCudaShapes, HiddenSizesThatTakeEveryKernelPath) {
   temp_dir dir;
   backend::cpu cpu;
   backend::cuda gpu(0);
-  for (shape const sh : {shape{512, 256, false}, shape{2048, 1536, false}, shape{7168, 1536, true},
-                         shape{7168, 1536, false}}) {
-    SCOPED_TRACE("hidden " + std::to_string(sh.hidden) + (sh.fp8 ? " fp8" : " bf16"));
+  for (shape const sh : {shape{512, 256, false}, shape{2048, 1536, false}, shape{2048, 0, false},
+                         shape{7168, 1536, true}, shape{7168, 1536, false}}) {
+    SCOPED_TRACE("hidden " + std::to_string(sh.hidden) + (sh.fp8 ? " fp8" : " bf16") +
+                 (sh.q_lora == 0 ? " no q_lora" : ""));
     nlohmann::json patch = {
         {"hidden_size", sh.hidden},  {"q_lora_rank", sh.q_lora},  {"num_attention_heads", 16},
         {"num_key_value_heads", 16}, {"intermediate_size", 1024}, {"moe_intermediate_size", 256},
         {"n_routed_experts", 16},    {"num_experts_per_tok", 4},  {"n_group", 4},
         {"topk_group", 2},           {"num_hidden_layers", 3},    {"first_k_dense_replace", 1}};
     if (!sh.fp8) patch["quantization_config"] = nullptr;
-    auto const sub = dir.path() / (std::to_string(sh.hidden) + (sh.fp8 ? "fp8" : "bf16"));
+    if (sh.q_lora == 0) patch["q_lora_rank"] = nullptr;
+    auto const sub = dir.path() / (std::to_string(sh.hidden) + (sh.fp8 ? "fp8" : "bf16") +
+                                   std::to_string(sh.q_lora));
     io::model_config const c =
         io::load_model_config(derived_config(sub, "tiny_deepseek_v3.json", patch));
     auto const w_cpu = ds::dummy_weights(cpu, c, {.shard = {}, .seed = 21});
@@ -182,7 +186,8 @@ TEST(ForwardCudaShapes, HiddenSizesThatTakeEveryKernelPath) {
     for (std::size_t s = 0; s < want.size(); ++s) {
       double const e = rel_l2(got[s].data(), want[s]);
       EXPECT_LE(e, bound) << "step " << s;
-      std::cout << "hidden " << sh.hidden << (sh.fp8 ? " fp8" : " bf16") << ", step " << s
+      std::cout << "hidden " << sh.hidden << (sh.fp8 ? " fp8" : " bf16")
+                << (sh.q_lora == 0 ? " no q_lora" : "") << ", step " << s
                 << ": relative L2 against the CPU " << e << "\n";
     }
   }

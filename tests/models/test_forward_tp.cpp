@@ -183,10 +183,12 @@ run_logits run_tp(std::filesystem::path const& ckpt, int world, std::vector<step
 }
 
 std::filesystem::path write_tiny(temp_dir const& dir, char const* config, bool aligned_fp8,
-                                 tools::weight_format format) {
+                                 tools::weight_format format, bool heads16 = false) {
   tools::random_checkpoint_options o;
-  o.config =
-      aligned_fp8 ? derived_config(dir.path(), config, aligned_fp8_patch) : config_path(config);
+  o.config = aligned_fp8 ? derived_config(dir.path(), config, aligned_fp8_patch)
+             : heads16   ? derived_config(dir.path(), config,
+                                          {{"num_attention_heads", 16}, {"num_key_value_heads", 16}})
+                         : config_path(config);
   o.out = dir.path() / "ckpt";
   o.format = format;
   o.seed = 7;
@@ -217,6 +219,9 @@ struct tp_case {
   bool aligned_fp8;  // FP8 weights that stay FP8 when split (aligned_fp8_patch)
   double bound;
   double bound_any;
+  // 16 heads: world 1 runs V2's q_proj and kv_a as one GEMM (q_kv_a, no padded heads), a rank of
+  // world 2 (8 heads, padded to 16) runs them apart through the same weight's row views.
+  bool heads16 = false;
 };
 
 class ForwardTensorParallel : public ::testing::TestWithParam<tp_case> {};
@@ -226,7 +231,7 @@ TEST_P(ForwardTensorParallel, LogitsMatchTheUnshardedForward) {
   temp_dir dir;
   auto const ckpt =
       write_tiny(dir, p.config, p.aligned_fp8,
-                 p.aligned_fp8 ? tools::weight_format::fp8 : tools::weight_format::bf16);
+                 p.aligned_fp8 ? tools::weight_format::fp8 : tools::weight_format::bf16, p.heads16);
   std::vector<step> const steps = script();
   run_logits const ref = run_world1(ckpt, steps);
   ds::model_options mo;
@@ -272,7 +277,9 @@ INSTANTIATE_TEST_SUITE_P(
         tp_case{"v3_fp8_world2_f32", "tiny_deepseek_v3.json", 2, true, true, 6e-2, 0.12},
         // measured: 0.0087 and 0.0086
         tp_case{"v2_world2", "tiny_deepseek_v2.json", 2, false, false, 2e-2, 2e-2},
-        tp_case{"v2_world4", "tiny_deepseek_v2.json", 4, false, false, 2e-2, 2e-2}),
+        tp_case{"v2_world4", "tiny_deepseek_v2.json", 4, false, false, 2e-2, 2e-2},
+        tp_case{"v2_16heads_world2_f32", "tiny_deepseek_v2.json", 2, true, false, 1e-2, 1e-2,
+                true}),
     [](auto const& i) { return std::string(i.param.name); });
 
 // FP8 against transformers: tiny V3's FP8 checkpoint (o_proj and the dense MLP stay FP8 when
