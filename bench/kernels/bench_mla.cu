@@ -8,13 +8,15 @@
 //                       measured bf16 dense GEMM ceiling (~790 TFLOP/s, docs/perf/ceilings.md)
 //   splits              the KV splits per row of the plan
 // The `contiguous` cases give each row consecutive slots instead (the same bytes, read as long
-// runs): their gap to the shuffled case is what the row-by-row gather costs.
+// runs): their gap to the shuffled case is what the row-by-row gather costs. H = 128 also runs at
+// batch 8 (context 4096) and at context 512 (batch 128), where fixed costs weigh more.
 //   lightcore_bench_mla [--benchmark_filter=...]
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <numeric>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "bench_common.hpp"
@@ -106,5 +108,12 @@ int main(int argc, char** argv) {
   bench::timed(benchmark::RegisterBenchmark("BM_mla_decode", bm_mla_decode)
                    ->Args({128, 4096, 16, 0, 1})
                    ->ArgNames({"batch", "context", "H", "splits", "contiguous"}));
+  // H = 128 where a CTA's fixed costs weigh more: a small batch (many splits, then the merge) and
+  // short contexts.
+  std::pair<std::int64_t, std::int64_t> const fixed_cost_cases[] = {{8, 4096}, {128, 512}};
+  for (auto const& [batch, context] : fixed_cost_cases)
+    bench::timed(benchmark::RegisterBenchmark("BM_mla_decode", bm_mla_decode)
+                     ->Args({batch, context, 128, 0, 0})
+                     ->ArgNames({"batch", "context", "H", "splits", "contiguous"}));
   return bench::run_benchmarks(argc, argv);
 }

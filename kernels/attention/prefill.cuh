@@ -181,7 +181,7 @@ __global__ void __launch_bounds__(Cfg::threads, Cfg::min_blocks)
     cp_async_commit();
   };
 
-  // ldmatrix addresses (lane-dependent parts), as in mla_decode.cuh: q as the A operand (row
+  // ldmatrix addresses (lane-dependent parts), as in mla_decode_stream.cuh: q as the A operand (row
   // lane % 16, column (lane / 16) * 8); K as the col-major B of S (token (lane & 7) + (lane / 16)
   // * 8, column ((lane / 8) & 1) * 8); V as the row-major B of O, transposed (token (lane & 7) +
   // ((lane / 8) & 1) * 8, column (lane / 16) * 8).

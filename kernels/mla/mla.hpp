@@ -61,11 +61,14 @@ int mla_multiprocessor_count(int ordinal);
 void kv_write_cuda(kv_write_params const& p, int page_size, int ordinal, CUstream_st* stream);
 void mla_decode_cuda(mla_decode_params const& p, int page_size, int ordinal, CUstream_st* stream);
 
-// Defined in kv_write.cuh and mla_decode.cuh, instantiated once per file in instantiations/.
+// Defined in kv_write.cuh, mla_decode.cuh and mla_decode_wgmma.cuh, instantiated once per file in
+// instantiations/.
 template <class Layout>
 void launch_kv_write(kv_write_params const& p, int num_sms, CUstream_st* stream);
-template <int HeadsPerTile, class Layout>
-void launch_mla_decode(mla_decode_params const& p, CUstream_st* stream);
+template <class Layout>  // tiles of 16 heads (mla_decode_stream.cuh)
+void launch_mla_decode_stream(mla_decode_params const& p, CUstream_st* stream);
+template <class Layout>  // tiles of 64 heads on warpgroup MMA (mla_decode_wgmma.cuh)
+void launch_mla_decode_wgmma(mla_decode_params const& p, CUstream_st* stream);
 template <class Out>
 void launch_mla_merge(mla_decode_params const& p, CUstream_st* stream);
 #endif

@@ -24,12 +24,8 @@ void mla_decode_cuda(mla_decode_params const& p, int page_size, int ordinal, CUs
   LC_CHECK(p.q_len == 1, "mla_decode on CUDA supports one query token per row; got " << p.q_len);
   backend::device_guard const guard(ordinal);
   switch (mla_heads_per_tile(p.heads)) {
-    case mla_head_tile_large:
-      launch_mla_decode<mla_head_tile_large, kv_layout<1>>(p, stream);
-      break;
-    case mla_head_tile_small:
-      launch_mla_decode<mla_head_tile_small, kv_layout<1>>(p, stream);
-      break;
+    case mla_head_tile_large: launch_mla_decode_wgmma<kv_layout<1>>(p, stream); break;
+    case mla_head_tile_small: launch_mla_decode_stream<kv_layout<1>>(p, stream); break;
     default:
       LC_THROW("mla_decode on CUDA: no head tile for " << p.heads
                                                        << " heads; allowed: multiples of 16");

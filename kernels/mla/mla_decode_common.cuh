@@ -1,6 +1,7 @@
-// mla_decode_common: the parts that both absorbed-decode kernels share (mla_decode.cuh's
-// synchronous ring for 64-head tiles, mla_decode_stream.cuh's producer warp for 16-head tiles):
-// how a row's positions are cut into KV splits, what an empty split writes, and the epilogue.
+// mla_decode_common: the parts that the absorbed-decode kernels share (mla_decode_stream.cuh's
+// mma.sync kernel for 16-head tiles, mla_decode_wgmma.cuh's warpgroup-MMA kernel for 64-head
+// tiles): how a row's positions are cut into KV splits, what an empty split writes, and the
+// epilogue; and the mma.sync softmax and P V step of one block (the 16-head kernel's).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -58,9 +59,8 @@ __device__ __forceinline__ void mla_write_empty_split(mla_decode_params const& p
 // mask positions at or past kv_end, combine the row maxima of the warps_n warps of a head row
 // through red_max, write P as bf16 into p_s (read back through p_addr), combine the row sums
 // through red_sum, rescale the running o, l by exp2(m_old - m_new), and O += P V (V at v_addr).
-// `sync` is the barrier of the warps that share red_max/red_sum/p_s (the CTA, or the consumer
-// warps of a producer/consumer kernel); the next block's first `sync` orders this block's P V
-// before P's next writes.
+// `sync` is the barrier of the warps that share red_max/red_sum/p_s (the consumer warps); the
+// next block's first `sync` orders this block's P V before P's next writes.
 template <class Cfg, int STiles, class Sync>
 __device__ __forceinline__ void mla_softmax_pv_block(
     float (&s)[STiles][4], int const token0, int const kv_end, float const scale_log2,

@@ -2,17 +2,18 @@
 // TP8, V2-Lite), where a decode step is bound by reading the latent rows, so a producer warp
 // keeps them streaming while four consumer warps compute.
 //
-// One CTA computes one (batch row, KV split, 16 heads), as mla_decode.cuh's kernel does, with 5
-// warps. Warp 4, the producer, gathers the split's latent rows into a ring of `stages` blocks of
-// 32 tokens; lane r owns row r of every block: it fetches the row's page id from req_to_token
-// `slot_lookahead` blocks ahead (a 4-byte cp.async into a small ring in shared memory, so that no
-// thread ever stalls on the table), waits until the stage is free (its `empty` mbarrier) and
-// copies the 1152-byte row with one bulk copy that completes on the stage's `full` mbarrier. Rows
-// past the split or outside the pool are zero-filled by the lane (never read as keys: masked;
+// One CTA computes one (batch row, KV split, 16 heads), as mla_decode_wgmma.cuh's kernel does for
+// 64 heads, with 5 warps. Warp 4, the producer, gathers the split's latent rows into a ring of
+// `stages` blocks of 32 tokens; lane r owns row r of every block: it fetches the row's page id from
+// req_to_token `slot_lookahead` blocks ahead (a 4-byte cp.async into a small ring in shared memory,
+// so that no thread ever stalls on the table), waits until the stage is free (its `empty` mbarrier)
+// and copies the 1152-byte row with one bulk copy that completes on the stage's `full` mbarrier.
+// Rows past the split or outside the pool are zero-filled by the lane (never read as keys: masked;
 // zero as values). Warps 0-3, the consumers, wait on `full`, use the block as keys (576 columns)
-// and values (the first 512) exactly as the 64-head kernel does, and arrive on `empty`; they meet
-// (named barrier 1) only for the softmax's cross-warp maxima and sums. No CTA-wide barrier per
-// block: the loads run up to `stages` blocks ahead of the compute.
+// and values (the first 512) with mma.sync m16n8k16 (a warp: S for 8 tokens, O for 128 of the 512
+// columns; mla_softmax_pv_block), and arrive on `empty`; they meet (named barrier 1) only for the
+// softmax's cross-warp maxima and sums. No CTA-wide barrier per block: the loads run up to
+// `stages` blocks ahead of the compute.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -191,7 +192,7 @@ __global__ void __launch_bounds__(Cfg::threads, 1)
   int const g = lane / 4, t4 = lane % 4;
   int const row0 = g;  // this thread's heads of the tile: row0 and row0 + 8
 
-  // ldmatrix addresses (lane-dependent parts), as in mla_decode.cuh: A operands (q, P) row
+  // ldmatrix addresses (lane-dependent parts): A operands (q, P) row
   // lane % 16, column (lane / 16) * 8; K (x2, lanes 0-15) token lane & 7, column
   // ((lane / 8) & 1) * 8; V (transposed x4) token (lane & 7) + ((lane / 8) & 1) * 8, column
   // (lane / 16) * 8.

@@ -1,5 +1,6 @@
-// mla on the CUDA backend against the CPU reference: the absorbed decode for H = 16 and 128 over
-// batches of 1..256 rows with mixed lengths 0..32768, slots scattered over a pool whose free rows
+// mla on the CUDA backend against the CPU reference: the absorbed decode for H = 16 (the streaming
+// kernel), 64 and 128 (the wgmma kernel with one and two head tiles per row) over batches of
+// 1..256 rows with mixed lengths 0..32768, slots scattered over a pool whose free rows
 // are NaN, q as the two parts of one [batch, heads, 576] projection, the planned split and forced
 // ones (1, 3, 128: most of them empty for short rows), outputs poisoned first; table entries
 // outside the pool read as zero rows; one CUDA graph replayed with different lengths giving the
@@ -260,7 +261,7 @@ TEST_P(MlaDecodeCuda, SlotsOutsideThePoolReadAsZeroRows) {
   check_slots_outside_the_pool(GetParam());
 }
 
-INSTANTIATE_TEST_SUITE_P(Heads, MlaDecodeCuda, ::testing::Values<std::int64_t>(16, 128),
+INSTANTIATE_TEST_SUITE_P(Heads, MlaDecodeCuda, ::testing::Values<std::int64_t>(16, 64, 128),
                          [](::testing::TestParamInfo<std::int64_t> const& info) {
                            return "H" + std::to_string(info.param);
                          });

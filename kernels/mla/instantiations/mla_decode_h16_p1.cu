@@ -3,5 +3,5 @@
 #include "kernels/mla/mla_decode.cuh"
 
 namespace lightcore::kernels::detail {
-template void launch_mla_decode<16, kv_layout<1>>(mla_decode_params const&, CUstream_st*);
+template void launch_mla_decode_stream<kv_layout<1>>(mla_decode_params const&, CUstream_st*);
 }  // namespace lightcore::kernels::detail
