@@ -2,7 +2,7 @@
 // chooses the instantiation (GEMM stage x bf16 | FP8 x block_m, and for bf16 prefill-sized batches
 // the wgmma kernel; each in its own file under instantiations/) and issues, on one stream and with
 // a geometry fixed by the token count:
-//   [FP8: quantise hidden] -> GEMM 1 (+ SiLU-and-mul) -> [FP8: quantise the intermediate]
+//   [FP8: quantise hidden] -> GEMM 1 (+ SiLU-and-mul; FP8: + quantising the intermediate)
 //   -> GEMM 2 (x routed weight) -> combine.
 #include <cstdint>
 
@@ -65,6 +65,10 @@ void moe_experts_cuda(moe_experts_params const& p, int ordinal, CUstream_st* str
   g1.out = ws + l.intermediate;
   g1.ldo = inter;
   if (fp8) {
+    // GEMM 1 writes the intermediate's codes and scales itself (its epilogue quantises).
+    g1.out = ws + l.intermediate_q;
+    g1.out_scales = reinterpret_cast<float*>(ws + l.intermediate_scales);
+    g1.out_scales_ld = inter / quant_group_size;
     // x quantised once per token (not per routed row): top_k times less work than per row.
     tensor_view const x(const_cast<void*>(p.hidden), dtype::bf16, {p.tokens, h}, {p.hidden_ld, 1},
                         where);
@@ -90,13 +94,6 @@ void moe_experts_cuda(moe_experts_params const& p, int ordinal, CUstream_st* str
   g2.out = ws + l.routed_out;
   g2.ldo = h;
   if (fp8) {
-    // Every row of the capacity: rows past the used blocks hold stale values whose codes are
-    // never read (their blocks exit), and the count of used rows is known only on the device.
-    tensor_view const a(ws + l.intermediate, dtype::bf16, {cap.sorted_rows, inter}, where);
-    tensor_view const q(ws + l.intermediate_q, dtype::fp8_e4m3, {cap.sorted_rows, inter}, where);
-    tensor_view const s(ws + l.intermediate_scales, dtype::f32,
-                        {cap.sorted_rows, inter / quant_group_size}, where);
-    quantize_per_token_group_cuda(a, q, s, scale_layout::row_major, stream);
     g2.a = ws + l.intermediate_q;
     g2.lda = inter;
     g2.a_scales = reinterpret_cast<float const*>(ws + l.intermediate_scales);

@@ -49,11 +49,11 @@ inline constexpr bool moe_experts_block_m_supported(std::int64_t block_m) {
 
 // Where each buffer lies in the workspace (byte offsets, each 256-byte aligned), and its size.
 struct moe_experts_workspace_layout {
-  std::int64_t intermediate = 0;         // bf16 [sorted_rows, I]: a, by sorted position
+  std::int64_t intermediate = 0;         // bf16 [sorted_rows, I]: a, by sorted position (bf16)
   std::int64_t routed_out = 0;           // bf16 [tokens * top_k, H]: y, by routed row r
   std::int64_t hidden_q = 0;             // FP8: fp8 [tokens, H], x quantised
   std::int64_t hidden_scales = 0;        // FP8: f32 [tokens, H / 128] row-major
-  std::int64_t intermediate_q = 0;       // FP8: fp8 [sorted_rows, I], a quantised
+  std::int64_t intermediate_q = 0;       // FP8: fp8 [sorted_rows, I], a quantised by GEMM 1
   std::int64_t intermediate_scales = 0;  // FP8: f32 [sorted_rows, I / 128] row-major
   std::int64_t bytes = 0;                // the total
 };
@@ -117,6 +117,7 @@ struct moe_experts_params {
 // Which of the two grouped GEMMs a kernel runs.
 enum class moe_gemm_stage : std::uint8_t {
   gate_up,  // A rows gathered from the tokens; SiLU-and-mul epilogue -> a, by sorted position
+            // (FP8: quantised per 128 columns in the epilogue)
   down,     // A rows by sorted position; routed-weight epilogue -> y, by routed row
 };
 
@@ -127,8 +128,13 @@ struct moe_grouped_gemm_params {
   float const* a_scales =
       nullptr;              // FP8: a's per-128-column scales, row-major, row stride a_scales_ld
   void const* w = nullptr;  // [E, w_rows, K] (w_rows = 2I or H), K contiguous
-  float const* w_scales = nullptr;                // FP8: [E, ceil(w_rows/128), w_scales_ld]
-  void* out = nullptr;                            // bf16: gate_up [sorted, n]; down [rows, n]
+  float const* w_scales = nullptr;  // FP8: [E, ceil(w_rows/128), w_scales_ld]
+  // bf16 gate_up [sorted, n]; down [rows, n]. FP8 gate_up: the e4m3 codes [sorted, n] and their
+  // per-128-column scales out_scales [sorted, n / 128] (row stride out_scales_ld floats), rows of
+  // padding left unwritten in both (GEMM 2 does not read them).
+  void* out = nullptr;
+  float* out_scales = nullptr;
+  std::int64_t out_scales_ld = 0;
   std::int32_t const* sorted_ids = nullptr;       // [blocks * block_m]
   std::int32_t const* expert_of_block = nullptr;  // [blocks]
   float const* topk_weights = nullptr;            // down: [rows]

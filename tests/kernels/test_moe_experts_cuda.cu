@@ -2,7 +2,9 @@
 // I 1408), R1 (E 256, top-8, H 7168, I 2048) and R1 at TP8 (I 256), T in {1, 3, 64, 257, 4096},
 // bf16 and FP8, block_m 64 and 128; one expert taking every token, experts with none (routing to a
 // subset; the weights of the others are NaN on the device, so reading them fails), ids of other
-// ranks; outputs and workspace poisoned; alignment and experts captured together in a CUDA graph.
+// ranks; row blocks whose routed rows end at and just past an m16 tile; outputs and workspace
+// poisoned; alignment and experts captured together in a CUDA graph; the FP8 gate_up epilogue's
+// quantisation of the intermediate, bit for bit against quantize_per_token_group's formulas.
 // R1 at T 4096: the CPU reference runs on 64 sampled tokens (a token's output depends on its own
 // inputs alone), to keep its time reasonable.
 // The wgmma kernel (bf16, block_m 64, from moe_experts_wgmma_min_tokens tokens): the T 257 and
@@ -14,6 +16,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <exception>
 #include <random>
@@ -25,6 +28,7 @@
 #include "common/seed.hpp"
 #include "kernels/moe/moe.hpp"
 #include "kernels/moe/moe_experts.hpp"
+#include "kernels/quant/quant_params.hpp"
 #include "lightcore/backend/cuda.hpp"
 #include "lightcore/core/tensor.hpp"
 #include "moe_experts_test_util.hpp"
@@ -279,6 +283,16 @@ TEST_F(MoeExpertsCudaCases, FewExpertsHitBlockM128) {
     check(test::r1_tp8_shape, 257, f, 8, false, 128, false);
 }
 
+// The mma.sync kernel multiplies only the m16 row tiles that hold a routed row: one expert taking
+// every token fills 17 (a second tile with one row) and 33 rows of its block (block_m 64) or 80
+// rows (block_m 128: the second warp row's first tile), while the others' blocks hold a few.
+TEST_F(MoeExpertsCudaCases, RowTilesAtTheirBoundaries) {
+  for (auto f : {moe_weight_format::bf16, moe_weight_format::fp8_block}) {
+    for (std::int64_t t : {17, 33}) check(test::v2_lite_shape, t, f, 16, true, 64, false);
+    check(test::r1_tp8_shape, 80, f, 24, true, 128, false);
+  }
+}
+
 TEST_F(MoeExpertsCudaCases, OtherRanksExpertsAddNothing) {
   check(test::v2_lite_shape, 64, moe_weight_format::bf16, 64, false, 64, false, true);
 }
@@ -287,6 +301,131 @@ TEST_F(MoeExpertsCudaCases, CapturedInAGraph) {
   for (auto f : {moe_weight_format::bf16, moe_weight_format::fp8_block}) {
     check(test::v2_lite_shape, 64, f, 64, false, 64, true);
     check(test::r1_tp8_shape, 3, f, 24, false, 128, true);
+  }
+}
+
+// FP8 gate_up quantises the intermediate in its epilogue, across the two CTAs of a 128-column
+// group: its codes and scales must be exactly what quantize_per_token_group's formulas give for
+// the bf16 intermediate. Inputs whose products and sums are exact in fp32 in any order (small
+// integer codes, power-of-two scales) make the bf16 kernel's intermediate, on the same weights
+// widened, bit-identical to the one the FP8 kernel quantised; the host quantises that one.
+// E 2, I 256 (two groups: two clusters), H 256 (two K blocks of different scales), 20 tokens,
+// top-2: each expert's block holds 20 routed rows (m16 tiles 0 and 1) and 44 of padding.
+TEST_F(MoeExpertsCudaCases, Fp8GateUpEpilogueQuantisesAsQuantizePerTokenGroup) {
+  constexpr std::int64_t experts = 2, inter = 256, h = 256, tokens = 20, k = 2, block_m = 64;
+  constexpr std::int64_t rows = tokens * k, sorted = experts * block_m, groups = inter / 128;
+  backend::cuda gpu(0);
+  auto const stream = gpu.make_stream();
+  auto rng = test::test_rng();
+  std::uniform_int_distribution<int> code(-3, 3), shift(0, 2);
+  // x: codes and per-token-group scales; w: [E, 2I, H] codes and [E, 2I / 128, H / 128] scales.
+  std::vector<fp8_e4m3> xq(std::size_t(tokens * h)), wq(std::size_t(experts * 2 * inter * h));
+  std::vector<float> xs(std::size_t(tokens * (h / 128))), ws(std::size_t(experts * 2 * groups * 2));
+  for (auto& c : xq) c = fp8_e4m3(float(code(rng)));
+  for (auto& c : wq) c = fp8_e4m3(float(code(rng)));
+  for (auto& v : xs) v = std::ldexp(1.0f, -1 - shift(rng));
+  for (auto& v : ws) v = std::ldexp(1.0f, -4 - shift(rng));
+  // The same values widened to bf16 (exact: at most 2 significant bits times a power of two).
+  std::vector<bf16> xb(xq.size()), wb(wq.size());
+  for (std::int64_t t = 0; t < tokens; ++t)
+    for (std::int64_t j = 0; j < h; ++j)
+      xb[std::size_t(t * h + j)] =
+          bf16(float(xq[std::size_t(t * h + j)]) * xs[std::size_t(t * (h / 128) + j / 128)]);
+  for (std::int64_t e = 0; e < experts; ++e)
+    for (std::int64_t r = 0; r < 2 * inter; ++r)
+      for (std::int64_t j = 0; j < h; ++j) {
+        std::size_t const at = std::size_t((e * 2 * inter + r) * h + j);
+        wb[at] = bf16(float(wq[at]) * ws[std::size_t(((e * 2 * groups) + r / 128) * 2 + j / 128)]);
+      }
+  // Row r = t * 2 + slot goes to expert r % 2: block e holds expert e's 20 rows, then padding.
+  std::vector<std::int32_t> sorted_ids(static_cast<std::size_t>(sorted), std::int32_t{rows});
+  for (std::int64_t r = 0; r < rows; ++r)
+    sorted_ids[std::size_t((r % 2) * block_m + r / 2)] = std::int32_t(r);
+  std::vector<std::int32_t> const expert_of_block{0, 1};
+
+  auto upload = [&](auto const& host, dtype type, dims shape) {
+    tensor<backend::cuda> d(gpu, type, shape);
+    gpu.copy(d.data(), host.data(), d.nbytes(), stream);
+    return d;
+  };
+  auto const d_xq = upload(xq, dtype::fp8_e4m3, {tokens, h});
+  auto const d_xs = upload(xs, dtype::f32, {tokens, h / 128});
+  auto const d_wq = upload(wq, dtype::fp8_e4m3, {experts, 2 * inter, h});
+  auto const d_ws = upload(ws, dtype::f32, {experts, 2 * groups, 2});
+  auto const d_xb = upload(xb, dtype::bf16, {tokens, h});
+  auto const d_wb = upload(wb, dtype::bf16, {experts, 2 * inter, h});
+  auto const d_ids = upload(sorted_ids, dtype::i32, {sorted});
+  auto const d_blocks = upload(expert_of_block, dtype::i32, {experts});
+  tensor<backend::cuda> codes(gpu, dtype::u8, {sorted, inter});
+  tensor<backend::cuda> scales(gpu, dtype::f32, {sorted, groups});
+  tensor<backend::cuda> a(gpu, dtype::bf16, {sorted, inter});
+  for (auto* t : {&codes, &scales, &a}) gpu.fill(t->data(), t->nbytes(), 1, poison, stream);
+
+  kernels::moe_grouped_gemm_params p;
+  p.sorted_ids = static_cast<std::int32_t const*>(d_ids.data());
+  p.expert_of_block = static_cast<std::int32_t const*>(d_blocks.data());
+  p.rows = rows;
+  p.top_k = k;
+  p.n = inter;
+  p.k = h;
+  p.blocks = experts;
+  p.experts = experts;
+  p.ldo = inter;
+  kernels::moe_grouped_gemm_params q = p;
+  p.a = d_xb.data();
+  p.lda = h;
+  p.w = d_wb.data();
+  p.out = a.data();
+  using kernels::moe_gemm_stage;
+  kernels::detail::launch_moe_grouped_gemm<moe_gemm_stage::gate_up, false, 64>(p, stream.get());
+  q.a = d_xq.data();
+  q.lda = h;
+  q.a_scales = static_cast<float const*>(d_xs.data());
+  q.a_scales_ld = h / 128;
+  q.w = d_wq.data();
+  q.w_scales = static_cast<float const*>(d_ws.data());
+  q.w_scales_ld = 2;
+  q.out = codes.data();
+  q.out_scales = static_cast<float*>(scales.data());
+  q.out_scales_ld = groups;
+  kernels::detail::launch_moe_grouped_gemm<moe_gemm_stage::gate_up, true, 64>(q, stream.get());
+
+  std::vector<bf16> host_a(std::size_t(sorted * inter));
+  std::vector<std::uint8_t> host_codes(std::size_t(sorted * inter));
+  std::vector<float> host_scales(std::size_t(sorted * groups));
+  gpu.copy(host_a.data(), a.data(), a.nbytes(), stream);
+  gpu.copy(host_codes.data(), codes.data(), codes.nbytes(), stream);
+  gpu.copy(host_scales.data(), scales.data(), scales.nbytes(), stream);
+  stream.synchronize();
+  std::int64_t nonzero = 0, wrong_codes = 0, wrong_scales = 0;
+  for (std::int64_t pos = 0; pos < sorted; ++pos) {
+    if (sorted_ids[std::size_t(pos)] >= rows) continue;  // padding: left unwritten
+    for (std::int64_t grp = 0; grp < groups; ++grp) {
+      float amax = 0.0f;
+      for (std::int64_t j = grp * 128; j < (grp + 1) * 128; ++j)
+        amax = kernels::quant_amax(amax, float(host_a[std::size_t(pos * inter + j)]));
+      float const scale = kernels::quant_group_scale(amax);
+      float const inverse = kernels::quant_inverse_scale(scale);
+      wrong_scales += host_scales[std::size_t(pos * groups + grp)] != scale ? 1 : 0;
+      for (std::int64_t j = grp * 128; j < (grp + 1) * 128; ++j) {
+        float const v = float(host_a[std::size_t(pos * inter + j)]);
+        nonzero += v != 0.0f ? 1 : 0;
+        std::uint8_t const want = kernels::quant_value<fp8_e4m3>(v, inverse).bits;
+        wrong_codes += host_codes[std::size_t(pos * inter + j)] != want ? 1 : 0;
+      }
+    }
+  }
+  EXPECT_GT(nonzero, rows * inter / 2);  // the intermediate is not trivially zero
+  EXPECT_EQ(wrong_scales, 0);
+  EXPECT_EQ(wrong_codes, 0);
+
+  // Without somewhere to put the scales, the FP8 gate_up launcher refuses.
+  q.out_scales = nullptr;
+  try {
+    kernels::detail::launch_moe_grouped_gemm<moe_gemm_stage::gate_up, true, 64>(q, stream.get());
+    ADD_FAILURE() << "no error without out_scales";
+  } catch (std::exception const& e) {
+    EXPECT_NE(std::string(e.what()).find("out_scales"), std::string::npos) << e.what();
   }
 }
 
