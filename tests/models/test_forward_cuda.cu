@@ -113,9 +113,9 @@ TEST_P(ForwardCuda, DecodeRowsAndMixedBatchesMatchTheCpu) {
 // The forward at hidden sizes that take every launch path of the kernels the tiny models do not
 // reach: RMSNorm's buckets (512: one warp, two vectors per lane; 2048: a 256-thread block, one
 // vector; 7168: 224 threads, four vectors; q_lora 1536: 192 threads), the FP8 GEMMs at R1's hidden
-// size, and MLA with 16 heads (no head padding; without q_lora, V2-Lite's one GEMM over the fused
-// q_kv_a weight and q strided inside its output). CUDA against the CPU forward of the same seeded
-// dummy weights, for a 21-token prefill and two decode steps.
+// size, and MLA with 16 heads (no head padding; without q_lora, a V2-Lite-like model: one GEMM
+// over the fused q_kv_a weight, q strided inside its output). CUDA against the CPU forward of the
+// same seeded dummy weights, for a 21-token prefill and two decode steps.
 TEST(ForwardCudaShapes, HiddenSizesThatTakeEveryKernelPath) {
   if (backend::cuda::device_count() == 0)
     GTEST_SKIP() << "no CUDA device visible: GPU tests run on a GPU machine";
@@ -130,17 +130,25 @@ TEST(ForwardCudaShapes, HiddenSizesThatTakeEveryKernelPath) {
                          shape{7168, 1536, true}, shape{7168, 1536, false}}) {
     SCOPED_TRACE("hidden " + std::to_string(sh.hidden) + (sh.fp8 ? " fp8" : " bf16") +
                  (sh.q_lora == 0 ? " no q_lora" : ""));
-    nlohmann::json patch = {
-        {"hidden_size", sh.hidden},  {"q_lora_rank", sh.q_lora},  {"num_attention_heads", 16},
-        {"num_key_value_heads", 16}, {"intermediate_size", 1024}, {"moe_intermediate_size", 256},
-        {"n_routed_experts", 16},    {"num_experts_per_tok", 4},  {"n_group", 4},
-        {"topk_group", 2},           {"num_hidden_layers", 3},    {"first_k_dense_replace", 1}};
+    nlohmann::json patch = {{"hidden_size", sh.hidden},
+                            {"num_attention_heads", 16},
+                            {"num_key_value_heads", 16},
+                            {"intermediate_size", 1024},
+                            {"moe_intermediate_size", 256},
+                            {"n_routed_experts", 16},
+                            {"num_experts_per_tok", 4},
+                            {"n_group", 4},
+                            {"topk_group", 2},
+                            {"num_hidden_layers", 3},
+                            {"first_k_dense_replace", 1}};
+    // A merge patch's null removes a key: no q_lora comes from the V2 config, which says null.
+    if (sh.q_lora > 0) patch["q_lora_rank"] = sh.q_lora;
     if (!sh.fp8) patch["quantization_config"] = nullptr;
-    if (sh.q_lora == 0) patch["q_lora_rank"] = nullptr;
     auto const sub = dir.path() / (std::to_string(sh.hidden) + (sh.fp8 ? "fp8" : "bf16") +
                                    std::to_string(sh.q_lora));
-    io::model_config const c =
-        io::load_model_config(derived_config(sub, "tiny_deepseek_v3.json", patch));
+    io::model_config const c = io::load_model_config(derived_config(
+        sub, sh.q_lora > 0 ? "tiny_deepseek_v3.json" : "tiny_deepseek_v2.json", patch));
+    if (sh.q_lora == 0) ASSERT_FALSE(c.q_lora_rank.has_value());
     auto const w_cpu = ds::dummy_weights(cpu, c, {.shard = {}, .seed = 21});
     auto const w_gpu = ds::dummy_weights(gpu, c, {.shard = {}, .seed = 21});
     auto run = [&](auto& backend, auto const& w) {
