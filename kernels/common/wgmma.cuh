@@ -1,4 +1,4 @@
-// The sm_90a warpgroup MMA (wgmma) pieces of the attention kernels: shared-memory matrix
+// The sm_90a warpgroup MMA (wgmma) pieces of the MLA decode and MoE kernels: shared-memory matrix
 // descriptors for the 128-byte swizzle, the 128-byte swizzle itself (for threads that write such
 // tiles), the fence / commit / wait of asynchronous MMA groups, per-warpgroup register budgets
 // (setmaxnreg), and the bf16 shapes the MLA decode uses. Fragment and descriptor layouts are those
@@ -62,6 +62,13 @@ __device__ __forceinline__ void wgmma_pin(float (&d)[Tiles][4]) {
   for (int i = 0; i < Tiles; ++i)
 #pragma unroll
     for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[i][e])::"memory");
+}
+
+// The same for a flat accumulator array.
+template <int N>
+__device__ __forceinline__ void wgmma_pin(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
 // The warpgroup's register budget per thread (a multiple of 8, 24..256): producers give registers

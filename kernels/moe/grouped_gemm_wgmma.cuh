@@ -48,6 +48,7 @@
 
 #include "kernels/activation/activation_params.hpp"
 #include "kernels/common/ptx.cuh"
+#include "kernels/common/wgmma.cuh"
 #include "kernels/moe/grouped_gemm.cuh"
 #include "kernels/moe/moe_experts.hpp"
 #include "kernels/moe/moe_experts_params.hpp"
@@ -101,31 +102,6 @@ __device__ __forceinline__ void moe_wg_tma_load(std::uint32_t dst, CUtensorMap c
 }
 
 // --- warpgroup MMA ------------------------------------------------------------------------
-
-// Shared-memory matrix descriptor of a K-major tile of 128-byte rows in the 128-byte swizzle:
-// start address >> 4 (bits 0-13), leading byte offset unused for this layout (1), stride byte
-// offset 1024 >> 4 between 8-row groups (bits 32-45), swizzle mode 1 = 128 bytes (bits 62-63).
-// Base offset 0: every tile starts on a 1024-byte boundary.
-__device__ __forceinline__ std::uint64_t moe_wg_desc(std::uint32_t addr) {
-  return (std::uint64_t(addr & 0x3FFFF) >> 4) | (std::uint64_t(1) << 16) |
-         (std::uint64_t(1024 >> 4) << 32) | (std::uint64_t(1) << 62);
-}
-
-__device__ __forceinline__ void moe_wg_fence() {
-  asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
-}
-__device__ __forceinline__ void moe_wg_commit() {
-  asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
-}
-template <int Pending>
-__device__ __forceinline__ void moe_wg_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(Pending) : "memory");
-}
-// Pins the accumulators around the asynchronous MMAs: the compiler may not move them across.
-__device__ __forceinline__ void moe_wg_pin(float (&d)[64]) {
-#pragma unroll
-  for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
 
 // d[64 x 128] += A[64 x 16] . B[128 x 16]^T, bf16 in, fp32 accumulators, both K-major in shared.
 __device__ __forceinline__ void moe_wgmma_m64n128k16(float (&d)[64], std::uint64_t a_desc,
@@ -282,25 +258,25 @@ __global__ void __launch_bounds__(moe_wgmma_traits<Stage, BlockM, TileM>::thread
     std::uint32_t const a_tile = ring + s * traits::stage_bytes + a_row0 * traits::row_bytes;
     std::uint32_t const b_tile = ring + s * traits::stage_bytes + traits::a_bytes;
 #pragma unroll
-    for (int h = 0; h < mmas; ++h) moe_wg_pin(acc[h]);
-    moe_wg_fence();
+    for (int h = 0; h < mmas; ++h) wgmma_pin(acc[h]);
+    wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < traits::k_elems / 16; ++kk) {  // 32 bytes of K per wgmma
 #pragma unroll
       for (int h = 0; h < mmas; ++h)
         moe_wgmma_m64n128k16(
-            acc[h], moe_wg_desc(a_tile + 32 * kk),
-            moe_wg_desc(b_tile + col_half(h) * traits::mma_n * traits::row_bytes + 32 * kk));
+            acc[h], wgmma_desc_k_major(a_tile + 32 * kk),
+            wgmma_desc_k_major(b_tile + col_half(h) * traits::mma_n * traits::row_bytes + 32 * kk));
     }
-    moe_wg_commit();
-    moe_wg_wait<1>();  // the previous stage's group is done: its buffers may be refilled
+    wgmma_commit();
+    wgmma_wait<1>();  // the previous stage's group is done: its buffers may be refilled
 #pragma unroll
-    for (int h = 0; h < mmas; ++h) moe_wg_pin(acc[h]);
+    for (int h = 0; h < mmas; ++h) wgmma_pin(acc[h]);
     if (kt > 0 && lane == 0) mbarrier_arrive(empty0 + 8 * ((kt - 1) % stages));
   }
-  moe_wg_wait<0>();
+  wgmma_wait<0>();
 #pragma unroll
-  for (int h = 0; h < mmas; ++h) moe_wg_pin(acc[h]);
+  for (int h = 0; h < mmas; ++h) wgmma_pin(acc[h]);
 
   // Epilogue: thread (warp, g, t) of the warpgroup holds rows 16 warp + g (+ 8) and columns
   // 8q + 2t, 8q + 2t + 1 of each 64 x 128 MMA tile h in acc[h][4q + 2 half + 0..1].
