@@ -4,7 +4,8 @@
 // arithmetic). bf16 or FP8 e4m3 block-scaled weights. On the GPU: fixed launch geometry from the
 // token count and the capacities (a grid over every possible row block, blocks without an expert
 // exit at once), no host synchronisation and no allocation, so the layer can be captured in a
-// CUDA graph. Shared experts are a dense MLP, not part of this.
+// CUDA graph. Shared experts run here too when folded into the stack as extra experts (routing
+// gives them slots of weight 1; models/deepseek_v3/weights.hpp), else as a dense MLP beside it.
 #pragma once
 
 #include <cstdint>
