@@ -10,5 +10,9 @@ lightcore_kernel_family(moe
        instantiations/moe_grouped_gemm_down_bf16_m128.cu
        instantiations/moe_grouped_gemm_down_fp8_m64.cu
        instantiations/moe_grouped_gemm_down_fp8_m128.cu
+       instantiations/moe_grouped_gemm_gate_up_bf16_m64_decode.cu
+       instantiations/moe_grouped_gemm_gate_up_fp8_m64_decode.cu
+       instantiations/moe_grouped_gemm_down_bf16_m64_decode.cu
+       instantiations/moe_grouped_gemm_down_fp8_m64_decode.cu
        instantiations/moe_grouped_gemm_wgmma_gate_up_bf16_m64.cu
        instantiations/moe_grouped_gemm_wgmma_down_bf16_m64.cu)

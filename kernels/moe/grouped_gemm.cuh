@@ -17,6 +17,12 @@
 // stage instead of 64, spread over all four warps. At decode that issue rate, not HBM, bounded
 // the FP8 kernel (an e4m3 m16n8k32 MMA covers the same bytes as a bf16 m16n8k16 one).
 //
+// Decode variant (Decode = true, block_m 64, for batches of at most 16 routed rows, so that an
+// expert's rows all sit in the first m16 tile of its block): the stages hold only those 16
+// activation rows (2 KiB instead of 8), which leaves room for a deeper weight ring (6 stages, 5
+// in flight; FP8 5) at the same two CTAs per SM. At batch 1 a small model has ~1.3 CTAs per SM,
+// each streaming with its ring's bytes in flight: the ring depth, not HBM, set the rate.
+//
 // Both element types are handled in bytes: an m16n8k16 bf16 MMA and an m16n8k32 e4m3 MMA read the
 // same 16 x 32-byte A and 8 x 32-byte B fragments (thread (g, t) holds bytes 4t..4t+3 of rows g
 // and g + 8 in the low and high 16 bytes), so one ldmatrix path feeds both. Shared tiles are rows
@@ -51,9 +57,10 @@
 
 namespace lightcore::kernels::detail {
 
-template <moe_gemm_stage Stage, bool Fp8, int BlockM>
+template <moe_gemm_stage Stage, bool Fp8, int BlockM, bool Decode = false>
 struct moe_gemm_traits {
   static_assert(BlockM == 64 || BlockM == 128, "moe grouped GEMM: block_m 64 or 128");
+  static_assert(!Decode || BlockM == 64, "moe grouped GEMM: the decode variant has block_m 64");
   static constexpr int block_m = BlockM;
   static constexpr int warps_m = BlockM / 64;
   static constexpr int warps_n = 4;
@@ -67,8 +74,9 @@ struct moe_gemm_traits {
   static constexpr int k_bytes = int(moe_gemm_k_tile_bytes);
   static constexpr int elem_bytes = Fp8 ? 1 : 2;
   static constexpr int chunks = k_bytes / 16;  // 16-byte chunks per tile row
-  static constexpr int stages = 4;
-  static constexpr int a_bytes = BlockM * k_bytes;
+  static constexpr int stages = Decode ? (Fp8 ? 5 : 6) : 4;
+  static constexpr int a_rows = Decode ? 16 : BlockM;  // activation rows staged per block
+  static constexpr int a_bytes = a_rows * k_bytes;
   static constexpr int b_bytes = tile_w * k_bytes;
   // FP8: the rows' activation scales, then the stage's two weight-block scales (gate and up rows;
   // the same block twice for down), padded so that every stage starts 128-byte aligned.
@@ -76,10 +84,12 @@ struct moe_gemm_traits {
   static constexpr int stage_bytes = a_bytes + b_bytes + scale_bytes;
   static constexpr int smem_bytes = stages * stage_bytes;
   // Each thread copies the chunks of one A row (threads = 2 x block_m: warp w copies the rows of
-  // m16 tile w) and a share of B's; threads block_m and block_m + 1 copy the weight scales.
+  // m16 tile w; decode: one chunk of the 16 rows each) and a share of B's; threads block_m and
+  // block_m + 1 copy the weight scales.
   static_assert(threads == 2 * BlockM && chunks == 8 && warps_m * 64 == BlockM);
   static_assert(stage_bytes % 128 == 0);
-  static constexpr int a_chunks_per_thread = chunks / 2;
+  static_assert(!Decode || a_rows * chunks == threads);
+  static constexpr int a_chunks_per_thread = Decode ? 1 : chunks / 2;
   static constexpr int b_chunks_per_thread = tile_w * chunks / threads;
   static constexpr int b_row_step = threads / chunks;
   static_assert(64 % b_row_step == 0);  // a thread's B rows: all gate or all up per chunk
@@ -136,11 +146,11 @@ __device__ __forceinline__ std::uint32_t moe_pack_bf16(bf16 lo, bf16 hi) {
   return std::uint32_t(lo.bits) | (std::uint32_t(hi.bits) << 16);
 }
 
-template <moe_gemm_stage Stage, bool Fp8, int BlockM>
-__global__ void __launch_bounds__(moe_gemm_traits<Stage, Fp8, BlockM>::threads)
+template <moe_gemm_stage Stage, bool Fp8, int BlockM, bool Decode>
+__global__ void __launch_bounds__(moe_gemm_traits<Stage, Fp8, BlockM, Decode>::threads)
     moe_grouped_gemm_kernel(moe_grouped_gemm_params const p) {
   pdl_enter();
-  using traits = moe_gemm_traits<Stage, Fp8, BlockM>;
+  using traits = moe_gemm_traits<Stage, Fp8, BlockM, Decode>;
   constexpr bool gate_up = Stage == moe_gemm_stage::gate_up;
   constexpr int stages = traits::stages;
   extern __shared__ __align__(128) std::uint8_t smem[];
@@ -158,19 +168,22 @@ __global__ void __launch_bounds__(moe_gemm_traits<Stage, Fp8, BlockM>::threads)
   std::int64_t const k_row_bytes = p.k * traits::elem_bytes;
   int const k_tiles = int(k_row_bytes / traits::k_bytes);
 
-  // This thread's A row: its source row (or none: padding, zero-filled) and its 4 chunks.
-  int const a_row = tid / 2, a_chunk0 = (tid % 2) * traits::a_chunks_per_thread;
+  // This thread's A row: its source row (or none: padding, zero-filled) and its 4 chunks (decode:
+  // one chunk of one of the 16 rows).
+  int const a_row = Decode ? tid / traits::chunks : tid / 2;
+  int const a_chunk0 = Decode ? tid % traits::chunks : (tid % 2) * traits::a_chunks_per_thread;
   std::int32_t const a_id = __ldg(p.sorted_ids + row0 + a_row);
   bool const a_valid = a_id < p.rows;
   // Warp w's threads copy the rows of m16 tile w: a tile without a routed row is left alone.
-  bool const a_live = __any_sync(0xFFFF'FFFFu, a_valid);
+  // Decode: every thread copies (padding rows zero-filled), and only tile 0 is computed.
+  bool const a_live = Decode || __any_sync(0xFFFF'FFFFu, a_valid);
   // The m16 tiles of this warp's rows that hold a routed row (bit mt): warp-uniform.
   __shared__ unsigned tile_bits;
   if (tid == 0) tile_bits = 0;
   __syncthreads();
   if (lane == 0 && a_live) atomicOr(&tile_bits, 1u << warp);
   __syncthreads();
-  unsigned const live = (tile_bits >> (warp_m * traits::m_tiles)) & 0xFu;
+  unsigned const live = Decode ? 1u : (tile_bits >> (warp_m * traits::m_tiles)) & 0xFu;
   std::int64_t const a_src_row = gate_up ? a_id / p.top_k : row0 + a_row;
   auto const* const a_bytes = static_cast<std::uint8_t const*>(p.a);
   std::uint8_t const* const a_src =
@@ -416,9 +429,12 @@ __global__ void __launch_bounds__(moe_gemm_traits<Stage, Fp8, BlockM>::threads)
   }
 }
 
-template <moe_gemm_stage Stage, bool Fp8, int BlockM>
+template <moe_gemm_stage Stage, bool Fp8, int BlockM, bool Decode>
 void launch_moe_grouped_gemm(moe_grouped_gemm_params const& p, CUstream_st* stream) {
-  using traits = moe_gemm_traits<Stage, Fp8, BlockM>;
+  using traits = moe_gemm_traits<Stage, Fp8, BlockM, Decode>;
+  LC_CHECK(!Decode || p.rows <= traits::a_rows,
+           "moe grouped GEMM: the decode variant takes at most " << traits::a_rows
+                                                                 << " routed rows; got " << p.rows);
   // FP8 gate_up: the two column tiles of a quantisation group form a cluster.
   constexpr bool quantised_out = Fp8 && Stage == moe_gemm_stage::gate_up;
   constexpr int cluster_y = quantised_out ? int(quant_group_size) / traits::out_n : 1;
@@ -432,7 +448,7 @@ void launch_moe_grouped_gemm(moe_grouped_gemm_params const& p, CUstream_st* stre
            "moe grouped GEMM: FP8 gate_up writes the intermediate's codes and needs out_scales "
            "with a row stride of at least N / 128");
   if (p.blocks == 0) return;
-  auto const kernel = moe_grouped_gemm_kernel<Stage, Fp8, BlockM>;
+  auto const kernel = moe_grouped_gemm_kernel<Stage, Fp8, BlockM, Decode>;
   // A host-side attribute, not a stream operation: allowed while a graph is being captured.
   LC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                      traits::smem_bytes));

@@ -56,7 +56,8 @@ void moe_experts_cpu(moe_experts_params const& p);
 void moe_experts_cuda(moe_experts_params const& p, int ordinal, CUstream_st* stream);
 
 // Defined in grouped_gemm.cuh and combine.cuh, instantiated once per variant in instantiations/.
-template <moe_gemm_stage Stage, bool Fp8, int BlockM>
+// Decode: the variant for at most 16 routed rows (a deeper weight ring; grouped_gemm.cuh).
+template <moe_gemm_stage Stage, bool Fp8, int BlockM, bool Decode>
 void launch_moe_grouped_gemm(moe_grouped_gemm_params const& p, CUstream_st* stream);
 // Defined in grouped_gemm_wgmma.cuh (sm_90a), bf16 only; TileM rows per CTA (128 instantiated).
 template <moe_gemm_stage Stage, int BlockM, int TileM>

@@ -23,12 +23,17 @@ void launch_gemm(moe_grouped_gemm_params const& p, bool fp8, std::int64_t block_
   // 128-row tiles: two aligned blocks of one expert per CTA (grouped_gemm_wgmma.cuh).
   if (wgmma && !fp8 && block_m == 64 && p.n % wgmma_tile_n == 0)
     return launch_moe_grouped_gemm_wgmma<Stage, 64, 128>(p, stream);
+  // At most 16 routed rows: every expert's rows sit in the first m16 tile of its block, which is
+  // all the decode variant stages.
+  bool const decode = block_m == 64 && p.rows <= 16;
   if (fp8) {
-    if (block_m == 64) return launch_moe_grouped_gemm<Stage, true, 64>(p, stream);
-    if (block_m == 128) return launch_moe_grouped_gemm<Stage, true, 128>(p, stream);
+    if (decode) return launch_moe_grouped_gemm<Stage, true, 64, true>(p, stream);
+    if (block_m == 64) return launch_moe_grouped_gemm<Stage, true, 64, false>(p, stream);
+    if (block_m == 128) return launch_moe_grouped_gemm<Stage, true, 128, false>(p, stream);
   } else {
-    if (block_m == 64) return launch_moe_grouped_gemm<Stage, false, 64>(p, stream);
-    if (block_m == 128) return launch_moe_grouped_gemm<Stage, false, 128>(p, stream);
+    if (decode) return launch_moe_grouped_gemm<Stage, false, 64, true>(p, stream);
+    if (block_m == 64) return launch_moe_grouped_gemm<Stage, false, 64, false>(p, stream);
+    if (block_m == 128) return launch_moe_grouped_gemm<Stage, false, 128, false>(p, stream);
   }
   LC_THROW("moe_experts on CUDA has grouped GEMM tiles for block_m 64 and 128; got " << block_m);
 }

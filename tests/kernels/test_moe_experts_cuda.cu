@@ -377,7 +377,8 @@ TEST_F(MoeExpertsCudaCases, Fp8GateUpEpilogueQuantisesAsQuantizePerTokenGroup) {
   p.w = d_wb.data();
   p.out = a.data();
   using kernels::moe_gemm_stage;
-  kernels::detail::launch_moe_grouped_gemm<moe_gemm_stage::gate_up, false, 64>(p, stream.get());
+  kernels::detail::launch_moe_grouped_gemm<moe_gemm_stage::gate_up, false, 64, false>(p,
+                                                                                      stream.get());
   q.a = d_xq.data();
   q.lda = h;
   q.a_scales = static_cast<float const*>(d_xs.data());
@@ -388,7 +389,8 @@ TEST_F(MoeExpertsCudaCases, Fp8GateUpEpilogueQuantisesAsQuantizePerTokenGroup) {
   q.out = codes.data();
   q.out_scales = static_cast<float*>(scales.data());
   q.out_scales_ld = groups;
-  kernels::detail::launch_moe_grouped_gemm<moe_gemm_stage::gate_up, true, 64>(q, stream.get());
+  kernels::detail::launch_moe_grouped_gemm<moe_gemm_stage::gate_up, true, 64, false>(q,
+                                                                                     stream.get());
 
   std::vector<bf16> host_a(std::size_t(sorted * inter));
   std::vector<std::uint8_t> host_codes(std::size_t(sorted * inter));
@@ -422,7 +424,8 @@ TEST_F(MoeExpertsCudaCases, Fp8GateUpEpilogueQuantisesAsQuantizePerTokenGroup) {
   // Without somewhere to put the scales, the FP8 gate_up launcher refuses.
   q.out_scales = nullptr;
   try {
-    kernels::detail::launch_moe_grouped_gemm<moe_gemm_stage::gate_up, true, 64>(q, stream.get());
+    kernels::detail::launch_moe_grouped_gemm<moe_gemm_stage::gate_up, true, 64, false>(
+        q, stream.get());
     ADD_FAILURE() << "no error without out_scales";
   } catch (std::exception const& e) {
     EXPECT_NE(std::string(e.what()).find("out_scales"), std::string::npos) << e.what();

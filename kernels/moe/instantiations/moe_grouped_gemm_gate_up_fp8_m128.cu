@@ -3,6 +3,6 @@
 #include "kernels/moe/grouped_gemm.cuh"
 
 namespace lightcore::kernels::detail {
-template void launch_moe_grouped_gemm<moe_gemm_stage::gate_up, true, 128>(
+template void launch_moe_grouped_gemm<moe_gemm_stage::gate_up, true, 128, false>(
     moe_grouped_gemm_params const&, CUstream_st*);
 }  // namespace lightcore::kernels::detail
