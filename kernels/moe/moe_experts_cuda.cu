@@ -67,7 +67,6 @@ void moe_experts_cuda(moe_experts_params const& p, int ordinal, CUstream_st* str
   g1.w = p.gate_up;
   g1.w_scales = p.gate_up_scales;
   g1.w_scales_ld = p.gate_up_scales_ld;
-  g1.out = ws + l.intermediate;
   g1.ldo = inter;
   if (fp8) {
     // GEMM 1 writes the intermediate's codes and scales itself (its epilogue quantises).
@@ -85,6 +84,7 @@ void moe_experts_cuda(moe_experts_params const& p, int ordinal, CUstream_st* str
     g1.a_scales = reinterpret_cast<float const*>(ws + l.hidden_scales);
     g1.a_scales_ld = h / quant_group_size;
   } else {
+    g1.out = ws + l.intermediate;
     g1.a = p.hidden;
     g1.lda = p.hidden_ld;
   }

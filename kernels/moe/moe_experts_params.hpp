@@ -49,7 +49,7 @@ inline constexpr bool moe_experts_block_m_supported(std::int64_t block_m) {
 
 // Where each buffer lies in the workspace (byte offsets, each 256-byte aligned), and its size.
 struct moe_experts_workspace_layout {
-  std::int64_t intermediate = 0;         // bf16 [sorted_rows, I]: a, by sorted position (bf16)
+  std::int64_t intermediate = 0;         // bf16: bf16 [sorted_rows, I]: a, by sorted position
   std::int64_t routed_out = 0;           // bf16 [tokens * top_k, H]: y, by routed row r
   std::int64_t hidden_q = 0;             // FP8: fp8 [tokens, H], x quantised
   std::int64_t hidden_scales = 0;        // FP8: f32 [tokens, H / 128] row-major
@@ -74,7 +74,8 @@ constexpr moe_experts_workspace_layout make_moe_experts_workspace_layout(
     at += up(bytes);
     return where;
   };
-  l.intermediate = take(sorted_rows * inter * 2);
+  // FP8: GEMM 1 writes the intermediate quantised (intermediate_q), never in bf16.
+  if (format == moe_weight_format::bf16) l.intermediate = take(sorted_rows * inter * 2);
   l.routed_out = take(tokens * top_k * hidden * 2);
   if (format == moe_weight_format::fp8_block) {
     l.hidden_q = take(tokens * hidden);

@@ -121,12 +121,21 @@ TEST(MoeExpertsCpuChecks, OtherRanksExpertsAddNothing) {
   test::expect_close(got, reference(in), 2e-3, 0.03, 128);
 }
 
-TEST(MoeExpertsCpuChecks, WorkspaceGrowsWithTokensAndFp8) {
+TEST(MoeExpertsCpuChecks, WorkspaceGrowsWithTokensAndFp8KeepsTheIntermediateInCodes) {
   auto const bf =
       kernels::moe_experts_workspace_bytes(64, 8, 256, 64, 7168, 2048, moe_weight_format::bf16);
   auto const f8 = kernels::moe_experts_workspace_bytes(64, 8, 256, 64, 7168, 2048,
                                                        moe_weight_format::fp8_block);
-  EXPECT_GT(f8, bf);
+  // bf16: the intermediate (sorted rows x I x 2 bytes) and the routed outputs. FP8: the same
+  // routed outputs, the hidden state's and the intermediate's codes (1 byte) and scales (4 bytes
+  // per 128), and no bf16 intermediate (GEMM 1 quantises in its epilogue).
+  auto const layout = [](moe_weight_format f) {
+    auto const cap = kernels::moe_align_capacity(64, 8, 256, 64);
+    return kernels::make_moe_experts_workspace_layout(64, 8, cap.sorted_rows, 7168, 2048, f);
+  };
+  EXPECT_GT(layout(moe_weight_format::bf16).routed_out, 0) << "after the bf16 intermediate";
+  EXPECT_EQ(layout(moe_weight_format::fp8_block).routed_out, 0) << "no bf16 intermediate before it";
+  EXPECT_LT(f8, bf);
   EXPECT_GT(
       kernels::moe_experts_workspace_bytes(65, 8, 256, 64, 7168, 2048, moe_weight_format::bf16),
       bf);
