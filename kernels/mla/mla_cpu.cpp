@@ -1,11 +1,15 @@
-// mla: the decode arguments' checks, and the CPU references: the KV write (a copy) and the
-// absorbed decode in fp32, one (row, head) at a time with a plain two-pass softmax.
+// mla: the decode arguments' checks, and the CPU references: the KV write (a copy), the fused
+// KV preparation (the norm, rope and write formulas of norm_params.hpp and rope_params.hpp) and
+// the absorbed decode in fp32, one (row, head) at a time with a plain two-pass softmax.
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "kernels/mla/mla.hpp"
+#include "kernels/mla/mla_kv_prepare.hpp"
+#include "kernels/norm/norm_params.hpp"
+#include "kernels/rope/rope_params.hpp"
 
 namespace lightcore::kernels::detail {
 namespace {
@@ -16,7 +20,75 @@ std::int64_t slot_of(req_to_token_view const& t, std::int64_t row, std::int64_t 
   return std::int64_t(t.data[row * t.row_stride + pos / page]) * page + pos % page;
 }
 
+// Every token's slot (negative: padding), checked before anything is written: a token outside
+// the table or a slot outside the pool is an error naming it.
+std::vector<std::int64_t> kv_write_slots(kv_write_params const& p, int page_size) {
+  std::vector<std::int64_t> slots(std::size_t(p.tokens));
+  for (std::int64_t t = 0; t < p.tokens; ++t) {
+    std::int64_t slot = 0;
+    if (p.slots != nullptr) {
+      slot = p.slots[t];
+    } else {
+      std::int32_t const row = p.req_rows[t], pos = p.positions[t];
+      LC_CHECK(row >= 0 && row < p.table.rows && pos >= 0 && pos / page_size < p.table.columns,
+               "kv write: token " << t << " names request row " << row << " position " << pos
+                                  << ", outside req_to_token [" << p.table.rows << ", "
+                                  << p.table.columns << "] at page size " << page_size);
+      slot = slot_of(p.table, row, pos, page_size);
+    }
+    LC_CHECK(slot < p.pool_slots, "kv write: token " << t << " goes to slot " << slot
+                                                     << ", outside the pool of " << p.pool_slots
+                                                     << " slots (negative slots are padding)");
+    slots[std::size_t(t)] = slot;
+  }
+  return slots;
+}
+
+// One 64-wide rope row: the pairs of `in` rotated into `out` (de-interleaved), which may be `in`.
+void rope_row(bf16 const* in, bf16* out, float const* cos_sin) {
+  float re[rope_pairs], im[rope_pairs];
+  for (int i = 0; i < rope_pairs; ++i) {
+    rope_pair_result const r =
+        rope_rotate_pair(in[2 * i], in[2 * i + 1], cos_sin[i], cos_sin[rope_pairs + i]);
+    re[i] = r.re;
+    im[i] = r.im;
+  }
+  for (int i = 0; i < rope_pairs; ++i) {
+    out[i] = bf16(re[i]);
+    out[rope_pairs + i] = bf16(im[i]);
+  }
+}
+
 }  // namespace
+
+void mla_kv_prepare_cpu(mla_kv_prepare_params const& p, int page_size) {
+  rope_params const& r = p.rope;
+  for (std::int64_t t = 0; t < r.tokens; ++t)
+    LC_CHECK(0 <= r.positions[t] && r.positions[t] < r.max_positions,
+             "mla_kv_prepare: position " << r.positions[t] << " of token " << t
+                                         << " is outside the cos/sin cache (allowed 0.."
+                                         << r.max_positions - 1 << ")");
+  std::vector<std::int64_t> const slots = kv_write_slots(p.write, page_size);
+  kv_write_segment const& pool = p.write.segment[0];
+  for (std::int64_t t = 0; t < r.tokens; ++t) {
+    float const* cos_sin = r.cos_sin + std::int64_t(r.positions[t]) * rope_dim;
+    for (std::int64_t h = 0; h < r.q_heads; ++h) {
+      bf16* const q = r.q + t * r.q_token_stride + h * r.q_head_stride;
+      rope_row(q, q, cos_sin);
+    }
+    std::int64_t const slot = slots[std::size_t(t)];
+    if (slot < 0) continue;  // padding: nothing written
+    bf16* const row = pool.dst + slot * pool.dst_stride;
+    // The latent's RMSNorm as rmsnorm_cpu computes it (the sum of squares in double).
+    bf16 const* x = p.latent + t * p.latent_stride;
+    double sum_sq = 0.0;
+    for (std::int64_t i = 0; i < mla_latent_dim; ++i) sum_sq += double(float(x[i])) * float(x[i]);
+    float const inv_rms = rms_inverse(float(sum_sq), mla_latent_dim, p.eps);
+    for (std::int64_t i = 0; i < mla_latent_dim; ++i)
+      row[i] = rmsnorm_value(float(x[i]), inv_rms, p.norm_weight[i]);
+    rope_row(r.k + t * r.k_token_stride, row + mla_latent_dim, cos_sin);
+  }
+}
 
 mla_decode_params make_mla_decode_params(device where, mla_decode_args const& a,
                                          mla_decode_plan const& plan,
@@ -107,24 +179,7 @@ mla_decode_params make_mla_decode_params(device where, mla_decode_args const& a,
 }
 
 void kv_write_cpu(kv_write_params const& p, int page_size) {
-  std::vector<std::int64_t> slots(std::size_t(p.tokens));
-  for (std::int64_t t = 0; t < p.tokens; ++t) {
-    std::int64_t slot = 0;
-    if (p.slots != nullptr) {
-      slot = p.slots[t];
-    } else {
-      std::int32_t const row = p.req_rows[t], pos = p.positions[t];
-      LC_CHECK(row >= 0 && row < p.table.rows && pos >= 0 && pos / page_size < p.table.columns,
-               "kv write: token " << t << " names request row " << row << " position " << pos
-                                  << ", outside req_to_token [" << p.table.rows << ", "
-                                  << p.table.columns << "] at page size " << page_size);
-      slot = slot_of(p.table, row, pos, page_size);
-    }
-    LC_CHECK(slot < p.pool_slots, "kv write: token " << t << " goes to slot " << slot
-                                                     << ", outside the pool of " << p.pool_slots
-                                                     << " slots (negative slots are padding)");
-    slots[std::size_t(t)] = slot;
-  }
+  std::vector<std::int64_t> const slots = kv_write_slots(p, page_size);
   for (std::int64_t t = 0; t < p.tokens; ++t) {
     if (slots[std::size_t(t)] < 0) continue;
     for (int s = 0; s < p.segments; ++s) {

@@ -1,21 +1,19 @@
 // mla_kv_prepare: what an MLA layer does to its new tokens between the kv_a projection and
 // attention, in one pass: the latent's RMSNorm (kv_a_layernorm), the rope of the key and of every
 // head's q_rope, and the write of [normed latent | roped key] into each token's pool slot. The
-// same result as rmsnorm, apply_rope and mla_write_kv run in turn (norm.hpp, rope.hpp, mla.hpp),
-// which is what the CPU backend runs; on CUDA it is one launch instead of three, which at batch 1
-// is most of the cost (each of the three is a few microseconds of latency, not bandwidth).
+// same result as rmsnorm, apply_rope and mla_write_kv run in turn (norm.hpp, rope.hpp, mla.hpp):
+// the CPU reference applies their per-element formulas (norm_params.hpp, rope_params.hpp) in one
+// pass; on CUDA it is one launch instead of three, which at batch 1 is most of the cost (each of
+// the three is a few microseconds of latency, not bandwidth).
 #pragma once
 
 #include <cstdint>
-#include <vector>
 
 #include "kernels/mla/mla.hpp"
 #include "kernels/mla/mla_params.hpp"
-#include "kernels/norm/norm.hpp"
 #include "kernels/rope/rope.hpp"
 #include "lightcore/backend/backend.hpp"
 #include "lightcore/core/error.hpp"
-#include "lightcore/core/tensor.hpp"
 #include "lightcore/core/tensor_view.hpp"
 
 struct CUstream_st;  // what cudaStream_t points to; declared here so that no CUDA header is needed
@@ -35,8 +33,8 @@ struct mla_kv_prepare_args {
   tensor_view kv_cache;     // [slots, 576] bf16
 };
 
-// The CUDA kernel's params: the rope's (q in place; k = the key source), the write's (slot
-// source and pool; its segments' sources unused) and the norm's.
+// The params both backends run from: the rope's (q in place; k = the key source), the write's
+// (slot source and pool; its segments' sources unused) and the norm's.
 struct mla_kv_prepare_params {
   rope_params rope;
   kv_write_params write;
@@ -47,6 +45,9 @@ struct mla_kv_prepare_params {
 };
 
 namespace detail {
+
+// Throws on a position outside the cos/sin cache or a slot outside the pool, before writing.
+void mla_kv_prepare_cpu(mla_kv_prepare_params const& p, int page_size);
 #if defined(LIGHTCORE_WITH_CUDA)
 void mla_kv_prepare_cuda(mla_kv_prepare_params const& p, int page_size, int ordinal,
                          CUstream_st* stream);
@@ -54,60 +55,58 @@ void mla_kv_prepare_cuda(mla_kv_prepare_params const& p, int page_size, int ordi
 template <class Layout>
 void launch_mla_kv_prepare(mla_kv_prepare_params const& p, int num_sms, CUstream_st* stream);
 #endif
-}  // namespace detail
 
-// Normalises the latent of kv_a, ropes its key and q_rope, and writes [latent | key] into each
-// token's slot of kv_cache. The checks are those of the three ops it stands for; a position
-// outside the cos/sin cache or a slot outside the pool is an error on the CPU backend and, on
-// CUDA, gives NaN rope values (as apply_rope) or a skipped write (as mla_write_kv). Ordered on
-// `stream`.
-template <class Layout = kv_layout<>, Backend B>
-void mla_kv_prepare(B& backend, mla_kv_prepare_args const& a,
-                    typename B::stream_type const& stream) {
+// The checked params (the checks of rmsnorm, apply_rope and mla_write_kv on the same views).
+inline mla_kv_prepare_params make_mla_kv_prepare_params(device where,
+                                                        mla_kv_prepare_args const& a) {
   char const* const op = "mla_kv_prepare";
   LC_CHECK(a.kv_a.rank() == 2 && a.kv_a.size(1) == mla_kv_width,
            op << " needs kv_a [T, " << mla_kv_width << "] (latent then rope key); got " << a.kv_a);
   std::int64_t const t = a.kv_a.size(0);
-  tensor_view const latent = a.kv_a.slice(1, 0, mla_latent_dim);
-  tensor_view const key = a.kv_a.slice(1, mla_latent_dim, mla_kv_width);
+  mla_kv_prepare_params p;
+  p.rope = make_rope_params(where, a.q_rope, a.kv_a.slice(1, mla_latent_dim, mla_kv_width),
+                            a.positions, a.cos_sin);
+  auto const src =
+      source_segment(a.kv_a.slice(1, 0, mla_latent_dim), t, mla_latent_dim, "kv_a's latent", op);
+  p.latent = src.src;
+  p.latent_stride = src.src_stride;
+  LC_CHECK(a.norm_weight.type() == dtype::bf16 && a.norm_weight.rank() == 1 &&
+               a.norm_weight.size(0) == mla_latent_dim && a.norm_weight.is_contiguous() &&
+               aligned16(a.norm_weight.data()) && a.norm_weight.where() == where,
+           op << " needs norm_weight as a contiguous, 16-byte aligned [" << mla_latent_dim
+              << "] bf16 vector on " << where << "; got " << a.norm_weight);
+  p.norm_weight = a.norm_weight.data_as<bf16>();
+  p.eps = a.eps;
+  p.write.tokens = t;
+  auto const pool = pool_view(a.kv_cache, mla_kv_width, "kv_cache", op);
+  p.write.pool_slots = pool.slots;
+  p.write.segment[0].dst = pool.data;
+  p.write.segment[0].dst_stride = pool.row_stride;
+  LC_CHECK(a.kv_a.where() == where && a.kv_cache.where() == where,
+           op << " on " << where << " needs every view there; kv_a is on " << a.kv_a.where()
+              << ", kv_cache on " << a.kv_cache.where());
+  fill_slot_source(p.write, where, a.slots, op);
+  return p;
+}
+
+}  // namespace detail
+
+// Normalises the latent of kv_a, ropes its key and q_rope, and writes [latent | key] into each
+// token's slot of kv_cache. The checks are those of the three ops it stands for; a position
+// outside the cos/sin cache or a slot outside the pool is an error on the CPU backend (before
+// anything is written) and, on CUDA, gives NaN rope values (as apply_rope) or a skipped write (as
+// mla_write_kv). Ordered on `stream`.
+template <class Layout = kv_layout<>, Backend B>
+void mla_kv_prepare(B& backend, mla_kv_prepare_args const& a,
+                    [[maybe_unused]] typename B::stream_type const& stream) {
+  mla_kv_prepare_params const p = detail::make_mla_kv_prepare_params(backend.where(), a);
+  if (p.write.tokens == 0) return;
   if constexpr (B::kind == device_kind::cpu) {
-    // The three ops in turn, on a copy of the latent and of the key (kv_a is not written).
-    std::vector<bf16> normed(std::size_t(t * mla_latent_dim)), roped(std::size_t(t * mla_rope_dim));
-    tensor_view const n(normed.data(), dtype::bf16, {t, mla_latent_dim});
-    tensor_view const k(roped.data(), dtype::bf16, {t, mla_rope_dim});
-    for (std::int64_t i = 0; i < t; ++i)
-      for (std::int64_t j = 0; j < mla_rope_dim; ++j)
-        roped[std::size_t(i * mla_rope_dim + j)] = key.select(0, i).data_as<bf16>()[j];
-    rmsnorm(backend, latent, a.norm_weight, n, a.eps, stream);
-    apply_rope(backend, a.q_rope, k, a.positions, a.cos_sin, stream);
-    mla_write_kv<Layout>(backend, n, k, a.slots, a.kv_cache, stream);
+    detail::mla_kv_prepare_cpu(p, Layout::page_size);
   } else {
     static_assert(B::kind == device_kind::cuda, "mla_kv_prepare: unknown backend kind");
 #if defined(LIGHTCORE_WITH_CUDA)
-    device const where = backend.where();
-    mla_kv_prepare_params p;
-    p.rope = detail::make_rope_params(where, a.q_rope, key, a.positions, a.cos_sin);
-    auto const src = detail::source_segment(latent, t, mla_latent_dim, "kv_a's latent", op);
-    p.latent = src.src;
-    p.latent_stride = src.src_stride;
-    LC_CHECK(a.norm_weight.type() == dtype::bf16 && a.norm_weight.rank() == 1 &&
-                 a.norm_weight.size(0) == mla_latent_dim && a.norm_weight.is_contiguous() &&
-                 detail::aligned16(a.norm_weight.data()) && a.norm_weight.where() == where,
-             op << " needs norm_weight as a contiguous, 16-byte aligned [" << mla_latent_dim
-                << "] bf16 vector on " << where << "; got " << a.norm_weight);
-    p.norm_weight = a.norm_weight.data_as<bf16>();
-    p.eps = a.eps;
-    p.write.tokens = t;
-    auto const pool = detail::pool_view(a.kv_cache, mla_kv_width, "kv_cache", op);
-    p.write.pool_slots = pool.slots;
-    p.write.segment[0].dst = pool.data;
-    p.write.segment[0].dst_stride = pool.row_stride;
-    LC_CHECK(a.kv_a.where() == where && a.kv_cache.where() == where,
-             op << " on " << where << " needs every view there; kv_a is on " << a.kv_a.where()
-                << ", kv_cache on " << a.kv_cache.where());
-    detail::fill_slot_source(p.write, where, a.slots, op);
-    if (t == 0) return;
-    detail::mla_kv_prepare_cuda(p, Layout::page_size, where.index, stream.get());
+    detail::mla_kv_prepare_cuda(p, Layout::page_size, backend.where().index, stream.get());
 #else
     static_assert(B::kind != device_kind::cuda, "mla_kv_prepare on backend::cuda needs CUDA");
 #endif

@@ -69,5 +69,40 @@ TEST(MlaKvPrepareCpu, BadArgumentsAreRefused) {
                      {"mla_kv_prepare needs kv_a [T, 576]"});
 }
 
+// A position outside the cos/sin cache, or a slot outside the pool, is refused before anything
+// (q included) is written.
+TEST(MlaKvPrepareCpu, OutOfRangePositionsAndSlotsWriteNothing) {
+  backend::cpu cpu;
+  auto stream = cpu.make_stream();
+  test::kv_prepare_case c(4, 2, 7);
+  std::int64_t const t = c.tokens;
+  for (int bad = 0; bad < 2; ++bad) {
+    auto q = c.q;
+    auto pool = c.pool;
+    auto positions = c.token_positions;
+    auto slots = c.slot_list;
+    auto kv_a = c.kv_a;
+    auto gamma = c.gamma;
+    auto cos_sin = c.cos_sin;
+    if (bad == 0)
+      positions[2] = std::int32_t(c.positions);  // one past the cache
+    else
+      slots[3] = std::int32_t(c.slots);  // one past the pool
+    kernels::mla_kv_prepare_args a;
+    a.kv_a = tensor_view(kv_a.data(), dtype::bf16, {t, 576}, {c.kv_a_stride, 1}, device::cpu());
+    a.norm_weight = tensor_view(gamma.data(), dtype::bf16, {512});
+    a.eps = 1e-6f;
+    a.q_rope = tensor_view(q.data(), dtype::bf16, {t, c.heads, c.q_dim}).slice(2, 128, 192);
+    a.positions = tensor_view(positions.data(), dtype::i32, {t});
+    a.cos_sin = tensor_view(cos_sin.data(), dtype::f32, {c.positions, 64});
+    a.slots = kernels::kv_slots::list(tensor_view(slots.data(), dtype::i32, {t}));
+    a.kv_cache = tensor_view(pool.data(), dtype::bf16, {c.slots, 576});
+    test::expect_error([&] { kernels::mla_kv_prepare(cpu, a, stream); },
+                       {bad == 0 ? "outside the cos/sin cache" : "outside the pool"});
+    EXPECT_TRUE(same_bits(q, c.q)) << "q roped before the refusal";
+    EXPECT_TRUE(same_bits(pool, c.pool)) << "a row written before the refusal";
+  }
+}
+
 }  // namespace
 }  // namespace lightcore
