@@ -22,6 +22,7 @@ struct moe_combine_traits {
   static constexpr int threads = 256;
   static constexpr int vector = 8;       // bf16 per 16-byte access
   static constexpr int ctas_per_sm = 8;  // enough loads in flight to stream y
+  static constexpr int slots_in_flight = 8;
 };
 
 __global__ void __launch_bounds__(moe_combine_traits::threads)
@@ -34,15 +35,30 @@ __global__ void __launch_bounds__(moe_combine_traits::threads)
        i += std::int64_t(gridDim.x) * blockDim.x) {
     std::int64_t const token = i / per_token, col = (i % per_token) * vec;
     float sum[vec] = {};
-    for (std::int64_t s = 0; s < p.top_k; ++s) {
-      std::int64_t const r = token * p.top_k + s;
-      if (__ldg(p.inverse + r) < 0) continue;
-      uint4 const v = __ldg(reinterpret_cast<uint4 const*>(p.routed_out + r * p.hidden + col));
-      std::uint32_t const words[4] = {v.x, v.y, v.z, v.w};
+    // Slots in groups whose loads are issued together: at decode a thread's time is these round
+    // trips (two per group: the inverse, then the row), not bytes.
+    constexpr int group = moe_combine_traits::slots_in_flight;
+    for (std::int64_t s0 = 0; s0 < p.top_k; s0 += group) {
+      bool live[group];
 #pragma unroll
-      for (int w = 0; w < 4; ++w) {
-        sum[2 * w] += float(bf16::from_bits(std::uint16_t(words[w] & 0xFFFFu)));
-        sum[2 * w + 1] += float(bf16::from_bits(std::uint16_t(words[w] >> 16)));
+      for (int j = 0; j < group; ++j)
+        live[j] = s0 + j < p.top_k && __ldg(p.inverse + token * p.top_k + s0 + j) >= 0;
+      uint4 v[group];
+#pragma unroll
+      for (int j = 0; j < group; ++j) {
+        std::int64_t const r = token * p.top_k + s0 + j;
+        v[j] = live[j] ? __ldg(reinterpret_cast<uint4 const*>(p.routed_out + r * p.hidden + col))
+                       : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int j = 0; j < group; ++j) {
+        if (!live[j]) continue;  // slot order, as the reference sums
+        std::uint32_t const words[4] = {v[j].x, v[j].y, v[j].z, v[j].w};
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+          sum[2 * w] += float(bf16::from_bits(std::uint16_t(words[w] & 0xFFFFu)));
+          sum[2 * w + 1] += float(bf16::from_bits(std::uint16_t(words[w] >> 16)));
+        }
       }
     }
     std::uint32_t packed[4];
