@@ -124,6 +124,7 @@ void bm_moe_experts(benchmark::State& state) {
       gpu.where(), m.hidden, m.ids, m.weights, m.align(), block_m, w, m.out, m.ws);
   if (state.range(3) == 1) p.wgmma_min_tokens = std::int64_t(1) << 40;
   if (state.range(3) == 2) p.wgmma_min_tokens = 1;
+  if (state.range(3) != 0) p.gemv_max_tokens = 0;  // a forced grouped GEMM at decode sizes too
   double const seconds = median_seconds(&state, gpu, stream, [&](int) {
     kernels::detail::moe_experts_cuda(p, gpu.where().index, stream.get());
   });
@@ -193,6 +194,9 @@ void register_all() {
             ->Args({model, t, f, 0});
       timed(benchmark::RegisterBenchmark("BM_moe_gemm_loop", bm_moe_gemm_loop))->Args({model, t});
     }
+    // bf16 decode sizes on the grouped GEMM, beside the dispatch's weight-streaming kernels.
+    for (std::int64_t t : {1, 2, 4})
+      timed(benchmark::RegisterBenchmark("BM_moe_experts", bm_moe_experts))->Args({model, t, 0, 1});
     // bf16, each kernel forced, over the prefill sizes around the threshold.
     for (std::int64_t t : {256, 512, 1024, 2048, 4096, 8192})
       for (std::int64_t kernel : {1, 2})

@@ -97,6 +97,43 @@ __device__ __forceinline__ void gemv_bf16_lane_reduce(float (&v)[V], int lane) {
   }
 }
 
+// acc[r][m] += the dot products of weight row w_row[r] and token row x_row[m] over the 8-wide K
+// chunks first, first + step, .. < chunks: Unroll trips' Rows x Unroll loads are issued back to
+// back, then multiplied. Shared by the n_by_k kernel and moe_gemv.cuh.
+template <int Unroll, int Rows, int MPad>
+__device__ __forceinline__ void gemv_bf16_stream_rows(std::uint16_t const* const (&w_row)[Rows],
+                                                      std::uint16_t const* const (&x_row)[MPad],
+                                                      std::int64_t chunks, std::int64_t first,
+                                                      std::int64_t step, float (&acc)[Rows][MPad]) {
+  for (std::int64_t c0 = first; c0 < chunks; c0 += Unroll * step) {
+    uint4 w[Unroll][Rows];
+#pragma unroll
+    for (int u = 0; u < Unroll; ++u) {
+      std::int64_t const c = c0 + u * step;
+#pragma unroll
+      for (int r = 0; r < Rows; ++r)
+        w[u][r] = c < chunks ? gemv_bf16_load_stream(w_row[r] + c * 8) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < Unroll; ++u) {
+      std::int64_t const c = c0 + u * step;
+      if (c >= chunks) continue;
+      float wf[Rows][8];
+#pragma unroll
+      for (int r = 0; r < Rows; ++r) gemv_bf16_unpack(w[u][r], wf[r]);
+#pragma unroll
+      for (int m = 0; m < MPad; ++m) {
+        float xf[8];
+        gemv_bf16_unpack(gemv_bf16_load_tokens(x_row[m] + c * 8), xf);
+#pragma unroll
+        for (int r = 0; r < Rows; ++r)
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[r][m] = fmaf(wf[r][e], xf[e], acc[r][m]);
+      }
+    }
+  }
+}
+
 // C(m, n) = alpha * sum + beta * C(m, n); beta 0 does not read C (it may hold NaN).
 __device__ __forceinline__ void gemv_bf16_store(gemv_bf16_params const& p, std::int64_t offset,
                                                 float sum) {
@@ -143,33 +180,7 @@ __global__ void __launch_bounds__(32 * gemv_bf16_max_warps)
     x_row[m] = p.a + batch * p.stride_a + std::min<std::int64_t>(m, p.m - 1) * p.lda;
 
   float acc[rows][MPad] = {};
-  for (std::int64_t c0 = tid; c0 < chunks; c0 += std::int64_t(unroll) * threads) {
-    uint4 w[unroll][rows];
-#pragma unroll
-    for (int u = 0; u < unroll; ++u) {
-      std::int64_t const c = c0 + std::int64_t(u) * threads;
-#pragma unroll
-      for (int r = 0; r < rows; ++r)
-        w[u][r] = c < chunks ? gemv_bf16_load_stream(w_row[r] + c * 8) : make_uint4(0, 0, 0, 0);
-    }
-#pragma unroll
-    for (int u = 0; u < unroll; ++u) {
-      std::int64_t const c = c0 + std::int64_t(u) * threads;
-      if (c >= chunks) continue;
-      float wf[rows][8];
-#pragma unroll
-      for (int r = 0; r < rows; ++r) gemv_bf16_unpack(w[u][r], wf[r]);
-#pragma unroll
-      for (int m = 0; m < MPad; ++m) {
-        float xf[8];
-        gemv_bf16_unpack(gemv_bf16_load_tokens(x_row[m] + c * 8), xf);
-#pragma unroll
-        for (int r = 0; r < rows; ++r)
-#pragma unroll
-          for (int e = 0; e < 8; ++e) acc[r][m] = fmaf(wf[r][e], xf[e], acc[r][m]);
-      }
-    }
-  }
+  gemv_bf16_stream_rows<unroll>(w_row, x_row, chunks, tid, threads, acc);
 
   // Lanes, then warps, in a fixed order: value r * MPad + m ends in lanes [i * 32 / values, ..).
   float v[values];

@@ -62,6 +62,9 @@ void launch_moe_grouped_gemm(moe_grouped_gemm_params const& p, CUstream_st* stre
 // Defined in grouped_gemm_wgmma.cuh (sm_90a), bf16 only; TileM rows per CTA (128 instantiated).
 template <moe_gemm_stage Stage, int BlockM, int TileM>
 void launch_moe_grouped_gemm_wgmma(moe_grouped_gemm_params const& p, CUstream_st* stream);
+// Defined in moe_gemv.cuh: bf16 batches of at most 4 tokens, MPad (1 or 4) rows read per block.
+template <moe_gemm_stage Stage, int MPad>
+void launch_moe_gemv(moe_grouped_gemm_params const& p, CUstream_st* stream);
 void launch_moe_combine(moe_combine_params const& p, int num_sms, CUstream_st* stream);
 #endif
 

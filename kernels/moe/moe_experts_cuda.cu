@@ -4,6 +4,7 @@
 // a geometry fixed by the token count:
 //   [FP8: quantise hidden] -> GEMM 1 (+ SiLU-and-mul; FP8: + quantising the intermediate)
 //   -> GEMM 2 (x routed weight) -> combine.
+#include <algorithm>
 #include <cstdint>
 
 #include "kernels/moe/moe_experts.hpp"
@@ -17,7 +18,12 @@ namespace {
 // tile), else the mma.sync kernel of this format and block_m.
 template <moe_gemm_stage Stage>
 void launch_gemm(moe_grouped_gemm_params const& p, bool fp8, std::int64_t block_m, bool wgmma,
-                 CUstream_st* stream) {
+                 bool gemv, CUstream_st* stream) {
+  // At most 4 tokens, bf16: the weight-streaming kernels (moe_gemv.cuh); one token's blocks hold
+  // one row each.
+  if (gemv && !fp8)
+    return p.rows == p.top_k ? launch_moe_gemv<Stage, 1>(p, stream)
+                             : launch_moe_gemv<Stage, 4>(p, stream);
   std::int64_t const wgmma_tile_n =
       Stage == moe_gemm_stage::gate_up ? moe_gemm_wgmma_gate_up_tile_n : moe_gemm_wgmma_down_tile_n;
   // 128-row tiles: two aligned blocks of one expert per CTA (grouped_gemm_wgmma.cuh).
@@ -58,8 +64,11 @@ void moe_experts_cuda(moe_experts_params const& p, int ordinal, CUstream_st* str
   g1.rows = rows;
   g1.top_k = p.top_k;
   g1.blocks = cap.blocks;
+  g1.block_m = p.block_m;
   g1.experts = p.experts;
   bool const wgmma = p.tokens >= p.wgmma_min_tokens;
+  bool const gemv =
+      p.tokens <= std::min(p.gemv_max_tokens, moe_experts_gemv_max_tokens) && p.top_k > 0;
   moe_grouped_gemm_params g2 = g1;
 
   g1.n = inter;
@@ -88,7 +97,7 @@ void moe_experts_cuda(moe_experts_params const& p, int ordinal, CUstream_st* str
     g1.a = p.hidden;
     g1.lda = p.hidden_ld;
   }
-  launch_gemm<moe_gemm_stage::gate_up>(g1, fp8, p.block_m, wgmma, stream);
+  launch_gemm<moe_gemm_stage::gate_up>(g1, fp8, p.block_m, wgmma, gemv, stream);
 
   g2.n = h;
   g2.k = inter;
@@ -107,7 +116,7 @@ void moe_experts_cuda(moe_experts_params const& p, int ordinal, CUstream_st* str
     g2.a = ws + l.intermediate;
     g2.lda = inter;
   }
-  launch_gemm<moe_gemm_stage::down>(g2, fp8, p.block_m, wgmma, stream);
+  launch_gemm<moe_gemm_stage::down>(g2, fp8, p.block_m, wgmma, gemv, stream);
 
   moe_combine_params c;
   c.routed_out = reinterpret_cast<std::uint16_t const*>(ws + l.routed_out);

@@ -42,6 +42,10 @@ inline constexpr std::int64_t moe_gemm_wgmma_gate_up_tile_n = 128;
 inline constexpr std::int64_t moe_gemm_wgmma_down_tile_n = 256;
 inline constexpr std::int64_t moe_experts_wgmma_min_tokens = 256;
 
+// Batches of at most this many tokens (bf16) take the weight-streaming kernels of moe_gemv.cuh:
+// an expert then holds at most 4 rows (a token picks it at most once).
+inline constexpr std::int64_t moe_experts_gemv_max_tokens = 4;
+
 // The aligned block heights (moe_align's block_m) the grouped GEMM has tiles for.
 inline constexpr bool moe_experts_block_m_supported(std::int64_t block_m) {
   return block_m == 64 || block_m == 128;
@@ -113,6 +117,9 @@ struct moe_experts_params {
   // Tokens from which bf16 block_m 64 GEMMs take the wgmma kernel (tests and benchmarks move it
   // to compare the two kernels on the same inputs).
   std::int64_t wgmma_min_tokens = moe_experts_wgmma_min_tokens;
+  // Tokens up to which bf16 GEMMs take the weight-streaming kernels (at most
+  // moe_experts_gemv_max_tokens; tests set 0 to compare with the grouped GEMM).
+  std::int64_t gemv_max_tokens = moe_experts_gemv_max_tokens;
 };
 
 // Which of the two grouped GEMMs a kernel runs.
@@ -146,6 +153,8 @@ struct moe_grouped_gemm_params {
   std::int64_t lda = 0, ldo = 0, a_scales_ld = 0;  // elements
   std::int64_t w_scales_ld = 0;                    // floats between scale rows
   std::int64_t blocks = 0;                         // grid size over row blocks (block capacity)
+  std::int64_t block_m = 0;  // rows per aligned block (the grouped GEMMs take it as a template
+                             // argument; the weight-streaming kernels read it here)
   std::int64_t experts = 0;  // weight stacks in w (the wgmma kernel's tensor map extent)
 };
 

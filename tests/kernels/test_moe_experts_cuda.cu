@@ -114,6 +114,7 @@ struct device_moe {
     kernels::moe_experts_params p = kernels::detail::make_moe_experts_params(
         gpu.where(), hidden, ids, weights, a, block_m, w, out, ws);
     p.wgmma_min_tokens = kernel == gemm_kernel::wgmma ? 1 : std::int64_t(1) << 40;
+    p.gemv_max_tokens = 0;  // a forced grouped GEMM also at decode sizes
     kernels::detail::moe_experts_cuda(p, gpu.where().index, stream.get());
   }
 
@@ -301,6 +302,42 @@ TEST_F(MoeExpertsCudaCases, CapturedInAGraph) {
   for (auto f : {moe_weight_format::bf16, moe_weight_format::fp8_block}) {
     check(test::v2_lite_shape, 64, f, 64, false, 64, true);
     check(test::r1_tp8_shape, 3, f, 24, false, 128, true);
+  }
+}
+
+// Batches of at most 4 tokens (bf16) take the weight-streaming kernels (moe_gemv.cuh), which
+// read the first 1 (T = 1) or 4 rows of every block: each T, both block heights, an expert taking
+// every token (4 rows in its block), one with a single row among others of several, other ranks'
+// slots, and a graph.
+TEST_F(MoeExpertsCudaCases, FourTokensOrFewerStreamTheWeights) {
+  auto const bf = moe_weight_format::bf16;
+  for (std::int64_t t : {1, 2, 3, 4}) {
+    check(test::v2_lite_shape, t, bf, 64, false, 64, false);
+    check(test::r1_tp8_shape, t, bf, 24, false, 128, t == 2);
+    check(test::v2_lite_shape, t, bf, 16, true, 64, t == 4);
+  }
+  check(test::v2_lite_shape, 4, bf, 64, false, 64, false, true);
+  check(test::r1_tp8_shape, 4, bf, 24, false, 64, false, false,
+        check_opts{gemm_kernel::dispatch, true, 0});
+}
+
+// The same inputs through the weight-streaming kernels and through the grouped GEMM agree to the
+// bf16 rounding of gate, up and y (their fp32 sums differ only in order).
+TEST_F(MoeExpertsCudaCases, StreamingKernelsAgreeWithTheGroupedGemm) {
+  for (std::int64_t t : {1, 4}) {
+    SCOPED_TRACE(::testing::Message() << "T " << t);
+    backend::cuda gpu(0);
+    auto const stream = gpu.make_stream();
+    auto rng = test::test_rng();
+    auto in =
+        test::make_moe_inputs(test::v2_lite_shape, t, moe_weight_format::bf16, 64, false, rng);
+    device_moe d(gpu, stream, in, 64);
+    d.enqueue(gpu, moe_weight_format::bf16, test::v2_lite_shape.experts, stream);
+    auto const streamed = d.download(gpu, stream);
+    d.enqueue(gpu, moe_weight_format::bf16, test::v2_lite_shape.experts, stream,
+              gemm_kernel::mma_sync);
+    auto const grouped = d.download(gpu, stream);
+    test::expect_close(streamed, test::widen(grouped), 5e-3, 0.04, test::v2_lite_shape.hidden);
   }
 }
 
