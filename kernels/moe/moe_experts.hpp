@@ -32,6 +32,9 @@ struct moe_expert_weights {
   tensor_view down;
   tensor_view gate_up_scales;
   tensor_view down_scales;
+  // How many of the stack's last experts every token hits (shared experts folded into the stack,
+  // which routing appends to each token): only a hint, never needed for the result. Default 0.
+  std::int64_t shared = 0;
 };
 
 // Workspace bytes moe_experts needs for `tokens` tokens: fixed by the sizes alone (capture the

@@ -190,6 +190,10 @@ moe_experts_params make_moe_experts_params(device where, tensor_view const& hidd
   p.tokens = tokens;
   p.top_k = k;
   p.experts = experts;
+  LC_CHECK(weights.shared >= 0 && weights.shared <= experts,
+           "moe_experts: the shared experts of the stack (" << weights.shared << ") must be in [0, "
+                                                            << experts << "]");
+  p.shared_experts = weights.shared;
   p.hidden_size = h;
   p.inter = inter;
   p.block_m = block_m;

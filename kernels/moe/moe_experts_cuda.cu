@@ -65,6 +65,7 @@ void moe_experts_cuda(moe_experts_params const& p, int ordinal, CUstream_st* str
   g1.top_k = p.top_k;
   g1.blocks = cap.blocks;
   g1.block_m = p.block_m;
+  g1.shared_experts = p.shared_experts;
   g1.experts = p.experts;
   bool const wgmma = p.tokens >= p.wgmma_min_tokens;
   bool const gemv =

@@ -120,6 +120,7 @@ struct moe_experts_params {
   // Tokens up to which bf16 GEMMs take the weight-streaming kernels (at most
   // moe_experts_gemv_max_tokens; tests set 0 to compare with the grouped GEMM).
   std::int64_t gemv_max_tokens = moe_experts_gemv_max_tokens;
+  std::int64_t shared_experts = 0;  // moe_expert_weights::shared
 };
 
 // Which of the two grouped GEMMs a kernel runs.
@@ -156,6 +157,9 @@ struct moe_grouped_gemm_params {
   std::int64_t block_m = 0;  // rows per aligned block (the grouped GEMMs take it as a template
                              // argument; the weight-streaming kernels read it here)
   std::int64_t experts = 0;  // weight stacks in w (the wgmma kernel's tensor map extent)
+  // The last shared_experts stacks are hit by every token (folded shared experts): the decode
+  // kernels prefetch their weights ahead of the routing (moe_gemv.cuh). 0: none known.
+  std::int64_t shared_experts = 0;
 };
 
 // The combine: out[t] = bf16(sum of y[t * top_k + slot] over slots with inverse >= 0).

@@ -12,9 +12,10 @@
 //   gate_up: warp = 2 intermediate columns (gate rows j, j + 1 and up rows I + j, I + j + 1);
 //            a = silu(bf16(gate)) * bf16(up) by sorted position, as the grouped GEMM rounds.
 //   down:    warp = 4 hidden columns; y = bf16(weight * sum) by routed row.
-// Grid: (row blocks of the capacity, N / columns per CTA), fixed by the token count; a CTA whose
-// block is past the last used one exits after one load. Padding rows are neither read nor written
-// (the down kernel reads only the routed rows of the intermediate).
+// Grid: (N / columns per CTA, row blocks of the capacity), fixed by the token count; a CTA whose
+// block is past the last used one exits after one load. The folded shared experts' rows are
+// prefetched into L2 before the wait on the kernels before (see the kernel). Padding rows are
+// neither read nor written (the down kernel reads only the routed rows of the intermediate).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -50,11 +51,35 @@ __global__ void __launch_bounds__(moe_gemv_traits<Stage, MPad>::threads)
     moe_gemv_kernel(moe_grouped_gemm_params const p) {
   using traits = moe_gemv_traits<Stage, MPad>;
   constexpr int rows = traits::rows, unroll = traits::unroll, values = traits::values;
+  int const lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32;
+  std::int64_t const col0 = std::int64_t(blockIdx.x) * traits::cta_cols + warp * traits::cols;
+  std::int64_t const w_rows = traits::gate_up ? 2 * p.n : p.n;
+  // This warp's weight rows of expert e.
+  auto const rows_of = [&](std::int64_t e, std::uint16_t const*(&w_row)[rows]) {
+    auto const* const w = static_cast<std::uint16_t const*>(p.w) + e * w_rows * p.k;
+#pragma unroll
+    for (int r = 0; r < rows; ++r)
+      w_row[r] = w + (traits::gate_up ? (r / 2) * p.n + col0 + r % 2 : col0 + r) * p.k;
+  };
+  std::uint16_t const* w_row[rows];
+
+  // Blocks run last first (y-major grid, y reversed): the shared experts, which have the highest
+  // ids, are the last used blocks, so the first CTAs to launch are theirs. Their weights do not
+  // depend on the routing: under programmatic dependent launch these CTAs are resident while the
+  // kernels before them (routing, alignment) still run, and start moving their rows into L2 then.
+  if (blockIdx.y < p.shared_experts) {
+    rows_of(p.experts - 1 - blockIdx.y, w_row);
+    constexpr std::int64_t line = 64;  // bf16 values per 128-byte line
+#pragma unroll
+    for (int r = 0; r < rows; ++r)
+      for (std::int64_t i = lane; i < p.k / line; i += 32)
+        gemv_bf16_prefetch_l2(w_row[r] + i * line);
+  }
   pdl_enter();
-  std::int64_t const block = blockIdx.x;
+  std::int64_t const block = std::int64_t(gridDim.y) - 1 - blockIdx.y;
   int const expert = __ldg(p.expert_of_block + block);
   if (expert < 0) return;  // past the last used block
-  int const lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32;
+  rows_of(expert, w_row);
 
   // The block's first MPad rows: routed (id < rows) or padding, which re-reads row 0 (a used block
   // always holds one) and is dropped.
@@ -68,17 +93,6 @@ __global__ void __launch_bounds__(moe_gemv_traits<Stage, MPad>::threads)
     std::int32_t const id = ids[m] < p.rows ? ids[m] : ids[0];
     std::int64_t const src = traits::gate_up ? id / p.top_k : row0 + (ids[m] < p.rows ? m : 0);
     x_row[m] = a + src * p.lda;
-  }
-
-  // This warp's weight rows of the expert.
-  std::int64_t const col0 = std::int64_t(blockIdx.y) * traits::cta_cols + warp * traits::cols;
-  std::int64_t const w_rows = traits::gate_up ? 2 * p.n : p.n;
-  auto const* const w = static_cast<std::uint16_t const*>(p.w) + expert * w_rows * p.k;
-  std::uint16_t const* w_row[rows];
-#pragma unroll
-  for (int r = 0; r < rows; ++r) {
-    std::int64_t const wr = traits::gate_up ? (r / 2) * p.n + col0 + r % 2 : col0 + r;
-    w_row[r] = w + wr * p.k;
   }
 
   float acc[rows][MPad] = {};
@@ -112,13 +126,15 @@ __global__ void __launch_bounds__(moe_gemv_traits<Stage, MPad>::threads)
 template <moe_gemm_stage Stage, int MPad>
 void launch_moe_gemv(moe_grouped_gemm_params const& p, CUstream_st* stream) {
   using traits = moe_gemv_traits<Stage, MPad>;
-  LC_CHECK(p.n % traits::cta_cols == 0 && p.k % 8 == 0 && p.n / traits::cta_cols <= 65535,
-           "moe gemv: N " << p.n << " must be a multiple of " << traits::cta_cols
-                          << " (at most 65535 tiles) and K " << p.k << " of 8");
+  LC_CHECK(p.n % traits::cta_cols == 0 && p.k % 8 == 0 && p.blocks <= 65535 &&
+               p.shared_experts >= 0 && p.shared_experts <= p.experts,
+           "moe gemv: N " << p.n << " must be a multiple of " << traits::cta_cols << ", K " << p.k
+                          << " of 8, the blocks (" << p.blocks << ") at most 65535 and the shared "
+                          << "experts (" << p.shared_experts << ") at most the " << p.experts);
   LC_CHECK(p.block_m >= MPad,
            "moe gemv: blocks of " << p.block_m << " rows hold fewer than " << MPad);
   if (p.blocks == 0) return;
-  dim3 const grid(unsigned(p.blocks), unsigned(p.n / traits::cta_cols), 1);
+  dim3 const grid(unsigned(p.n / traits::cta_cols), unsigned(p.blocks), 1);
   launch_pdl(moe_gemv_kernel<Stage, MPad>, grid, dim3(traits::threads), 0, stream, p);
   LC_CUDA_CHECK_LAUNCH();
 }

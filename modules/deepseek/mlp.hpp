@@ -66,7 +66,8 @@ class moe_experts_weights {
     std::int64_t const e = w.gate_up.w.size(0), inter = w.down.w.size(2), hidden = w.down.w.size(1);
     std::int64_t const padded = round_up(inter, kernels::moe_experts_dim_multiple);
     if (padded == inter || w.gate_up.fp8()) {
-      weights_ = {w.gate_up.w, w.down.w, moe_scales(w.gate_up.scales), moe_scales(w.down.scales)};
+      weights_ = {w.gate_up.w, w.down.w, moe_scales(w.gate_up.scales), moe_scales(w.down.scales),
+                  w.fused_shared};
       return;
     }
     gate_up_ = tensor<B>(backend, dtype::bf16, {e, 2 * padded, hidden});
@@ -87,7 +88,7 @@ class moe_experts_weights {
                      w.down.w.select(0, x).select(0, h).data(), std::size_t(inter) * 2, stream);
     }
     stream.synchronize();
-    weights_ = {gate_up_.view(), down_.view(), {}, {}};
+    weights_ = {gate_up_.view(), down_.view(), {}, {}, w.fused_shared};
   }
   kernels::moe_expert_weights const& get() const noexcept { return weights_; }
   std::int64_t inter() const noexcept { return weights_.down.size(2); }

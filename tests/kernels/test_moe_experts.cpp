@@ -150,14 +150,20 @@ TEST(MoeExpertsCpuChecks, BadArgumentsAreRejected) {
   std::int64_t const bytes =
       kernels::moe_experts_workspace_bytes(3, 2, 8, 64, 128, 128, moe_weight_format::bf16);
   tensor<backend::cpu> ws(cpu, dtype::u8, {bytes});
-  auto run = [&](std::int64_t block_m, tensor_view const& workspace, tensor_view const& o) {
+  auto run = [&](std::int64_t block_m, tensor_view const& workspace, tensor_view const& o,
+                 std::int64_t shared = 0) {
+    auto w = test::weight_views(in);
+    w.shared = shared;
     kernels::moe_experts(cpu, tensor_view(in.hidden.data(), dtype::bf16, {3, 128}),
                          tensor_view(in.ids.data(), dtype::i32, {3, 2}),
                          tensor_view(in.weights.data(), dtype::f32, {3, 2}), a.views(3, 2), block_m,
-                         test::weight_views(in), o, workspace, cpu.make_stream());
+                         w, o, workspace, cpu.make_stream());
   };
   tensor_view const o(out.data(), dtype::bf16, {3, 128});
   EXPECT_NO_THROW(run(64, ws.view(), o));
+  EXPECT_NO_THROW(run(64, ws.view(), o, 8));      // every expert of the stack shared: allowed
+  EXPECT_THROW(run(64, ws.view(), o, 9), error);  // more shared experts than the stack holds
+  EXPECT_THROW(run(64, ws.view(), o, -1), error);
   EXPECT_THROW(run(32, ws.view(), o), error);  // no tile for block_m 32
   EXPECT_THROW(run(64, tensor_view(ws.data(), dtype::u8, {bytes - 1}), o), error);  // too small
   EXPECT_THROW(run(64, ws.view(), tensor_view(out.data(), dtype::bf16, {3, 127})), error);

@@ -56,6 +56,7 @@ struct device_moe {
   tensor<backend::cuda> hidden, ids, weights, gate_up, down, gu_scales, dn_scales, out, ws;
   tensor<backend::cuda> counts, offsets, sorted, blocks, total, inverse;
   std::int64_t tokens, k, h, block_m;
+  std::int64_t shared = 0;  // moe_expert_weights::shared: a prefetch hint only
 
   device_moe(backend::cuda& gpu, backend::cuda::stream_type const& stream, test::moe_inputs& in,
              std::int64_t bm)
@@ -106,7 +107,7 @@ struct device_moe {
     kernels::moe_align(gpu, ids, experts, block_m, a, stream);
     bool const fp8 = f == moe_weight_format::fp8_block;
     kernels::moe_expert_weights const w{gate_up, down, fp8 ? gu_scales.view() : tensor_view{},
-                                        fp8 ? dn_scales.view() : tensor_view{}};
+                                        fp8 ? dn_scales.view() : tensor_view{}, shared};
     if (kernel == gemm_kernel::dispatch) {
       kernels::moe_experts(gpu, hidden, ids, weights, a, block_m, w, out, ws, stream);
       return;
@@ -195,6 +196,7 @@ struct check_opts {
   gemm_kernel kernel = gemm_kernel::dispatch;
   bool one_row_expert = false;  // keep_one_row_of_last_expert
   std::int64_t sample = 0;      // tokens checked against the CPU (0: the default rule below)
+  std::int64_t shared = 0;      // the hint that the stack's last experts are shared
 };
 
 void check(test::moe_shape shape, std::int64_t tokens, moe_weight_format f, std::int64_t hit,
@@ -209,7 +211,8 @@ void check(test::moe_shape shape, std::int64_t tokens, moe_weight_format f, std:
                << (o.kernel == gemm_kernel::wgmma      ? ", wgmma forced"
                    : o.kernel == gemm_kernel::mma_sync ? ", mma.sync forced"
                                                        : "")
-               << (o.one_row_expert ? ", an expert with one row" : ""));
+               << (o.one_row_expert ? ", an expert with one row" : "") << ", shared hint "
+               << o.shared);
   backend::cuda gpu(0);
   auto const stream = gpu.make_stream();
   auto rng = test::test_rng();
@@ -218,6 +221,7 @@ void check(test::moe_shape shape, std::int64_t tokens, moe_weight_format f, std:
     for (std::size_t r = 1; r < in.ids.size(); r += 5) in.ids[r] = -1;
   if (o.one_row_expert) keep_one_row_of_last_expert(in);
   device_moe d(gpu, stream, in, block_m);
+  d.shared = o.shared;
   test::run_maybe_in_graph(stream, graph,
                            [&] { d.enqueue(gpu, f, shape.experts, stream, o.kernel); });
   auto const got = d.download(gpu, stream);
@@ -319,6 +323,12 @@ TEST_F(MoeExpertsCudaCases, FourTokensOrFewerStreamTheWeights) {
   check(test::v2_lite_shape, 4, bf, 64, false, 64, false, true);
   check(test::r1_tp8_shape, 4, bf, 24, false, 64, false, false,
         check_opts{gemm_kernel::dispatch, true, 0});
+  // The shared-experts hint moves only a prefetch: with it, experts hit or not, the same result.
+  for (std::int64_t t : {1, 3})
+    check(test::v2_lite_shape, t, bf, 64, false, 64, t == 3, false,
+          check_opts{gemm_kernel::dispatch, false, 0, 2});
+  check(test::r1_tp8_shape, 2, bf, 24, false, 64, false, false,
+        check_opts{gemm_kernel::dispatch, false, 0, test::r1_tp8_shape.experts});
 }
 
 // The same inputs through the weight-streaming kernels and through the grouped GEMM agree to the
