@@ -1,10 +1,11 @@
 // attention: varlen causal prefill attention and DeepSeek MLA prefill (decompressed).
-//   - prefill_attention: FlashAttention-2-style causal attention of a ragged batch's new tokens
+//   - prefill_attention: FlashAttention-style causal attention of a ragged batch's new tokens
 //     over their whole sequences (cached prefix + new), qk/v head dims (192, 128) for MLA (the
 //     64-wide rope part of the key read once per token and broadcast over the heads), (128, 128)
-//     and (64, 64) for GQA with groups 1..8. Launch geometry depends on the token counts, the
-//     batch size and the heads only (each CTA finds its request on the device), so it can be
-//     captured in a CUDA graph and replayed for any lengths with the same totals.
+//     and (64, 64) for GQA with groups 1..8; on CUDA the first two run on Hopper's warpgroup MMA
+//     (prefill_wgmma.cuh), (64, 64) on mma.sync (prefill.cuh). Launch geometry depends on the token
+//     counts, the batch size and the heads only (each CTA finds its request on the device), so it
+//     can be captured in a CUDA graph and replayed for any lengths with the same totals.
 //   - mla_prefill: gathers the latent rows of each request's whole sequence from the token pool
 //     (kv_cache.hpp), decompresses them with two GEMMs through W_UK and W_UV (kv_b_proj) into
 //     per-head k_nope and v, and runs prefill_attention with the latent's rope key broadcast.
@@ -69,9 +70,12 @@ void prefill_cuda(prefill_params const& p, int ordinal, CUstream_st* stream);
 void latent_gather_cuda(latent_gather_params const& p, int page_size, int ordinal,
                         CUstream_st* stream);
 
-// Defined in prefill.cuh and latent_gather.cuh, instantiated once per file in instantiations/.
+// Defined in prefill.cuh, prefill_wgmma.cuh and latent_gather.cuh, instantiated once per file in
+// instantiations/.
 template <int QkDim, int VDim>
 void launch_prefill(prefill_params const& p, CUstream_st* stream);
+template <int QkDim, int VDim>
+void launch_prefill_wgmma(prefill_params const& p, CUstream_st* stream);
 template <class Layout>
 void launch_latent_gather(latent_gather_params const& p, CUstream_st* stream);
 #endif

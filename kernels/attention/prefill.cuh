@@ -1,6 +1,7 @@
 // prefill: the varlen causal prefill kernel (FlashAttention-2 style on bf16 mma.sync tensor
-// cores). Only the files in instantiations/ include this; the dispatch (attention_cuda.cu) sees
-// the declarations in attention.hpp alone.
+// cores), built for head dims (64, 64); (192, 128) and (128, 128) run on prefill_wgmma.cuh, which
+// shares this file's grid bound and tile lookup. Only the files in instantiations/ include this;
+// the dispatch (attention_cuda.cu) sees the declarations in attention.hpp alone.
 //
 // One CTA computes one (query tile of block_m rows of one request, query head). The grid is
 // fixed by T, the batch size and the heads: ceil(T / block_m) + batch tiles bound the tiles of
@@ -49,7 +50,7 @@ struct prefill_config {
   static constexpr int k_stage_bytes = block_n * k_pitch * 2;
   static constexpr int v_stage_bytes = block_n * v_pitch * 2;
   static constexpr int smem_bytes = q_bytes + stages * (k_stage_bytes + v_stage_bytes);
-  // Two CTAs per SM where the shared memory allows (every variant built: 109 KB at 192/128),
+  // Two CTAs per SM where the shared memory allows (45 KB at (64, 64), 109 KB at (192, 128)),
   // so that one CTA's softmax overlaps the other's MMAs.
   static constexpr int min_blocks = 2 * (smem_bytes + 1024) <= 228 * 1024 ? 2 : 1;
 

@@ -111,6 +111,26 @@ __device__ __forceinline__ void bulk_copy_global_to_shared(std::uint32_t dst, vo
       "l"(src), "r"(bytes), "r"(bar)
       : "memory");
 }
+// Bulk tensor copies (TMA): the box of the tensor map at `map` (a __grid_constant__ CUtensorMap
+// kernel parameter, passed by address) whose first element has coordinates (c0 innermost, ...) ->
+// shared `dst`, counted on the mbarrier `bar` when it lands. Elements outside the tensor are
+// written as zeros and still counted.
+__device__ __forceinline__ void tma_load_2d(std::uint32_t dst, void const* map, int c0, int c1,
+                                            std::uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+      "l"(reinterpret_cast<std::uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
+      : "memory");
+}
+__device__ __forceinline__ void tma_load_3d(std::uint32_t dst, void const* map, int c0, int c1,
+                                            int c2, std::uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(dst),
+      "l"(reinterpret_cast<std::uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+      : "memory");
+}
 // Waits for `threads` threads (a multiple of 32) at named barrier `id` (1..15; 0 is
 // __syncthreads).
 __device__ __forceinline__ void named_barrier_sync(int id, int threads) {

@@ -131,9 +131,47 @@ __device__ __forceinline__ void wgmma_m64n256k16_ss_bt(float (&d)[32][4], std::u
                : "l"(a_desc), "l"(b_desc));
 }
 
+#define LC_WGMMA_ACC64                                                               \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "          \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+
+// d[64 x 128] += A[64 x 16] . B[128 x 16]^T, A and B K-major in shared memory (the prefill's
+// S = Q K^T).
+__device__ __forceinline__ void wgmma_m64n128k16_ss(float (&d)[16][4], std::uint64_t a_desc,
+                                                    std::uint64_t b_desc) {
+  asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " LC_WGMMA_ACC64
+               ", %64, %65, 1, 1, 1, 0, 0;\n"
+               : LC_WGMMA_TILES8(d, 0), LC_WGMMA_TILES8(d, 8)
+               : "l"(a_desc), "l"(b_desc));
+}
+
+// d[64 x 128] += A[64 x 16] . B[16 x 128], A in registers (bf16 pairs), B MN-major in shared
+// (the prefill's O += P V).
+__device__ __forceinline__ void wgmma_m64n128k16_rs_bt(float (&d)[16][4],
+                                                       std::uint32_t const (&a)[4],
+                                                       std::uint64_t b_desc) {
+  asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " LC_WGMMA_ACC64
+               ", {%64, %65, %66, %67}, %68, 1, 1, 1, 1;\n"
+               : LC_WGMMA_TILES8(d, 0), LC_WGMMA_TILES8(d, 8)
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc));
+}
+
+// Pins A fragments held in registers while an asynchronous MMA may still read them: placed after
+// the wgmma_wait that retires the MMA, it keeps the compiler from reusing their registers before.
+template <int Steps>
+__device__ __forceinline__ void wgmma_pin(std::uint32_t (&a)[Steps][4]) {
+#pragma unroll
+  for (int i = 0; i < Steps; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(a[i][e])::"memory");
+}
+
 #undef LC_WGMMA_TILE
 #undef LC_WGMMA_TILES8
 #undef LC_WGMMA_ACC32
+#undef LC_WGMMA_ACC64
 #undef LC_WGMMA_ACC128
 
 }  // namespace lightcore::kernels::detail

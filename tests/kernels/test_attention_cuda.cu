@@ -2,8 +2,9 @@
 // the CPU reference (GQA groups 1/2/8 at head dims 64 and 128, MLA's (192, 128) with the broadcast
 // rope key; ragged batches with prefixes 0..4096 and new lengths 1..2048, padded T and S whose
 // rows must stay untouched; outputs poisoned first), one captured graph replayed with new lengths
-// giving the eager result bit for bit, and MLA prefill (gather, GEMMs, attention) against the CPU
-// path for H = 16 and 128, eagerly and in a graph.
+// giving the eager result bit for bit (MLA, and GQA d 128 across several 128-row tiles), rows
+// without keys, NaNs in the rows past the last request never reaching a result, and MLA prefill
+// (gather, GEMMs, attention) against the CPU path for H = 16 and 128, eagerly and in a graph.
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
@@ -137,10 +138,24 @@ class PrefillCuda : public test::cuda_test, public ::testing::WithParamInterface
 // (P's rounding does not enter it): 1e-3 allowed.
 constexpr double out_tol = 1e-2, lse_tol = 1e-3;
 
+// With nan_spares, the rows of q, k, k_rope and v past the last request hold NaNs: the kernels
+// may load them (a tile or key block reaching past the end) but must not let them into any result.
 void check_against_double(variant const& v, std::vector<std::int32_t> const& lens_q,
-                          std::vector<std::int32_t> const& prefix, bool full_cpu) {
+                          std::vector<std::int32_t> const& prefix, bool full_cpu,
+                          bool nan_spares = false) {
   auto rng = test::test_rng();
   auto p = test::make_prefill_batch(lens_q, prefix, v.hq, v.hk, v.qk, v.vd, v.rope, rng, 70, 9);
+  if (nan_spares) {
+    bf16 nan;
+    nan.bits = 0x7FC0;
+    auto const fill_from = [&](std::vector<bf16>& x, std::int64_t row, std::int64_t row_elems) {
+      std::fill(x.begin() + std::ptrdiff_t(row * row_elems), x.end(), nan);
+    };
+    fill_from(p.q, p.cu_q.back(), p.hq * p.qk);
+    fill_from(p.k, p.cu_k.back(), p.hk * p.k_dim());
+    fill_from(p.k_rope, p.cu_k.back(), p.rope);
+    fill_from(p.v, p.cu_k.back(), p.hk * p.vd);
+  }
   backend::cuda gpu(0);
   auto const stream = gpu.make_stream();
   device_prefill d(gpu, p, stream);
@@ -176,6 +191,18 @@ TEST_P(PrefillCuda, LongPrefixesAndNewTokens) {
   check_against_double(GetParam(), {2048, 1, 300, 1000}, {0, 4096, 4096, 1500}, false);
 }
 
+// Both sides of the 128-row query tiles and 128-key blocks of the wgmma kernel, with prefix +
+// new lengths that are not multiples of the block, and single-token requests.
+TEST_P(PrefillCuda, AroundTheWgmmaTiles) {
+  check_against_double(GetParam(), {1, 127, 128, 129, 255, 256, 257, 1, 383},
+                       {0, 1, 128, 127, 129, 0, 300, 1000, 5}, false);
+}
+
+// The last request ends inside a tile and inside a key block, right before the NaN rows.
+TEST_P(PrefillCuda, RowsPastTheLastRequestAreNeverUsed) {
+  check_against_double(GetParam(), {70, 200}, {10, 57}, false, true);
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Variants, PrefillCuda,
     ::testing::Values(variant{8, 8, 64, 64, false}, variant{8, 4, 64, 64, false},
@@ -192,11 +219,14 @@ class AttentionCudaTest : public test::cuda_test {};
 
 // One graph captured for fixed T, S and batch, replayed with new splits of the same totals (device
 // memory changed between replays, as the engine does): equal to the eager run bit for bit and
-// close to the definition.
-TEST_F(AttentionCudaTest, PrefillGraphReplaysWithNewLengths) {
+// close to the definition. New lengths are drawn from 0..max_len (one request of length 1 per
+// round), prefixes from even numbers up to 2 max_len.
+void check_graph_replay(variant const& v, std::int32_t max_len) {
+  SCOPED_TRACE(::testing::Message() << "D " << v.qk << ", max_len " << max_len);
   auto rng = test::test_rng();
-  auto p = test::make_prefill_batch({100, 100, 100, 100}, {300, 300, 300, 300}, 16, 16, 192, 128,
-                                    true, rng);
+  std::int32_t const n = max_len, pre = 2 * max_len;  // T and S that bound every round's split
+  auto p = test::make_prefill_batch({n, n, n, n}, {pre, pre, pre, pre}, v.hq, v.hk, v.qk, v.vd,
+                                    v.rope, rng);
   backend::cuda gpu(0);
   auto const stream = gpu.make_stream();
   device_prefill d(gpu, p, stream);
@@ -212,7 +242,7 @@ TEST_F(AttentionCudaTest, PrefillGraphReplaysWithNewLengths) {
   for (int round = 0; round < 4; ++round) {
     SCOPED_TRACE(::testing::Message() << "round " << round);
     // New lengths within the same totals: T rows of q (some padding), S rows of k.
-    std::uniform_int_distribution<std::int32_t> pick(0, 150);
+    std::uniform_int_distribution<std::int32_t> pick(0, max_len);
     std::int32_t used_q = 0, used_k = 0;
     for (std::int64_t b = 0; b < p.batch; ++b) {
       std::int32_t const lq = b == round ? 1 : pick(rng);
@@ -249,28 +279,45 @@ TEST_F(AttentionCudaTest, PrefillGraphReplaysWithNewLengths) {
   cudaGraphDestroy(graph);
 }
 
+TEST_F(AttentionCudaTest, PrefillGraphReplaysWithNewLengths) {
+  check_graph_replay(variant{16, 16, 192, 128, true}, 150);
+}
+
+// Lengths crossing several 128-row tiles, GQA group 4.
+TEST_F(AttentionCudaTest, PrefillGraphReplaysWithNewLengthsD128) {
+  check_graph_replay(variant{8, 2, 128, 128, false}, 420);
+}
+
 // A request with more new tokens than its sequence (len_k < len_q) cannot come from the engine;
-// the kernel still writes every row: zeros and lse -inf for rows that see no key.
+// the kernels still write every row: zeros and lse -inf for rows that see no key. Every head
+// dim (both kernels), 130 rows: a tile that sees no key at all and one that sees some.
 TEST_F(AttentionCudaTest, RowsWithoutKeysGetZeros) {
-  auto rng = test::test_rng();
-  auto p = test::make_prefill_batch({5}, {0}, 4, 4, 64, 64, false, rng);
-  p.cu_k[1] = 2;  // rows 0..2 see no key, rows 3, 4 see keys 0 and 0..1
-  backend::cuda gpu(0);
-  auto const stream = gpu.make_stream();
-  device_prefill d(gpu, p, stream);
-  d.poison(gpu, stream);
-  kernels::prefill_attention(gpu, d.args(p), stream);
-  auto const got = d.download(gpu, stream);
-  for (std::int64_t i = 0; i < 3 * p.hq * p.vd; ++i)
-    ASSERT_EQ(float(got.out[std::size_t(i)]), 0.0f) << "element " << i;
-  for (std::int64_t i = 0; i < 3 * p.hq; ++i)
-    ASSERT_TRUE(std::isinf(got.lse[std::size_t(i)]) && got.lse[std::size_t(i)] < 0) << i;
-  // Row 3 sees key 0 only: its output is v[0] of its head (rounded), lse the scaled score.
-  for (std::int64_t h = 0; h < p.hq; ++h)
-    for (std::int64_t c = 0; c < p.vd; ++c)
-      ASSERT_EQ(got.out[std::size_t((3 * p.hq + h) * p.vd + c)].bits,
-                p.v[std::size_t(h * p.vd + c)].bits)
-          << "head " << h << " column " << c;
+  for (auto const& v : {variant{4, 4, 64, 64, false}, variant{4, 2, 128, 128, false},
+                        variant{4, 4, 192, 128, true}}) {
+    SCOPED_TRACE(::testing::Message() << "D " << v.qk);
+    auto rng = test::test_rng();
+    auto p = test::make_prefill_batch({130}, {0}, v.hq, v.hk, v.qk, v.vd, v.rope, rng);
+    p.cu_k[1] = 2;  // rows 0..127 see no key, rows 128, 129 see keys 0 and 0..1
+    backend::cuda gpu(0);
+    auto const stream = gpu.make_stream();
+    device_prefill d(gpu, p, stream);
+    d.poison(gpu, stream);
+    kernels::prefill_attention(gpu, d.args(p), stream);
+    auto const got = d.download(gpu, stream);
+    for (std::int64_t i = 0; i < 128 * p.hq * p.vd; ++i)
+      ASSERT_EQ(float(got.out[std::size_t(i)]), 0.0f) << "element " << i;
+    for (std::int64_t i = 0; i < 128 * p.hq; ++i)
+      ASSERT_TRUE(std::isinf(got.lse[std::size_t(i)]) && got.lse[std::size_t(i)] < 0) << i;
+    // Row 128 sees key 0 only: its output is v[0] of its key head (rounded).
+    std::int64_t const group = p.hq / p.hk;
+    for (std::int64_t h = 0; h < p.hq; ++h)
+      for (std::int64_t c = 0; c < p.vd; ++c)
+        ASSERT_EQ(got.out[std::size_t((128 * p.hq + h) * p.vd + c)].bits,
+                  p.v[std::size_t((h / group) * p.vd + c)].bits)
+            << "head " << h << " column " << c;
+    test::expect_prefill_close(p, got.out, got.lse, test::prefill_double(p, {128, 129}), out_tol,
+                               lse_tol);
+  }
 }
 
 // ---- MLA prefill: the GPU path against the CPU path (same rounding points) ----
