@@ -25,6 +25,7 @@
 
 #include "kernels/attention/gqa_decode.hpp"
 #include "kernels/attention/gqa_decode_params.hpp"
+#include "kernels/common/online_softmax.cuh"
 #include "kernels/common/ptx.cuh"
 #include "lightcore/core/cuda_check.hpp"
 
@@ -215,18 +216,12 @@ __global__ void __launch_bounds__(Cfg::threads, Cfg::ctas_per_sm)
         mx[e >> 1] = fmaxf(mx[e >> 1], v);
       }
     }
+    // m_use is 0, not -inf, while this warp has seen no position (a short split's tail).
     float m_use[2], alpha[2];
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xFFFF'FFFFu, mx[r], 1));
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xFFFF'FFFFu, mx[r], 2));
-      float const m_new = fmaxf(m_run[r], mx[r]);
-      // -inf while this warp has seen no position (a short split's tail): subtract 0 instead,
-      // so that exp2 gives 0, not NaN.
-      m_use[r] = m_new == neg_inf ? 0.0f : m_new;
-      alpha[r] = exp2f(m_run[r] - m_use[r]);  // 0 while m_run is -inf
-      m_run[r] = m_new;
-    }
+    for (int r = 0; r < 2; ++r)
+      alpha[r] = softmax_advance(m_run[r], softmax_quad_max(mx[r]), m_use[r],
+                                 [](float x) { return exp2f(x); });
     float pr[2][4];
 #pragma unroll
     for (int n = 0; n < 2; ++n)
@@ -234,13 +229,7 @@ __global__ void __launch_bounds__(Cfg::threads, Cfg::ctas_per_sm)
       for (int e = 0; e < 4; ++e) pr[n][e] = exp2f(s[n][e] - m_use[e >> 1]);
     l_run[0] = l_run[0] * alpha[0] + (pr[0][0] + pr[0][1] + pr[1][0] + pr[1][1]);
     l_run[1] = l_run[1] * alpha[1] + (pr[0][2] + pr[0][3] + pr[1][2] + pr[1][3]);
-#pragma unroll
-    for (int n = 0; n < Cfg::o_tiles; ++n) {
-      o[n][0] *= alpha[0];
-      o[n][1] *= alpha[0];
-      o[n][2] *= alpha[1];
-      o[n][3] *= alpha[1];
-    }
+    softmax_rescale_rows(o, alpha);
 
     // S's accumulators are P's A fragment for the k16 step over the same 16 tokens: a0 row g
     // tokens 2 t4 + {0, 1}, a1 row g + 8, a2 and a3 the same 8 tokens on.

@@ -22,6 +22,7 @@
 
 #include "kernels/attention/attention.hpp"
 #include "kernels/attention/attention_params.hpp"
+#include "kernels/common/online_softmax.cuh"
 #include "kernels/common/ptx.cuh"
 #include "lightcore/core/cuda_check.hpp"
 
@@ -252,17 +253,12 @@ __global__ void __launch_bounds__(Cfg::threads, Cfg::min_blocks)
         mx[e >> 1] = fmaxf(mx[e >> 1], v);
       }
     }
+    // base is 0, not -inf, while a row has seen no key.
     float base[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xFFFF'FFFFu, mx[r], 1));
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xFFFF'FFFFu, mx[r], 2));
-      float const m_new = fmaxf(m_run[r], mx[r]);
-      // A row that has seen no key yet keeps m -inf: subtract 0 then, so that exp2 gives 0
-      // instead of NaN.
-      base[r] = m_new == neg_inf ? 0.0f : m_new;
-      float const alpha = exp2f(m_run[r] - base[r]);  // 0 while m_run is -inf
-      m_run[r] = m_new;
+      float const alpha = softmax_advance(m_run[r], softmax_quad_max(mx[r]), base[r],
+                                          [](float x) { return exp2f(x); });
       l_part[r] *= alpha;
 #pragma unroll
       for (int n = 0; n < Cfg::o_tiles; ++n) {

@@ -34,6 +34,7 @@
 #include "kernels/attention/attention.hpp"
 #include "kernels/attention/attention_params.hpp"
 #include "kernels/attention/prefill.cuh"
+#include "kernels/common/online_softmax.cuh"
 #include "kernels/common/ptx.cuh"
 #include "kernels/common/wgmma.cuh"
 #include "lightcore/core/cuda_check.hpp"
@@ -237,14 +238,7 @@ __device__ __forceinline__ void prefill_wgmma_consume(prefill_params const& p,
     float base_m[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xFFFF'FFFFu, mx[r], 1));
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xFFFF'FFFFu, mx[r], 2));
-      float const m_new = fmaxf(m_run[r], mx[r]);
-      // A row that has seen no key yet keeps m -inf: subtract 0 then, so that exp2 gives 0
-      // instead of NaN.
-      base_m[r] = m_new == neg_inf ? 0.0f : m_new;
-      alpha[r] = prefill_exp2(m_run[r] - base_m[r]);  // 0 while m_run is -inf
-      m_run[r] = m_new;
+      alpha[r] = softmax_advance(m_run[r], softmax_quad_max(mx[r]), base_m[r], prefill_exp2);
       sum[r] = 0.0f;
     }
 #pragma unroll
@@ -309,13 +303,7 @@ __device__ __forceinline__ void prefill_wgmma_consume(prefill_params const& p,
     wgmma_pin(o);
     wgmma_pin(a);
     if (lane == 0) mbarrier_arrive(bar.v_empty + 8 * prev);
-#pragma unroll
-    for (int n = 0; n < Cfg::o_tiles; ++n) {
-      o[n][0] *= alpha[0];
-      o[n][1] *= alpha[0];
-      o[n][2] *= alpha[1];
-      o[n][3] *= alpha[1];
-    }
+    softmax_rescale_rows(o, alpha);
     l_part[0] = l_part[0] * alpha[0] + sum[0];
     l_part[1] = l_part[1] * alpha[1] + sum[1];
     pack_p();

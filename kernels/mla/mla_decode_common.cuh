@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "kernels/common/online_softmax.cuh"
 #include "kernels/common/ptx.cuh"
 #include "kernels/mla/mla_params.hpp"
 
@@ -80,10 +81,7 @@ __device__ __forceinline__ void mla_softmax_pv_block(
     }
   }
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xFFFF'FFFFu, mx[r], 1));
-    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xFFFF'FFFFu, mx[r], 2));
-  }
+  for (int r = 0; r < 2; ++r) mx[r] = softmax_quad_max(mx[r]);
   if (t4 == 0) {
     red_max[wn * heads + row0] = mx[0];
     red_max[wn * heads + row0 + 8] = mx[1];
@@ -131,13 +129,7 @@ __device__ __forceinline__ void mla_softmax_pv_block(
     for (int w = 0; w < Cfg::warps_n; ++w) total += red_sum[w * heads + row0 + 8 * r];
     l_run[r] = l_run[r] * alpha[r] + total;
   }
-#pragma unroll
-  for (int n = 0; n < Cfg::o_tiles; ++n) {
-    o[n][0] *= alpha[0];
-    o[n][1] *= alpha[0];
-    o[n][2] *= alpha[1];
-    o[n][3] *= alpha[1];
-  }
+  softmax_rescale_rows(o, alpha);
 
   // O += P V, V the block's first 512 columns.
 #pragma unroll

@@ -26,6 +26,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "kernels/common/online_softmax.cuh"
 #include "kernels/common/pdl.cuh"
 #include "kernels/common/ptx.cuh"
 #include "kernels/common/wgmma.cuh"
@@ -217,8 +218,7 @@ __device__ __forceinline__ void mla_wgmma_consume(mla_decode_params const& p,
       float alpha[2];
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xFFFF'FFFFu, mx[r], 1));
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xFFFF'FFFFu, mx[r], 2));
+        mx[r] = softmax_quad_max(mx[r]);
         float const m_new = fmaxf(m_run[r], mx[r]);  // finite: a block holds a valid position
         alpha[r] = exp2f(m_run[r] - m_new);          // 0 on the first block
         m_run[r] = m_new;
