@@ -36,6 +36,7 @@
 #include "kernels/attention/prefill.cuh"
 #include "kernels/common/online_softmax.cuh"
 #include "kernels/common/ptx.cuh"
+#include "kernels/common/tensor_map.hpp"
 #include "kernels/common/wgmma.cuh"
 #include "lightcore/core/cuda_check.hpp"
 #include "lightcore/core/error.hpp"
@@ -422,20 +423,6 @@ __global__ void __launch_bounds__(Cfg::threads, 1)
   }
 }
 
-// cuTensorMapEncodeTiled through the runtime (no link to the driver library), looked up once.
-inline PFN_cuTensorMapEncodeTiled_v12000 prefill_encode_tiled() {
-  static PFN_cuTensorMapEncodeTiled_v12000 const fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
-    LC_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000,
-                                                   cudaEnableDefault, &q));
-    LC_CHECK(q == cudaDriverEntryPointSuccess && f != nullptr,
-             "prefill on CUDA (wgmma): the driver has no cuTensorMapEncodeTiled (needs CUDA 12+)");
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
-  }();
-  return fn;
-}
-
 // A tensor map over a bf16 [outer, middle, cols] tensor (3-D; element strides middle_stride and
 // outer_stride) or, with middle 0, over a [outer, cols] one (2-D), in boxes of 64 columns x
 // `box_rows` outer rows with the 128-byte swizzle. A stride whose dimension has one entry is never
@@ -455,7 +442,7 @@ inline CUtensorMap prefill_tensor_map(void const* data, std::int64_t cols, std::
   cuuint64_t const strides[2] = {cuuint64_t(rank == 2 ? out_bytes : mid_bytes),
                                  cuuint64_t(out_bytes)};
   cuuint32_t const box[3] = {64, rank == 2 ? cuuint32_t(box_rows) : 1u, cuuint32_t(box_rows)};
-  CUresult const r = prefill_encode_tiled()(
+  CUresult const r = tensor_map_encode_tiled()(
       &map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, cuuint32_t(rank), const_cast<void*>(data), dims,
       strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
       CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);

@@ -48,6 +48,7 @@
 
 #include "kernels/activation/activation_params.hpp"
 #include "kernels/common/ptx.cuh"
+#include "kernels/common/tensor_map.hpp"
 #include "kernels/common/wgmma.cuh"
 #include "kernels/moe/grouped_gemm.cuh"
 #include "kernels/moe/moe_experts.hpp"
@@ -88,18 +89,6 @@ struct moe_wgmma_traits {
   static constexpr int producer_threads = 128;
   static constexpr int threads = 3 * 128;
 };
-
-// --- bulk tensor copies (mbarriers, proxy fences: kernels/common/ptx.cuh) ---------------------
-
-// A box of the 2-D tensor map at (inner = k, outer = row) -> shared `dst`, counted on `bar`.
-__device__ __forceinline__ void moe_wg_tma_load(std::uint32_t dst, CUtensorMap const* map, int k,
-                                                int row, std::uint32_t bar) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
-      " [%0], [%1, {%2, %3}], [%4];" ::"r"(dst),
-      "l"(reinterpret_cast<std::uint64_t>(map)), "r"(k), "r"(row), "r"(bar)
-      : "memory");
-}
 
 // --- warpgroup MMA ------------------------------------------------------------------------
 
@@ -210,8 +199,8 @@ __global__ void __launch_bounds__(moe_wgmma_traits<Stage, BlockM, TileM>::thread
         mbarrier_arrive_expect_tx(full0 + 8 * s, traits::b_bytes);
 #pragma unroll
         for (int q = 0; q < 4; ++q)
-          moe_wg_tma_load(a_dst + traits::a_bytes + q * traits::copy_rows * traits::row_bytes,
-                          &w_map, kt * traits::k_elems, box_row[q], full0 + 8 * s);
+          tma_load_2d(a_dst + traits::a_bytes + q * traits::copy_rows * traits::row_bytes, &w_map,
+                      kt * traits::k_elems, box_row[q], full0 + 8 * s);
       }
       std::uint8_t* const as = ring_ptr + s * traits::stage_bytes;
       std::int64_t const kb = std::int64_t(kt) * traits::row_bytes + chunk * 16;
@@ -326,20 +315,6 @@ __global__ void __launch_bounds__(moe_wgmma_traits<Stage, BlockM, TileM>::thread
 
 // --- the launcher ----------------------------------------------------------------------------
 
-// cuTensorMapEncodeTiled through the runtime (no link to the driver library), looked up once.
-inline PFN_cuTensorMapEncodeTiled_v12000 moe_wg_encode_tiled() {
-  static PFN_cuTensorMapEncodeTiled_v12000 const fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
-    LC_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000,
-                                                   cudaEnableDefault, &q));
-    LC_CHECK(q == cudaDriverEntryPointSuccess && f != nullptr,
-             "moe wgmma grouped GEMM: the driver has no cuTensorMapEncodeTiled (needs CUDA 12+)");
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
-  }();
-  return fn;
-}
-
 template <moe_gemm_stage Stage, int BlockM, int TileM>
 void launch_moe_grouped_gemm_wgmma(moe_grouped_gemm_params const& p, CUstream_st* stream) {
   using traits = moe_wgmma_traits<Stage, BlockM, TileM>;
@@ -367,7 +342,7 @@ void launch_moe_grouped_gemm_wgmma(moe_grouped_gemm_params const& p, CUstream_st
   cuuint64_t const strides[1] = {cuuint64_t(p.k * 2)};
   cuuint32_t const box[2] = {cuuint32_t(traits::k_elems), cuuint32_t(traits::copy_rows)};
   cuuint32_t const elem_strides[2] = {1, 1};
-  CUresult const r = moe_wg_encode_tiled()(
+  CUresult const r = tensor_map_encode_tiled()(
       &map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(p.w), dims, strides, box,
       elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
       CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
