@@ -4,7 +4,7 @@
 //    frac_of_hbm of those bytes);
 //  - prefill-like T = 4096, 8192: TFLOP/s of the routed FLOPs (2 x T x top_k x 3 x H x I);
 //  - the GEMM kernel forced either way (arg 3: 0 the dispatch's choice, 1 the mma.sync kernel, 2
-//    the wgmma kernel) to place the dispatch's token threshold;
+//    the wgmma kernel; bf16 and FP8) to place the dispatch's token threshold;
 //  - the baseline: the same MoE as a loop of per-expert kernels::gemm calls (cuBLASLt bf16, with
 //    host-side counts: the baseline alone may sync), silu_and_mul and a weighted combine left out
 //    (the baseline is charged the GEMMs only, which flatters it).
@@ -197,11 +197,12 @@ void register_all() {
     // bf16 decode sizes on the grouped GEMM, beside the dispatch's weight-streaming kernels.
     for (std::int64_t t : {1, 2, 4})
       timed(benchmark::RegisterBenchmark("BM_moe_experts", bm_moe_experts))->Args({model, t, 0, 1});
-    // bf16, each kernel forced, over the prefill sizes around the threshold.
+    // bf16 and FP8, each kernel forced, over the prefill sizes around the threshold.
     for (std::int64_t t : {256, 512, 1024, 2048, 4096, 8192})
-      for (std::int64_t kernel : {1, 2})
-        timed(benchmark::RegisterBenchmark("BM_moe_experts", bm_moe_experts))
-            ->Args({model, t, 0, kernel});
+      for (std::int64_t f : {0, 1})
+        for (std::int64_t kernel : {1, 2})
+          timed(benchmark::RegisterBenchmark("BM_moe_experts", bm_moe_experts))
+              ->Args({model, t, f, kernel});
   }
 }
 

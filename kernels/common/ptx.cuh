@@ -131,6 +131,11 @@ __device__ __forceinline__ void tma_load_3d(std::uint32_t dst, void const* map, 
       "l"(reinterpret_cast<std::uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
       : "memory");
 }
+// One arrival on `bar` once every cp.async this thread issued before has landed, without waiting
+// for them here (the barrier's expected count includes it: no pending-count increment).
+__device__ __forceinline__ void cp_async_mbarrier_arrive_noinc(std::uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
 // Waits for `threads` threads (a multiple of 32) at named barrier `id` (1..15; 0 is
 // __syncthreads).
 __device__ __forceinline__ void named_barrier_sync(int id, int threads) {

@@ -158,6 +158,18 @@ __device__ __forceinline__ void wgmma_m64n128k16_rs_bt(float (&d)[16][4],
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc));
 }
 
+// d[64 x 128] (+)= A[64 x 32] . B[128 x 32]^T, e4m3 in, fp32 accumulators, A and B K-major in
+// shared memory; accumulate 0 overwrites d (the first K step of a partial tile).
+__device__ __forceinline__ void wgmma_m64n128k32_e4m3_ss(float (&d)[16][4], std::uint64_t a_desc,
+                                                         std::uint64_t b_desc, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 " LC_WGMMA_ACC64
+      ", %64, %65, p, 1, 1;\n}\n"
+      : LC_WGMMA_TILES8(d, 0), LC_WGMMA_TILES8(d, 8)
+      : "l"(a_desc), "l"(b_desc), "r"(accumulate));
+}
+
 // Pins A fragments held in registers while an asynchronous MMA may still read them: placed after
 // the wgmma_wait that retires the MMA, it keeps the compiler from reusing their registers before.
 template <int Steps>

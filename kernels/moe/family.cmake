@@ -16,5 +16,7 @@ lightcore_kernel_family(moe
        instantiations/moe_grouped_gemm_down_fp8_m64_decode.cu
        instantiations/moe_grouped_gemm_wgmma_gate_up_bf16_m64.cu
        instantiations/moe_grouped_gemm_wgmma_down_bf16_m64.cu
+       instantiations/moe_grouped_gemm_wgmma_gate_up_fp8_m64.cu
+       instantiations/moe_grouped_gemm_wgmma_down_fp8_m64.cu
        instantiations/moe_gemv_gate_up_m1.cu instantiations/moe_gemv_gate_up_m4.cu
        instantiations/moe_gemv_down_m1.cu instantiations/moe_gemv_down_m4.cu)

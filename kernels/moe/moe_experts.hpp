@@ -65,6 +65,12 @@ void launch_moe_grouped_gemm(moe_grouped_gemm_params const& p, CUstream_st* stre
 // Defined in grouped_gemm_wgmma.cuh (sm_90a), bf16 only; TileM rows per CTA (128 instantiated).
 template <moe_gemm_stage Stage, int BlockM, int TileM>
 void launch_moe_grouped_gemm_wgmma(moe_grouped_gemm_params const& p, CUstream_st* stream);
+// Defined in grouped_gemm_wgmma_persistent.cuh (sm_90a): e4m3 weights with 128 x 128 block
+// scales, activations quantised per token per 128 columns; gate_up writes the intermediate's
+// codes and per-128-column scales (p.out, p.out_scales). block_m 64; N a multiple of
+// moe_gemm_wgmma_gate_up_tile_n / moe_gemm_wgmma_down_tile_n.
+template <moe_gemm_stage Stage>
+void launch_moe_grouped_gemm_wgmma_fp8(moe_grouped_gemm_params const& p, CUstream_st* stream);
 // Defined in moe_gemv.cuh: bf16 batches of at most 4 tokens, MPad (1 or 4) rows read per block.
 template <moe_gemm_stage Stage, int MPad>
 void launch_moe_gemv(moe_grouped_gemm_params const& p, CUstream_st* stream);

@@ -14,8 +14,8 @@
 namespace lightcore::kernels::detail {
 namespace {
 
-// The wgmma kernel where it applies (bf16, block_m 64, a prefill-sized batch, N a multiple of its
-// tile), else the mma.sync kernel of this format and block_m.
+// The wgmma kernel where it applies (bf16 or FP8, block_m 64, a prefill-sized batch, N a multiple
+// of its tile), else the mma.sync kernel of this format and block_m.
 template <moe_gemm_stage Stage>
 void launch_gemm(moe_grouped_gemm_params const& p, bool fp8, std::int64_t block_m, bool wgmma,
                  bool gemv, CUstream_st* stream) {
@@ -26,9 +26,11 @@ void launch_gemm(moe_grouped_gemm_params const& p, bool fp8, std::int64_t block_
                              : launch_moe_gemv<Stage, 4>(p, stream);
   std::int64_t const wgmma_tile_n =
       Stage == moe_gemm_stage::gate_up ? moe_gemm_wgmma_gate_up_tile_n : moe_gemm_wgmma_down_tile_n;
-  // 128-row tiles: two aligned blocks of one expert per CTA (grouped_gemm_wgmma.cuh).
-  if (wgmma && !fp8 && block_m == 64 && p.n % wgmma_tile_n == 0)
-    return launch_moe_grouped_gemm_wgmma<Stage, 64, 128>(p, stream);
+  // Two aligned 64-row blocks of one expert per tile: bf16 grouped_gemm_wgmma.cuh, FP8 its
+  // persistent variant (grouped_gemm_wgmma_persistent.cuh).
+  if (wgmma && block_m == 64 && p.n % wgmma_tile_n == 0)
+    return fp8 ? launch_moe_grouped_gemm_wgmma_fp8<Stage>(p, stream)
+               : launch_moe_grouped_gemm_wgmma<Stage, 64, 128>(p, stream);
   // At most 16 routed rows: every expert's rows sit in the first m16 tile of its block, which is
   // all the decode variant stages.
   bool const decode = block_m == 64 && p.rows <= 16;

@@ -33,11 +33,12 @@ inline constexpr std::int64_t moe_gemm_gate_up_tile_n = 64;
 inline constexpr std::int64_t moe_gemm_down_tile_n = 128;
 inline constexpr std::int64_t moe_experts_dim_multiple = 128;
 
-// The Hopper (wgmma) grouped GEMM for prefill-sized batches: bf16 weights and block_m 64 only; its
+// The Hopper (wgmma) grouped GEMMs for prefill-sized batches, bf16 and FP8, block_m 64 only; their
 // output tiles are 128 intermediate columns (gate_up) and 256 hidden columns (down), so a GEMM
-// whose N is not a multiple of its tile takes the mma.sync kernel. It runs from
+// whose N is not a multiple of its tile takes the mma.sync kernel. They run from
 // moe_experts_wgmma_min_tokens tokens on (tokens; measured on R1 bf16, docs/perf/moe-experts.md:
-// from T = 256 it is faster than mma.sync, 11% there; decode sizes stay on mma.sync).
+// from T = 256 it is faster than mma.sync, 11% there; FP8 takes the same threshold, not measured
+// below 4096; decode sizes stay on mma.sync).
 inline constexpr std::int64_t moe_gemm_wgmma_gate_up_tile_n = 128;
 inline constexpr std::int64_t moe_gemm_wgmma_down_tile_n = 256;
 inline constexpr std::int64_t moe_experts_wgmma_min_tokens = 256;

@@ -7,11 +7,12 @@
 // quantisation of the intermediate, bit for bit against quantize_per_token_group's formulas.
 // R1 at T 4096: the CPU reference runs on 64 sampled tokens (a token's output depends on its own
 // inputs alone), to keep its time reasonable.
-// The wgmma kernel (bf16, block_m 64, from moe_experts_wgmma_min_tokens tokens): the T 257 and
-// 4096 bf16 cases above take it through the dispatch; below it is also forced at small T on every
-// model shape, at T not a multiple of 64 with experts of 0, 1 and every token's rows, in a graph,
-// on a shape whose down GEMM falls back to mma.sync, against the mma.sync kernel on every token of
-// R1 at T 4096, and with parameters it must refuse.
+// The wgmma kernel (bf16 and FP8, block_m 64, from moe_experts_wgmma_min_tokens tokens): the T 257
+// and 4096 cases above take it through the dispatch; below it is also forced, in both formats, at
+// small T on every model shape, at T not a multiple of 64 with experts of 0, 1 and every token's
+// rows, in a graph, on a shape whose down GEMM falls back to mma.sync, against the mma.sync kernel
+// on every token of R1 at T 4096, with parameters it must refuse, and its FP8 gate_up epilogue's
+// quantisation bit for bit (in the mma.sync kernel's test).
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
@@ -44,9 +45,13 @@ constexpr std::uint64_t poison = 0xFF;
 // GPU against CPU: both accumulate in fp32 in different orders (~1e-6 relative), so a bf16
 // rounding of gate/up/y flips now and then (one bf16 ulp, 0.4%), and in FP8 such a flip can move
 // one fp8 code of the intermediate (an eighth of that element); spread over I-term sums these stay
-// far below 1% of the rms. bf16 5e-3, FP8 1e-2 relative L2; 4% / 6% of rms per element.
+// far below 1% of the rms. bf16 5e-3, FP8 1e-2 relative L2; 4% / 10% of rms per element. FP8 on
+// wgmma: the e4m3 tensor cores' partial sums are less precise than fp32 ones (why they are
+// promoted every 128 values of K), so bf16 roundings of gate/up flip more often, and when the
+// flipped value is a group's amax its whole group is quantised with another scale: a token's
+// output then moves by up to ~7% of the rms on a few elements (seen at R1-TP8, T 257).
 double rel_l2(moe_weight_format f) { return f == moe_weight_format::bf16 ? 5e-3 : 1e-2; }
-double elem_tol(moe_weight_format f) { return f == moe_weight_format::bf16 ? 0.04 : 0.06; }
+double elem_tol(moe_weight_format f) { return f == moe_weight_format::bf16 ? 0.04 : 0.10; }
 
 // Which grouped GEMM kernel runs: the dispatch's choice (the public entry point), or one forced
 // through the threshold field of the params.
@@ -439,41 +444,56 @@ TEST_F(MoeExpertsCudaCases, Fp8GateUpEpilogueQuantisesAsQuantizePerTokenGroup) {
   kernels::detail::launch_moe_grouped_gemm<moe_gemm_stage::gate_up, true, 64, false>(q,
                                                                                      stream.get());
 
-  std::vector<bf16> host_a(std::size_t(sorted * inter));
-  std::vector<std::uint8_t> host_codes(std::size_t(sorted * inter));
-  std::vector<float> host_scales(std::size_t(sorted * groups));
-  gpu.copy(host_a.data(), a.data(), a.nbytes(), stream);
-  gpu.copy(host_codes.data(), codes.data(), codes.nbytes(), stream);
-  gpu.copy(host_scales.data(), scales.data(), scales.nbytes(), stream);
-  stream.synchronize();
-  std::int64_t nonzero = 0, wrong_codes = 0, wrong_scales = 0;
-  for (std::int64_t pos = 0; pos < sorted; ++pos) {
-    if (sorted_ids[std::size_t(pos)] >= rows) continue;  // padding: left unwritten
-    for (std::int64_t grp = 0; grp < groups; ++grp) {
-      float amax = 0.0f;
-      for (std::int64_t j = grp * 128; j < (grp + 1) * 128; ++j)
-        amax = kernels::quant_amax(amax, float(host_a[std::size_t(pos * inter + j)]));
-      float const scale = kernels::quant_group_scale(amax);
-      float const inverse = kernels::quant_inverse_scale(scale);
-      wrong_scales += host_scales[std::size_t(pos * groups + grp)] != scale ? 1 : 0;
-      for (std::int64_t j = grp * 128; j < (grp + 1) * 128; ++j) {
-        float const v = float(host_a[std::size_t(pos * inter + j)]);
-        nonzero += v != 0.0f ? 1 : 0;
-        std::uint8_t const want = kernels::quant_value<fp8_e4m3>(v, inverse).bits;
-        wrong_codes += host_codes[std::size_t(pos * inter + j)] != want ? 1 : 0;
+  auto const verify = [&](char const* kernel) {
+    SCOPED_TRACE(kernel);
+    std::vector<bf16> host_a(std::size_t(sorted * inter));
+    std::vector<std::uint8_t> host_codes(std::size_t(sorted * inter));
+    std::vector<float> host_scales(std::size_t(sorted * groups));
+    gpu.copy(host_a.data(), a.data(), a.nbytes(), stream);
+    gpu.copy(host_codes.data(), codes.data(), codes.nbytes(), stream);
+    gpu.copy(host_scales.data(), scales.data(), scales.nbytes(), stream);
+    stream.synchronize();
+    std::int64_t nonzero = 0, wrong_codes = 0, wrong_scales = 0;
+    for (std::int64_t pos = 0; pos < sorted; ++pos) {
+      if (sorted_ids[std::size_t(pos)] >= rows) continue;  // padding: left unwritten
+      for (std::int64_t grp = 0; grp < groups; ++grp) {
+        float amax = 0.0f;
+        for (std::int64_t j = grp * 128; j < (grp + 1) * 128; ++j)
+          amax = kernels::quant_amax(amax, float(host_a[std::size_t(pos * inter + j)]));
+        float const scale = kernels::quant_group_scale(amax);
+        float const inverse = kernels::quant_inverse_scale(scale);
+        wrong_scales += host_scales[std::size_t(pos * groups + grp)] != scale ? 1 : 0;
+        for (std::int64_t j = grp * 128; j < (grp + 1) * 128; ++j) {
+          float const v = float(host_a[std::size_t(pos * inter + j)]);
+          nonzero += v != 0.0f ? 1 : 0;
+          std::uint8_t const want = kernels::quant_value<fp8_e4m3>(v, inverse).bits;
+          wrong_codes += host_codes[std::size_t(pos * inter + j)] != want ? 1 : 0;
+        }
       }
     }
-  }
-  EXPECT_GT(nonzero, rows * inter / 2);  // the intermediate is not trivially zero
-  EXPECT_EQ(wrong_scales, 0);
-  EXPECT_EQ(wrong_codes, 0);
+    EXPECT_GT(nonzero, rows * inter / 2);  // the intermediate is not trivially zero
+    EXPECT_EQ(wrong_scales, 0);
+    EXPECT_EQ(wrong_codes, 0);
+  };
+  verify("mma.sync");
+  // The wgmma kernels on the same inputs (each expert's block is a lone item: 20 routed rows).
+  for (auto* t : {&codes, &scales, &a}) gpu.fill(t->data(), t->nbytes(), 1, poison, stream);
+  kernels::detail::launch_moe_grouped_gemm_wgmma<moe_gemm_stage::gate_up, 64, 128>(p, stream.get());
+  kernels::detail::launch_moe_grouped_gemm_wgmma_fp8<moe_gemm_stage::gate_up>(q, stream.get());
+  verify("wgmma");
 
-  // Without somewhere to put the scales, the FP8 gate_up launcher refuses.
+  // Without somewhere to put the scales, the FP8 gate_up launchers refuse.
   q.out_scales = nullptr;
   try {
     kernels::detail::launch_moe_grouped_gemm<moe_gemm_stage::gate_up, true, 64, false>(
         q, stream.get());
     ADD_FAILURE() << "no error without out_scales";
+  } catch (std::exception const& e) {
+    EXPECT_NE(std::string(e.what()).find("out_scales"), std::string::npos) << e.what();
+  }
+  try {
+    kernels::detail::launch_moe_grouped_gemm_wgmma_fp8<moe_gemm_stage::gate_up>(q, stream.get());
+    ADD_FAILURE() << "no error without out_scales (wgmma)";
   } catch (std::exception const& e) {
     EXPECT_NE(std::string(e.what()).find("out_scales"), std::string::npos) << e.what();
   }
@@ -486,38 +506,44 @@ class MoeExpertsCudaWgmma : public test::cuda_test {};
 // ring holds.
 TEST_F(MoeExpertsCudaWgmma, ForcedOnEveryModelShape) {
   check_opts const o{gemm_kernel::wgmma};
-  for (std::int64_t t : {1, 3, 64, 257})
-    check(test::v2_lite_shape, t, moe_weight_format::bf16, 64, false, 64, false, false, o);
-  check(test::r1_tp8_shape, 257, moe_weight_format::bf16, 24, false, 64, false, false, o);
-  check(test::r1_shape, 64, moe_weight_format::bf16, 24, false, 64, false, false, o);
+  for (auto f : {moe_weight_format::bf16, moe_weight_format::fp8_block}) {
+    for (std::int64_t t : {1, 3, 64, 257})
+      check(test::v2_lite_shape, t, f, 64, false, 64, false, false, o);
+    check(test::r1_tp8_shape, 257, f, 24, false, 64, false, false, o);
+    check(test::r1_shape, 64, f, 24, false, 64, false, false, o);
+  }
 }
 
 // T not a multiple of 64, one expert taking every token (T rows: many blocks, the last one
 // partial), one expert with a single row, most experts with none (their weights NaN); experts
 // with odd and even block counts (V2-Lite: ~6 blocks each, R1-TP8: ~5).
 TEST_F(MoeExpertsCudaWgmma, RaggedTokensAndExpertsOfZeroOneAndEveryRow) {
-  check_opts const f{gemm_kernel::wgmma, true, 96};
-  check(test::v2_lite_shape, 1000, moe_weight_format::bf16, 16, true, 64, false, false, f);
-  check(test::r1_tp8_shape, 777, moe_weight_format::bf16, 24, true, 64, false, false, f);
-  // Through the dispatch: from the threshold on, bf16 block_m 64 takes the wgmma kernel.
-  check_opts const o{gemm_kernel::dispatch, true, 96};
-  check(test::v2_lite_shape, kernels::moe_experts_wgmma_min_tokens + 77, moe_weight_format::bf16,
-        16, true, 64, false, false, o);
-  // Other ranks' ids (-1) in the same batch.
-  check(test::v2_lite_shape, 1100, moe_weight_format::bf16, 64, false, 64, false, true, o);
+  for (auto fmt : {moe_weight_format::bf16, moe_weight_format::fp8_block}) {
+    check_opts const f{gemm_kernel::wgmma, true, 96};
+    check(test::v2_lite_shape, 1000, fmt, 16, true, 64, false, false, f);
+    check(test::r1_tp8_shape, 777, fmt, 24, true, 64, false, false, f);
+    // Through the dispatch: from the threshold on, block_m 64 takes the wgmma kernel.
+    check_opts const o{gemm_kernel::dispatch, true, 96};
+    check(test::v2_lite_shape, kernels::moe_experts_wgmma_min_tokens + 77, fmt, 16, true, 64, false,
+          false, o);
+    // Other ranks' ids (-1) in the same batch.
+    check(test::v2_lite_shape, 1100, fmt, 64, false, 64, false, true, o);
+  }
 }
 
 TEST_F(MoeExpertsCudaWgmma, CapturedInAGraph) {
   check_opts const o{gemm_kernel::dispatch, false, 64};
-  check(test::v2_lite_shape, kernels::moe_experts_wgmma_min_tokens + 5, moe_weight_format::bf16, 64,
-        false, 64, true, false, o);
+  for (auto f : {moe_weight_format::bf16, moe_weight_format::fp8_block})
+    check(test::v2_lite_shape, kernels::moe_experts_wgmma_min_tokens + 5, f, 64, false, 64, true,
+          false, o);
 }
 
-// H 384 is no multiple of the down kernel's 256 columns: gate_up runs on wgmma, down on mma.sync.
+// H 384 is no multiple of the down kernel's 256 columns: gate_up runs on wgmma, down on mma.sync
+// (FP8: reading the codes and scales the wgmma epilogue quantised).
 TEST_F(MoeExpertsCudaWgmma, DownFallsBackWhereHiddenIsNotAMultipleOf256) {
   test::moe_shape const small{8, 2, 384, 256};
-  check(small, 300, moe_weight_format::bf16, 8, false, 64, false, false,
-        check_opts{gemm_kernel::wgmma});
+  for (auto f : {moe_weight_format::bf16, moe_weight_format::fp8_block})
+    check(small, 300, f, 8, false, 64, false, false, check_opts{gemm_kernel::wgmma});
 }
 
 // Every token of R1 at T 4096: the two kernels agree within the tolerances each meets against the
@@ -527,17 +553,19 @@ TEST_F(MoeExpertsCudaWgmma, AgreesWithMmaSyncOnEveryTokenOfR1) {
   std::int64_t const tokens = 4096;
   backend::cuda gpu(0);
   auto const stream = gpu.make_stream();
-  auto rng = test::test_rng();
-  auto in = test::make_moe_inputs(shape, tokens, moe_weight_format::bf16, 24, false, rng);
-  device_moe d(gpu, stream, in, 64);
-  d.enqueue(gpu, moe_weight_format::bf16, shape.experts, stream, gemm_kernel::mma_sync);
-  auto const want = test::widen(d.download(gpu, stream));
-  gpu.fill(d.out.data(), d.out.nbytes(), 1, poison, stream);
-  gpu.fill(d.ws.data(), d.ws.nbytes(), 1, poison, stream);
-  d.enqueue(gpu, moe_weight_format::bf16, shape.experts, stream, gemm_kernel::wgmma);
-  auto const got = d.download(gpu, stream);
-  test::expect_close(got, want, rel_l2(moe_weight_format::bf16), elem_tol(moe_weight_format::bf16),
-                     shape.hidden);
+  for (auto f : {moe_weight_format::bf16, moe_weight_format::fp8_block}) {
+    SCOPED_TRACE(f == moe_weight_format::bf16 ? "bf16" : "fp8");
+    auto rng = test::test_rng();
+    auto in = test::make_moe_inputs(shape, tokens, f, 24, false, rng);
+    device_moe d(gpu, stream, in, 64);
+    d.enqueue(gpu, f, shape.experts, stream, gemm_kernel::mma_sync);
+    auto const want = test::widen(d.download(gpu, stream));
+    gpu.fill(d.out.data(), d.out.nbytes(), 1, poison, stream);
+    gpu.fill(d.ws.data(), d.ws.nbytes(), 1, poison, stream);
+    d.enqueue(gpu, f, shape.experts, stream, gemm_kernel::wgmma);
+    auto const got = d.download(gpu, stream);
+    test::expect_close(got, want, rel_l2(f), elem_tol(f), shape.hidden);
+  }
 }
 
 // The launcher refuses what its tiles cannot cover, saying what is allowed.
@@ -579,6 +607,18 @@ TEST_F(MoeExpertsCudaWgmma, RefusesShapesItsTilesCannotCover) {
     kernels::detail::launch_moe_grouped_gemm_wgmma<moe_gemm_stage::gate_up, 64, 128>(p, nullptr);
   });
   EXPECT_NE(m.find("multiple of 8"), std::string::npos) << m;
+  // FP8: 128-value stages, and the block scales are required.
+  p.lda = 512;
+  p.k = 192;
+  m = message_of([&] {
+    kernels::detail::launch_moe_grouped_gemm_wgmma_fp8<moe_gemm_stage::down>(p, nullptr);
+  });
+  EXPECT_NE(m.find("of 128"), std::string::npos) << m;
+  p.k = 512;
+  m = message_of([&] {
+    kernels::detail::launch_moe_grouped_gemm_wgmma_fp8<moe_gemm_stage::down>(p, nullptr);
+  });
+  EXPECT_NE(m.find("block scales"), std::string::npos) << m;
 }
 
 }  // namespace
