@@ -7,8 +7,9 @@
 // and its 128-byte-wide weight stages (128 rows, 4 KiB apart) stream at ~0.7 of the copy ceiling
 // (docs/perf/2026-11-25-h100-decode-fusions.md). Here a warp owns 4 weight rows of one block's
 // expert and reads each row as 512 contiguous bytes per trip (lane l takes the 16-byte chunks
-// l, l + 32, ..), 16 loads in flight per lane, the way gemv_bf16's n_by_k kernel streams a dense
-// weight; the block's rows come through L1 (a few KiB, read by every warp of an SM).
+// l, l + 32, ..), 16 loads in flight per lane (8 when 4 rows are read per block), the way
+// gemv_bf16's n_by_k kernel streams a dense weight; the block's rows come through L1 (a few KiB,
+// read by every warp of an SM).
 //   gate_up: warp = 2 intermediate columns (gate rows j, j + 1 and up rows I + j, I + j + 1);
 //            a = silu(bf16(gate)) * bf16(up) by sorted position, as the grouped GEMM rounds.
 //   down:    warp = 4 hidden columns; y = bf16(weight * sum) by routed row.
