@@ -137,6 +137,26 @@ __device__ __forceinline__ void moe_mma(float (&d)[4], std::uint32_t const (&a)[
   }
 }
 
+// The wgmma kernels' weight tile of 256 rows as four 64-row tensor-copy boxes: the first row of
+// each in the stacked [E x w_rows, K] weight map. gate_up: gate rows n0.. then the up rows
+// I + n0.. of the same columns, for the tile's two 64-column halves; down: 4 consecutive boxes.
+template <bool GateUp>
+__device__ __forceinline__ void moe_wgmma_box_rows(int (&box_row)[4], int tile, int out_n,
+                                                   std::int64_t n, int expert,
+                                                   std::int64_t w_rows) {
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    std::int64_t r;
+    if constexpr (GateUp) {
+      std::int64_t const n0 = std::int64_t(tile) * out_n + 64 * (q / 2);
+      r = q % 2 == 0 ? n0 : n + n0;
+    } else {
+      r = std::int64_t(tile) * out_n + 64 * q;
+    }
+    box_row[q] = int(std::int64_t(expert) * w_rows + r);
+  }
+}
+
 // Byte offset of 16-byte chunk `chunk` of tile row `row` (128-byte rows, swizzled).
 __device__ __forceinline__ int moe_tile_offset(int row, int chunk) {
   return row * 128 + ((chunk ^ (row & 7)) << 4);

@@ -234,17 +234,7 @@ __global__ void __launch_bounds__(moe_wgp_traits<Stage, Fp8>::threads, 1)
       }
       // First weight row of each 64-row box of the tile (rows of the stacked [E x w_rows, K] map).
       int box_row[4];
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        std::int64_t r;
-        if constexpr (gate_up) {
-          std::int64_t const n0 = std::int64_t(tile) * traits::out_n + 64 * (q / 2);
-          r = q % 2 == 0 ? n0 : p.n + n0;
-        } else {
-          r = std::int64_t(tile) * traits::out_n + 64 * q;
-        }
-        box_row[q] = int(std::int64_t(expert) * w_rows + r);
-      }
+      moe_wgmma_box_rows<gate_up>(box_row, tile, traits::out_n, p.n, expert, w_rows);
       for (int kt = 0; kt < k_tiles; ++kt, ++it) {
         std::uint32_t const s = it % stages;
         if (it >= stages) mbarrier_wait(empty0 + 8 * s, ((it / stages) - 1) & 1);
