@@ -45,13 +45,16 @@ constexpr std::uint64_t poison = 0xFF;
 // GPU against CPU: both accumulate in fp32 in different orders (~1e-6 relative), so a bf16
 // rounding of gate/up/y flips now and then (one bf16 ulp, 0.4%), and in FP8 such a flip can move
 // one fp8 code of the intermediate (an eighth of that element); spread over I-term sums these stay
-// far below 1% of the rms. bf16 5e-3, FP8 1e-2 relative L2; 4% / 10% of rms per element. FP8 on
+// far below 1% of the rms. bf16 5e-3, FP8 1e-2 relative L2; 4% / 6% of rms per element. FP8 on
 // wgmma: the e4m3 tensor cores' partial sums are less precise than fp32 ones (why they are
 // promoted every 128 values of K), so bf16 roundings of gate/up flip more often, and when the
 // flipped value is a group's amax its whole group is quantised with another scale: a token's
-// output then moves by up to ~7% of the rms on a few elements (seen at R1-TP8, T 257).
+// output then moves by up to ~7% of the rms on a few elements (seen at R1-TP8, T 257), so 10%
+// where the wgmma kernel may run.
 double rel_l2(moe_weight_format f) { return f == moe_weight_format::bf16 ? 5e-3 : 1e-2; }
-double elem_tol(moe_weight_format f) { return f == moe_weight_format::bf16 ? 0.04 : 0.10; }
+double elem_tol(moe_weight_format f, bool wgmma) {
+  return f == moe_weight_format::bf16 ? 0.04 : wgmma ? 0.10 : 0.06;
+}
 
 // Which grouped GEMM kernel runs: the dispatch's choice (the public entry point), or one forced
 // through the threshold field of the params.
@@ -247,7 +250,11 @@ void check(test::moe_shape shape, std::int64_t tokens, moe_weight_format f, std:
   for (std::int64_t t : rows)
     picked.insert(picked.end(), got.begin() + t * shape.hidden,
                   got.begin() + (t + 1) * shape.hidden);
-  test::expect_close(picked, want, rel_l2(f), elem_tol(f), shape.hidden);
+  // The wgmma kernel runs when forced, or through the dispatch from its threshold at block_m 64.
+  bool const wgmma = o.kernel == gemm_kernel::wgmma ||
+                     (o.kernel == gemm_kernel::dispatch &&
+                      tokens >= kernels::moe_experts_wgmma_min_tokens && block_m == 64);
+  test::expect_close(picked, want, rel_l2(f), elem_tol(f, wgmma), shape.hidden);
   // Sampled or not, every element of the GPU's output must have been written.
   std::int64_t unwritten = 0;
   for (bf16 v : got) unwritten += std::isnan(float(v)) ? 1 : 0;
@@ -564,7 +571,7 @@ TEST_F(MoeExpertsCudaWgmma, AgreesWithMmaSyncOnEveryTokenOfR1) {
     gpu.fill(d.ws.data(), d.ws.nbytes(), 1, poison, stream);
     d.enqueue(gpu, f, shape.experts, stream, gemm_kernel::wgmma);
     auto const got = d.download(gpu, stream);
-    test::expect_close(got, want, rel_l2(f), elem_tol(f), shape.hidden);
+    test::expect_close(got, want, rel_l2(f), elem_tol(f, true), shape.hidden);
   }
 }
 
