@@ -1,5 +1,5 @@
 // mla: the decode arguments' checks, and the CPU references: the KV write (a copy), the fused
-// KV preparation (the norm, rope and write formulas of norm_params.hpp and rope_params.hpp) and
+// KV preparation (the norm and rope families' CPU row steps, then the write) and
 // the absorbed decode in fp32, one (row, head) at a time with a plain two-pass softmax.
 #include <algorithm>
 #include <cmath>
@@ -8,8 +8,8 @@
 
 #include "kernels/mla/mla.hpp"
 #include "kernels/mla/mla_kv_prepare.hpp"
-#include "kernels/norm/norm_params.hpp"
-#include "kernels/rope/rope_params.hpp"
+#include "kernels/norm/norm.hpp"
+#include "kernels/rope/rope.hpp"
 
 namespace lightcore::kernels::detail {
 namespace {
@@ -44,21 +44,6 @@ std::vector<std::int64_t> kv_write_slots(kv_write_params const& p, int page_size
   return slots;
 }
 
-// One 64-wide rope row: the pairs of `in` rotated into `out` (de-interleaved), which may be `in`.
-void rope_row(bf16 const* in, bf16* out, float const* cos_sin) {
-  float re[rope_pairs], im[rope_pairs];
-  for (int i = 0; i < rope_pairs; ++i) {
-    rope_pair_result const r =
-        rope_rotate_pair(in[2 * i], in[2 * i + 1], cos_sin[i], cos_sin[rope_pairs + i]);
-    re[i] = r.re;
-    im[i] = r.im;
-  }
-  for (int i = 0; i < rope_pairs; ++i) {
-    out[i] = bf16(re[i]);
-    out[rope_pairs + i] = bf16(im[i]);
-  }
-}
-
 }  // namespace
 
 void mla_kv_prepare_cpu(mla_kv_prepare_params const& p, int page_size) {
@@ -74,19 +59,13 @@ void mla_kv_prepare_cpu(mla_kv_prepare_params const& p, int page_size) {
     float const* cos_sin = r.cos_sin + std::int64_t(r.positions[t]) * rope_dim;
     for (std::int64_t h = 0; h < r.q_heads; ++h) {
       bf16* const q = r.q + t * r.q_token_stride + h * r.q_head_stride;
-      rope_row(q, q, cos_sin);
+      rope_rotate_row_cpu(q, q, cos_sin);
     }
     std::int64_t const slot = slots[std::size_t(t)];
     if (slot < 0) continue;  // padding: nothing written
     bf16* const row = pool.dst + slot * pool.dst_stride;
-    // The latent's RMSNorm as rmsnorm_cpu computes it (the sum of squares in double).
-    bf16 const* x = p.latent + t * p.latent_stride;
-    double sum_sq = 0.0;
-    for (std::int64_t i = 0; i < mla_latent_dim; ++i) sum_sq += double(float(x[i])) * float(x[i]);
-    float const inv_rms = rms_inverse(float(sum_sq), mla_latent_dim, p.eps);
-    for (std::int64_t i = 0; i < mla_latent_dim; ++i)
-      row[i] = rmsnorm_value(float(x[i]), inv_rms, p.norm_weight[i]);
-    rope_row(r.k + t * r.k_token_stride, row + mla_latent_dim, cos_sin);
+    rmsnorm_row_cpu(p.latent + t * p.latent_stride, row, p.norm_weight, mla_latent_dim, p.eps);
+    rope_rotate_row_cpu(r.k + t * r.k_token_stride, row + mla_latent_dim, cos_sin);
   }
 }
 

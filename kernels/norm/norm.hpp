@@ -26,6 +26,9 @@ inline constexpr std::int64_t norm_max_hidden = 16384;
 namespace detail {
 
 void rmsnorm_cpu(rmsnorm_params<bf16> const& p);
+// One row of RMSNorm (out may not alias x): the CPU reference's per-row step, also used by other
+// families' CPU references.
+void rmsnorm_row_cpu(bf16 const* x, bf16* out, bf16 const* weight, std::int64_t hidden, float eps);
 #if defined(LIGHTCORE_WITH_CUDA)
 void rmsnorm_cuda(rmsnorm_params<bf16> const& p, int ordinal, CUstream_st* stream);
 

@@ -7,6 +7,13 @@
 
 namespace lightcore::kernels::detail {
 
+void rmsnorm_row_cpu(bf16 const* x, bf16* out, bf16 const* weight, std::int64_t hidden, float eps) {
+  double sum_sq = 0.0;
+  for (std::int64_t i = 0; i < hidden; ++i) sum_sq += double(float(x[i])) * float(x[i]);
+  float const inv_rms = rms_inverse(float(sum_sq), hidden, eps);
+  for (std::int64_t i = 0; i < hidden; ++i) out[i] = rmsnorm_value(float(x[i]), inv_rms, weight[i]);
+}
+
 void rmsnorm_cpu(rmsnorm_params<bf16> const& p) {
   for (std::int64_t row = 0; row < p.rows; ++row) {
     bf16 const* x = p.x + row * p.x_stride;
@@ -16,11 +23,7 @@ void rmsnorm_cpu(rmsnorm_params<bf16> const& p) {
       for (std::int64_t i = 0; i < p.hidden; ++i) r[i] = residual_add_value(r[i], x[i]);
       x = r;  // the norm reads the updated residual
     }
-    double sum_sq = 0.0;
-    for (std::int64_t i = 0; i < p.hidden; ++i) sum_sq += double(float(x[i])) * float(x[i]);
-    float const inv_rms = rms_inverse(float(sum_sq), p.hidden, p.eps);
-    for (std::int64_t i = 0; i < p.hidden; ++i)
-      out[i] = rmsnorm_value(float(x[i]), inv_rms, p.weight[i]);
+    rmsnorm_row_cpu(x, out, p.weight, p.hidden, p.eps);
   }
 }
 

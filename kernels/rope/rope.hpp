@@ -27,6 +27,9 @@ namespace detail {
 
 // The backends' entry points; the arguments are checked by apply_rope() below.
 void apply_rope_cpu(rope_params const& p);  // throws on a position outside the cache
+// One 64-wide row: the pairs of `in` rotated into `out` (de-interleaved), which may be `in`; the
+// CPU reference's per-row step, also used by other families' CPU references.
+void rope_rotate_row_cpu(bf16 const* in, bf16* out, float const* cos_sin);
 #if defined(LIGHTCORE_WITH_CUDA)
 void apply_rope_cuda(rope_params const& p, int ordinal, CUstream_st* stream);
 
