@@ -134,6 +134,19 @@ __device__ __forceinline__ void gemv_bf16_stream_rows(std::uint16_t const* const
   }
 }
 
+// The Rows x MPad sums of a warp, each summed over its lanes (gemv_bf16_lane_reduce): returns the
+// sum that lands on this lane, value r * MPad + m on lanes [i * 32 / (Rows * MPad), ..).
+template <int Rows, int MPad>
+__device__ __forceinline__ float gemv_bf16_warp_sums(float const (&acc)[Rows][MPad], int lane) {
+  float v[Rows * MPad];
+#pragma unroll
+  for (int r = 0; r < Rows; ++r)
+#pragma unroll
+    for (int m = 0; m < MPad; ++m) v[r * MPad + m] = acc[r][m];
+  gemv_bf16_lane_reduce<Rows * MPad, 16, 1>(v, lane);
+  return v[0];
+}
+
 // C(m, n) = alpha * sum + beta * C(m, n); beta 0 does not read C (it may hold NaN).
 __device__ __forceinline__ void gemv_bf16_store(gemv_bf16_params const& p, std::int64_t offset,
                                                 float sum) {
@@ -183,15 +196,10 @@ __global__ void __launch_bounds__(32 * gemv_bf16_max_warps)
   gemv_bf16_stream_rows<unroll>(w_row, x_row, chunks, tid, threads, acc);
 
   // Lanes, then warps, in a fixed order: value r * MPad + m ends in lanes [i * 32 / values, ..).
-  float v[values];
-#pragma unroll
-  for (int r = 0; r < rows; ++r)
-#pragma unroll
-    for (int m = 0; m < MPad; ++m) v[r * MPad + m] = acc[r][m];
-  gemv_bf16_lane_reduce<values, 16, 1>(v, lane);
+  float const sum_of_lanes = gemv_bf16_warp_sums(acc, lane);
   constexpr int lanes_per_value = 32 / values;
   __shared__ float red[gemv_bf16_max_warps][values];
-  if (lane % lanes_per_value == 0) red[warp][lane / lanes_per_value] = v[0];
+  if (lane % lanes_per_value == 0) red[warp][lane / lanes_per_value] = sum_of_lanes;
   __syncthreads();
   if (tid < values) {
     int const r = tid / MPad, m = tid % MPad;

@@ -51,7 +51,7 @@ template <moe_gemm_stage Stage, int MPad>
 __global__ void __launch_bounds__(moe_gemv_traits<Stage, MPad>::threads)
     moe_gemv_kernel(moe_grouped_gemm_params const p) {
   using traits = moe_gemv_traits<Stage, MPad>;
-  constexpr int rows = traits::rows, unroll = traits::unroll, values = traits::values;
+  constexpr int rows = traits::rows, unroll = traits::unroll;
   int const lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32;
   std::int64_t const col0 = std::int64_t(blockIdx.x) * traits::cta_cols + warp * traits::cols;
   std::int64_t const w_rows = traits::gate_up ? 2 * p.n : p.n;
@@ -99,13 +99,8 @@ __global__ void __launch_bounds__(moe_gemv_traits<Stage, MPad>::threads)
   float acc[rows][MPad] = {};
   gemv_bf16_stream_rows<unroll>(w_row, x_row, p.k / 8, lane, 32, acc);
 
-  // Value r * MPad + m ends in lanes [i * lanes_per_value, ..) (gemv_bf16_lane_reduce).
-  float v[values];
-#pragma unroll
-  for (int r = 0; r < rows; ++r)
-#pragma unroll
-    for (int m = 0; m < MPad; ++m) v[r * MPad + m] = acc[r][m];
-  gemv_bf16_lane_reduce<values, 16, 1>(v, lane);
+  // Value r * MPad + m ends in lanes [i * lanes_per_value, ..).
+  float const sum = gemv_bf16_warp_sums(acc, lane);
   constexpr int lpv = traits::lanes_per_value;
   int const index = lane / lpv, r = index / MPad, m = index % MPad;
   std::int32_t id = ids[0];  // ids[m], without indexing the array by a runtime value
@@ -114,13 +109,13 @@ __global__ void __launch_bounds__(moe_gemv_traits<Stage, MPad>::threads)
   auto* const out = static_cast<std::uint16_t*>(p.out);
   if constexpr (traits::gate_up) {
     // Rows 0, 1 are gate j, j + 1 and rows 2, 3 their up rows: value index + 2 MPad.
-    float const up = __shfl_sync(0xFFFF'FFFFu, v[0], ((index + 2 * MPad) * lpv) % 32);
+    float const up = __shfl_sync(0xFFFF'FFFFu, sum, ((index + 2 * MPad) * lpv) % 32);
     if (lane % lpv != 0 || r >= 2 || id >= p.rows) return;
-    out[(row0 + m) * p.ldo + col0 + r] = silu_and_mul_value(bf16(v[0]), bf16(up)).bits;
+    out[(row0 + m) * p.ldo + col0 + r] = silu_and_mul_value(bf16(sum), bf16(up)).bits;
   } else {
     if (lane % lpv != 0 || id >= p.rows) return;
     float const weight = __ldg(p.topk_weights + id);
-    out[std::int64_t(id) * p.ldo + col0 + r] = bf16(v[0] * weight).bits;
+    out[std::int64_t(id) * p.ldo + col0 + r] = bf16(sum * weight).bits;
   }
 }
 
