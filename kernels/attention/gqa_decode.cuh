@@ -235,13 +235,7 @@ __global__ void __launch_bounds__(Cfg::threads, Cfg::ctas_per_sm)
     // tokens 2 t4 + {0, 1}, a1 row g + 8, a2 and a3 the same 8 tokens on.
     std::uint32_t const a[4] = {pack_bf16x2(pr[0][0], pr[0][1]), pack_bf16x2(pr[0][2], pr[0][3]),
                                 pack_bf16x2(pr[1][0], pr[1][1]), pack_bf16x2(pr[1][2], pr[1][3])};
-#pragma unroll
-    for (int j = 0; j < Cfg::o_tiles / 2; ++j) {
-      std::uint32_t vf[4];
-      ldmatrix_x4_trans(vf, v_addr + j * 32);
-      mma_bf16_16816(o[2 * j], a, vf[0], vf[1]);
-      mma_bf16_16816(o[2 * j + 1], a, vf[2], vf[3]);
-    }
+    mma_bf16_16816_pv(o, a, v_addr);
   }
 
   // Merge the 4 warps: their maxima and sums, then O through the (now idle) K/V ring.

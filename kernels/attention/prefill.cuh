@@ -284,13 +284,7 @@ __global__ void __launch_bounds__(Cfg::threads, Cfg::min_blocks)
                                   pack_bf16x2(s[2 * kk][2], s[2 * kk][3]),
                                   pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
                                   pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-      for (int j = 0; j < Cfg::o_tiles / 2; ++j) {
-        std::uint32_t vf[4];
-        ldmatrix_x4_trans(vf, v_addr + (kk * 16 * Cfg::v_pitch + j * 16) * 2);
-        mma_bf16_16816(o[2 * j], a, vf[0], vf[1]);
-        mma_bf16_16816(o[2 * j + 1], a, vf[2], vf[3]);
-      }
+      mma_bf16_16816_pv(o, a, v_addr + kk * 16 * Cfg::v_pitch * 2);
     }
     __syncthreads();  // every warp is done with this stage: refill it with block it + 2
     if (it + 2 < n_blocks)

@@ -66,6 +66,22 @@ __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], std::uint32_t cons
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// o += P[16 x 16] . V[16 x 8 Tiles] (the P V step of attention on mma.sync): V's 16 rows are read
+// transposed by ldmatrix from shared memory, block j of 16 columns at v_addr + 32 j (v_addr being
+// this lane's ldmatrix row address for block 0).
+template <int Tiles>
+__device__ __forceinline__ void mma_bf16_16816_pv(float (&o)[Tiles][4], std::uint32_t const (&p)[4],
+                                                  std::uint32_t v_addr) {
+  static_assert(Tiles % 2 == 0, "V blocks of 16 columns: two n8 tiles each");
+#pragma unroll
+  for (int j = 0; j < Tiles / 2; ++j) {
+    std::uint32_t v[4];
+    ldmatrix_x4_trans(v, v_addr + j * 32);
+    mma_bf16_16816(o[2 * j], p, v[0], v[1]);
+    mma_bf16_16816(o[2 * j + 1], p, v[2], v[3]);
+  }
+}
+
 // mbarriers (sm_90). `count` arrivals complete a phase, together with the bytes announced by
 // arrive_expect_tx having landed; waiters poll the phase parity.
 __device__ __forceinline__ void mbarrier_init(std::uint32_t bar, int count) {

@@ -136,13 +136,7 @@ __device__ __forceinline__ void mla_softmax_pv_block(
   for (int kk = 0; kk < Cfg::block_n / 16; ++kk) {
     std::uint32_t a[4];
     ldmatrix_x4(a, p_addr + kk * 32);
-#pragma unroll
-    for (int j = 0; j < Cfg::o_tiles / 2; ++j) {
-      std::uint32_t v[4];
-      ldmatrix_x4_trans(v, v_addr + (kk * 16 * Cfg::pitch + j * 16) * 2);
-      mma_bf16_16816(o[2 * j], a, v[0], v[1]);
-      mma_bf16_16816(o[2 * j + 1], a, v[2], v[3]);
-    }
+    mma_bf16_16816_pv(o, a, v_addr + kk * 16 * Cfg::pitch * 2);
   }
 }
 
