@@ -68,6 +68,7 @@
 #include "kernels/moe/moe_experts.hpp"
 #include "kernels/moe/moe_experts_params.hpp"
 #include "kernels/quant/quant_params.hpp"
+#include "lightcore/backend/cuda.hpp"
 #include "lightcore/core/bf16.hpp"
 #include "lightcore/core/cuda_check.hpp"
 #include "lightcore/core/error.hpp"
@@ -518,9 +519,9 @@ void launch_moe_wgmma_persistent(moe_grouped_gemm_params const& p, CUstream_st* 
   // Host-side attributes and queries, not stream operations: allowed while a graph is captured.
   LC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                      traits::smem_bytes));
-  int dev = 0, sms = 0;
+  int dev = 0;
   LC_CUDA_CHECK(cudaGetDevice(&dev));
-  LC_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  int const sms = backend::multiprocessor_count(dev);  // cached per device
   // One CTA per SM, never more than there can be items (every block a pair start).
   std::int64_t const grid = std::min<std::int64_t>(sms, p.blocks * n_tiles);
   launch_pdl(kernel, dim3(unsigned(grid)), dim3(traits::threads), traits::smem_bytes, stream, p,
