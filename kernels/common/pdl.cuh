@@ -60,10 +60,11 @@ void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t sm
   LC_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, args...));
 }
 
-// The same with thread-block clusters of cluster_x CTAs along x (grid.x a multiple of it).
+// The same with thread-block clusters of `cluster` CTAs (each grid dimension a multiple of the
+// cluster's).
 template <class... Params, class... Args>
 void launch_pdl_cluster(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t smem,
-                        cudaStream_t stream, unsigned cluster_x, Args const&... args) {
+                        cudaStream_t stream, dim3 cluster, Args const&... args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
@@ -71,9 +72,9 @@ void launch_pdl_cluster(void (*kernel)(Params...), dim3 grid, dim3 block, std::s
   cfg.stream = stream;
   cudaLaunchAttribute attrs[2] = {};
   attrs[0].id = cudaLaunchAttributeClusterDimension;
-  attrs[0].val.clusterDim.x = cluster_x;
-  attrs[0].val.clusterDim.y = 1;
-  attrs[0].val.clusterDim.z = 1;
+  attrs[0].val.clusterDim.x = cluster.x;
+  attrs[0].val.clusterDim.y = cluster.y;
+  attrs[0].val.clusterDim.z = cluster.z;
   attrs[1] = pdl_attribute();
   cfg.attrs = attrs;
   cfg.numAttrs = pdl_enabled() ? 2 : 1;

@@ -335,7 +335,7 @@ void launch_gemm_fp8_small_m(fp8_small_m_params const& p, int ordinal, int num_s
   int const splits = fp8_small_m_splits(row_groups, k_blocks, num_sms, limits);
   launch_pdl_cluster(fp8_small_m_kernel<TokenTiles>,
                      dim3(unsigned(splits), unsigned(row_groups), 1), dim3(traits::threads, 1, 1),
-                     traits::smem_bytes, stream, unsigned(splits), p);
+                     traits::smem_bytes, stream, dim3(unsigned(splits), 1, 1), p);
   LC_CUDA_CHECK_LAUNCH();
 }
 

@@ -337,7 +337,7 @@ void launch_gemv_bf16_kn(gemv_bf16_params const& p, gemv_bf16_geometry const& g,
     return;
   }
   launch_pdl_cluster(gemv_bf16_kn_kernel<MPad>, grid, dim3(gemv_bf16_kn_threads, 1, 1), 0, stream,
-                     unsigned(g.splits), p);
+                     dim3(unsigned(g.splits), 1, 1), p);
   LC_CUDA_CHECK_LAUNCH();
 }
 

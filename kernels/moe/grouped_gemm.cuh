@@ -475,20 +475,8 @@ void launch_moe_grouped_gemm(moe_grouped_gemm_params const& p, CUstream_st* stre
   dim3 const grid(unsigned(p.blocks), unsigned(p.n / traits::out_n), 1);
   if constexpr (cluster_y > 1) {
     static_assert(traits::warps_n * BlockM * 4 <= traits::smem_bytes);  // the amax exchange
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = dim3(traits::threads);
-    cfg.dynamicSmemBytes = traits::smem_bytes;
-    cfg.stream = stream;
-    cudaLaunchAttribute attrs[2] = {};
-    attrs[0].id = cudaLaunchAttributeClusterDimension;
-    attrs[0].val.clusterDim.x = 1;
-    attrs[0].val.clusterDim.y = unsigned(cluster_y);
-    attrs[0].val.clusterDim.z = 1;
-    attrs[1] = pdl_attribute();
-    cfg.attrs = attrs;
-    cfg.numAttrs = pdl_enabled() ? 2 : 1;
-    LC_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, p));
+    launch_pdl_cluster(kernel, grid, dim3(traits::threads), traits::smem_bytes, stream,
+                       dim3(1, unsigned(cluster_y), 1), p);
   } else {
     launch_pdl(kernel, grid, dim3(traits::threads), traits::smem_bytes, stream, p);
   }
