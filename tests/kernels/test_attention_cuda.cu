@@ -99,6 +99,16 @@ struct device_prefill {
   }
 };
 
+// p's prefill on the GPU, into outputs poisoned first.
+host_outputs run_gpu(prefill_batch const& p) {
+  backend::cuda gpu(0);
+  auto const stream = gpu.make_stream();
+  device_prefill d(gpu, p, stream);
+  d.poison(gpu, stream);
+  kernels::prefill_attention(gpu, d.args(p), stream);
+  return d.download(gpu, stream);
+}
+
 // Rows past the last request keep the poison.
 void expect_padding_untouched(prefill_batch const& p, host_outputs const& r) {
   for (std::int64_t i = p.cu_q.back() * p.hq * p.vd; i < p.t * p.hq * p.vd; ++i)
@@ -156,12 +166,7 @@ void check_against_double(variant const& v, std::vector<std::int32_t> const& len
     fill_from(p.k_rope, p.cu_k.back(), p.rope);
     fill_from(p.v, p.cu_k.back(), p.hk * p.vd);
   }
-  backend::cuda gpu(0);
-  auto const stream = gpu.make_stream();
-  device_prefill d(gpu, p, stream);
-  d.poison(gpu, stream);
-  kernels::prefill_attention(gpu, d.args(p), stream);
-  auto const got = d.download(gpu, stream);
+  auto const got = run_gpu(p);
   expect_padding_untouched(p, got);
   double const worst = test::expect_prefill_close(
       p, got.out, got.lse, test::prefill_double(p, test::sampled_rows(p, 16, rng)), out_tol,
@@ -298,12 +303,7 @@ TEST_F(AttentionCudaTest, RowsWithoutKeysGetZeros) {
     auto rng = test::test_rng();
     auto p = test::make_prefill_batch({130}, {0}, v.hq, v.hk, v.qk, v.vd, v.rope, rng);
     p.cu_k[1] = 2;  // rows 0..127 see no key, rows 128, 129 see keys 0 and 0..1
-    backend::cuda gpu(0);
-    auto const stream = gpu.make_stream();
-    device_prefill d(gpu, p, stream);
-    d.poison(gpu, stream);
-    kernels::prefill_attention(gpu, d.args(p), stream);
-    auto const got = d.download(gpu, stream);
+    auto const got = run_gpu(p);
     for (std::int64_t i = 0; i < 128 * p.hq * p.vd; ++i)
       ASSERT_EQ(float(got.out[std::size_t(i)]), 0.0f) << "element " << i;
     for (std::int64_t i = 0; i < 128 * p.hq; ++i)
