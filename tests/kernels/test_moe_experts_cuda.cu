@@ -356,6 +356,10 @@ TEST_F(MoeExpertsCudaCases, StreamingKernelsAgreeWithTheGroupedGemm) {
     device_moe d(gpu, stream, in, 64);
     d.enqueue(gpu, moe_weight_format::bf16, test::v2_lite_shape.experts, stream);
     auto const streamed = d.download(gpu, stream);
+    // Poisoned again, so that a grouped GEMM that wrote nothing cannot pass on the first run's
+    // output.
+    gpu.fill(d.out.data(), d.out.nbytes(), 1, poison, stream);
+    gpu.fill(d.ws.data(), d.ws.nbytes(), 1, poison, stream);
     d.enqueue(gpu, moe_weight_format::bf16, test::v2_lite_shape.experts, stream,
               gemm_kernel::mma_sync);
     auto const grouped = d.download(gpu, stream);
