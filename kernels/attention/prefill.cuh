@@ -92,6 +92,58 @@ __device__ __forceinline__ int2 prefill_find_tile(std::int32_t const* cu_q, int 
   return make_int2(-1, 0);
 }
 
+// The S fragments of a thread's rows row0 and row0 + 8 (n8 tiles of block_n keys from key0) in
+// log2 units; in a block that reaches past the first row's limit (`masked`), the keys past each
+// row's limit (causal, or the sequence's end) become -inf. mx: each row's maximum over them.
+template <int Tiles>
+__device__ __forceinline__ void prefill_scale_mask(float (&s)[Tiles][4], int key0, bool masked,
+                                                   int const (&limit)[2], int t4, float scale_log2,
+                                                   float (&mx)[2]) {
+  mx[0] = mx[1] = -INFINITY;
+#pragma unroll
+  for (int n = 0; n < Tiles; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      int const key = key0 + n * 8 + 2 * t4 + (e & 1);
+      float const v = !masked || key <= limit[e >> 1] ? s[n][e] * scale_log2 : -INFINITY;
+      s[n][e] = v;
+      mx[e >> 1] = fmaxf(mx[e >> 1], v);
+    }
+  }
+}
+
+// The end of a tile: the rows' sums over their quad, O / l stored for rows row0 and row0 + 8
+// (those below len_q) at out0 / out1, and when lse0 is given their log-sum-exp (natural log,
+// -inf for a row that saw no key), rows lse_row_stride apart.
+template <int Tiles>
+__device__ __forceinline__ void prefill_store_rows(float const (&o)[Tiles][4],
+                                                   float const (&l_part)[2],
+                                                   float const (&m_run)[2], bf16* out0, bf16* out1,
+                                                   float* lse0, std::int64_t lse_row_stride,
+                                                   int row0, int len_q, int t4) {
+  float l[2], inv[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] = l_part[r] + __shfl_xor_sync(0xFFFF'FFFFu, l_part[r], 1);
+    l[r] += __shfl_xor_sync(0xFFFF'FFFFu, l[r], 2);
+    inv[r] = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+  }
+#pragma unroll
+  for (int n = 0; n < Tiles; ++n) {
+    if (row0 < len_q)
+      *reinterpret_cast<std::uint32_t*>(out0 + n * 8) =
+          pack_bf16x2(o[n][0] * inv[0], o[n][1] * inv[0]);
+    if (row0 + 8 < len_q)
+      *reinterpret_cast<std::uint32_t*>(out1 + n * 8) =
+          pack_bf16x2(o[n][2] * inv[1], o[n][3] * inv[1]);
+  }
+  if (lse0 != nullptr && t4 == 0) {
+    if (row0 < len_q) lse0[0] = l[0] > 0.0f ? (m_run[0] + log2f(l[0])) * prefill_ln2 : -INFINITY;
+    if (row0 + 8 < len_q)
+      lse0[8 * lse_row_stride] = l[1] > 0.0f ? (m_run[1] + log2f(l[1])) * prefill_ln2 : -INFINITY;
+  }
+}
+
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::threads, Cfg::min_blocks)
     prefill_kernel(prefill_params const p) {
@@ -241,18 +293,8 @@ __global__ void __launch_bounds__(Cfg::threads, Cfg::min_blocks)
     // Scale into log2 units; mask (causal limit and the sequence's end) only in the blocks that
     // reach past the first row's limit.
     int const key0 = it * block_n;
-    bool const masked = key0 + block_n > unmasked_end;
-    float mx[2] = {neg_inf, neg_inf};
-#pragma unroll
-    for (int n = 0; n < Cfg::s_tiles; ++n) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        int const key = key0 + n * 8 + 2 * t4 + (e & 1);
-        float const v = !masked || key <= limit[e >> 1] ? s[n][e] * scale_log2 : neg_inf;
-        s[n][e] = v;
-        mx[e >> 1] = fmaxf(mx[e >> 1], v);
-      }
-    }
+    float mx[2];
+    prefill_scale_mask(s, key0, key0 + block_n > unmasked_end, limit, t4, scale_log2, mx);
     // base is 0, not -inf, while a row has seen no key.
     float base[2];
 #pragma unroll
@@ -293,28 +335,7 @@ __global__ void __launch_bounds__(Cfg::threads, Cfg::min_blocks)
       cp_async_commit();
   }
 
-  float l[2], inv[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l[r] = l_part[r] + __shfl_xor_sync(0xFFFF'FFFFu, l_part[r], 1);
-    l[r] += __shfl_xor_sync(0xFFFF'FFFFu, l[r], 2);
-    inv[r] = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
-  }
-#pragma unroll
-  for (int n = 0; n < Cfg::o_tiles; ++n) {
-    if (row0 < len_q)
-      *reinterpret_cast<std::uint32_t*>(out0 + n * 8) =
-          pack_bf16x2(o[n][0] * inv[0], o[n][1] * inv[0]);
-    if (row0 + 8 < len_q)
-      *reinterpret_cast<std::uint32_t*>(out1 + n * 8) =
-          pack_bf16x2(o[n][2] * inv[1], o[n][3] * inv[1]);
-  }
-  if (lse0 != nullptr && t4 == 0) {
-    if (row0 < len_q) lse0[0] = l[0] > 0.0f ? (m_run[0] + log2f(l[0])) * prefill_ln2 : neg_inf;
-    if (row0 + 8 < len_q)
-      lse0[8 * std::int64_t(p.heads_q)] =
-          l[1] > 0.0f ? (m_run[1] + log2f(l[1])) * prefill_ln2 : neg_inf;
-  }
+  prefill_store_rows(o, l_part, m_run, out0, out1, lse0, p.heads_q, row0, len_q, t4);
 }
 
 // Tiles of the fixed grid: every split of T rows into `batch` requests has at most

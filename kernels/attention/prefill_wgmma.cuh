@@ -224,18 +224,8 @@ __device__ __forceinline__ void prefill_wgmma_consume(prefill_params const& p,
   // exp2(S - m) in place; returns the rescale factors of the rows' earlier sums in alpha.
   auto const softmax = [&](int j, float(&alpha)[2], float(&sum)[2]) {
     int const key0 = j * block_n;
-    bool const masked = key0 + block_n > unmasked_end;
-    float mx[2] = {neg_inf, neg_inf};
-#pragma unroll
-    for (int n = 0; n < Cfg::s_tiles; ++n) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        int const key = key0 + n * 8 + 2 * t4 + (e & 1);
-        float const v = !masked || key <= limit[e >> 1] ? s[n][e] * scale_log2 : neg_inf;
-        s[n][e] = v;
-        mx[e >> 1] = fmaxf(mx[e >> 1], v);
-      }
-    }
+    float mx[2];
+    prefill_scale_mask(s, key0, key0 + block_n > unmasked_end, limit, t4, scale_log2, mx);
     float base_m[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -322,32 +312,12 @@ __device__ __forceinline__ void prefill_wgmma_consume(prefill_params const& p,
     wgmma_pin(a);
   }
 
-  float l[2], inv[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l[r] = l_part[r] + __shfl_xor_sync(0xFFFF'FFFFu, l_part[r], 1);
-    l[r] += __shfl_xor_sync(0xFFFF'FFFFu, l[r], 2);
-    inv[r] = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
-  }
   bf16* const out0 = p.out + (t.q_start + std::int64_t(row0)) * p.out_token_stride +
                      std::int64_t(t.h) * p.out_head_stride + 2 * t4;
-  bf16* const out1 = out0 + 8 * p.out_token_stride;
-#pragma unroll
-  for (int n = 0; n < Cfg::o_tiles; ++n) {
-    if (row0 < t.len_q)
-      *reinterpret_cast<std::uint32_t*>(out0 + n * 8) =
-          pack_bf16x2(o[n][0] * inv[0], o[n][1] * inv[0]);
-    if (row0 + 8 < t.len_q)
-      *reinterpret_cast<std::uint32_t*>(out1 + n * 8) =
-          pack_bf16x2(o[n][2] * inv[1], o[n][3] * inv[1]);
-  }
-  if (p.lse != nullptr && t4 == 0) {
-    float* const lse0 = p.lse + (t.q_start + std::int64_t(row0)) * p.heads_q + t.h;
-    if (row0 < t.len_q) lse0[0] = l[0] > 0.0f ? (m_run[0] + log2f(l[0])) * prefill_ln2 : neg_inf;
-    if (row0 + 8 < t.len_q)
-      lse0[8 * std::int64_t(p.heads_q)] =
-          l[1] > 0.0f ? (m_run[1] + log2f(l[1])) * prefill_ln2 : neg_inf;
-  }
+  float* const lse0 =
+      p.lse != nullptr ? p.lse + (t.q_start + std::int64_t(row0)) * p.heads_q + t.h : nullptr;
+  prefill_store_rows(o, l_part, m_run, out0, out0 + 8 * p.out_token_stride, lse0, p.heads_q, row0,
+                     t.len_q, t4);
 }
 
 template <class Cfg>
