@@ -49,11 +49,13 @@ constexpr std::uint64_t poison = 0xFF;
 // wgmma: the e4m3 tensor cores' partial sums are less precise than fp32 ones (why they are
 // promoted every 128 values of K), so bf16 roundings of gate/up flip more often, and when the
 // flipped value is a group's amax its whole group is quantised with another scale: a token's
-// output then moves by up to ~7% of the rms on a few elements (seen at R1-TP8, T 257), so 10%
-// where the wgmma kernel may run.
+// output then moves on a few elements: up to 6.5% of the rms seen at R1-TP8 (T 257) and 10.3%
+// on the H 384 / I 256 case (T 300); with I 256 a group is half of each output's down sum. So
+// 15% where the wgmma kernel may run; a wrong scale, block or expert moves elements by the order
+// of the rms, and the relative L2 bound stays 1e-2.
 double rel_l2(moe_weight_format f) { return f == moe_weight_format::bf16 ? 5e-3 : 1e-2; }
 double elem_tol(moe_weight_format f, bool wgmma) {
-  return f == moe_weight_format::bf16 ? 0.04 : wgmma ? 0.10 : 0.06;
+  return f == moe_weight_format::bf16 ? 0.04 : wgmma ? 0.15 : 0.06;
 }
 
 // Which grouped GEMM kernel runs: the dispatch's choice (the public entry point), or one forced
