@@ -90,9 +90,9 @@ void expect_fold_matches_apart(B& backend, moe_fold_case const& k) {
   SCOPED_TRACE(k.name);
   temp_dir dir;
   auto const ckpt = moe_fold_checkpoint(k, dir.path());
-  ds::load_options folded, apart;
+  ds::load_options fold, apart;
   apart.layout.fuse_shared_experts = false;
-  auto const wf = ds::load_weights(backend, ckpt, folded);
+  auto const wf = ds::load_weights(backend, ckpt, fold);
   auto const wa = ds::load_weights(backend, ckpt, apart);
   std::int64_t const layer = 1, h = wf.config().hidden_size;
   ASSERT_TRUE(wf.layer(layer).moe && wf.layer(layer).moe->fused_shared > 0);
