@@ -106,10 +106,9 @@ template <int MaxSteps, bool Vectorized>
 __global__ void __launch_bounds__(rope_traits::threads)
     rope_kernel(rope_params const p, rope_chunking const c) {
   using traits = rope_traits;
-  pdl_enter();  // every global access comes after it
   std::uint32_t const warp_id = blockIdx.x * traits::warps_per_block + threadIdx.x / traits::warp;
   std::uint32_t const units = std::uint32_t(p.tokens) * c.chunks_per_token;
-  if (warp_id >= units) return;
+  bool const live = warp_id < units;
   std::uint32_t const token = warp_id / c.chunks_per_token;
   std::uint32_t const chunk = warp_id - token * c.chunks_per_token;
   int const lane = int(threadIdx.x % traits::lanes_per_row);
@@ -117,6 +116,19 @@ __global__ void __launch_bounds__(rope_traits::threads)
   std::uint32_t const first = chunk * c.rows_per_chunk + quarter;
   std::uint32_t const rows_per_token = std::uint32_t(p.q_heads) + 1;
   std::uint32_t const end = min(chunk * c.rows_per_chunk + c.rows_per_chunk, rows_per_token);
+  // The rows' addresses do not depend on the kernels before this one: under programmatic
+  // dependent launch this warp may be resident while the previous kernel drains, so it starts
+  // moving its rows (one 128-byte line each) into L2 then. A prefetch changes no value: the loads
+  // after pdl_enter still read what the previous kernel wrote (L2 is where the SMs' writes meet).
+  if (live && lane == 0) {
+#pragma unroll
+    for (int s = 0; s < MaxSteps; ++s) {
+      std::uint32_t const row = first + std::uint32_t(s * traits::rows_per_step);
+      if (row < end) asm volatile("prefetch.global.L2 [%0];" ::"l"(rope_row_at(p, token, row)));
+    }
+  }
+  pdl_enter();  // every load and store comes after it
+  if (!live) return;
 
   std::int32_t const pos = __ldg(p.positions + token);
   rope_lane_data x[MaxSteps];
