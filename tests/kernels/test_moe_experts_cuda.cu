@@ -544,6 +544,17 @@ TEST_F(MoeExpertsCudaWgmma, RaggedTokensAndExpertsOfZeroOneAndEveryRow) {
   }
 }
 
+// FP8 from ~64 routed rows per expert on average takes its items in groups of 2-4 pairs of one
+// expert (their tiles neighbours in the dynamic order): V2-Lite at T 3000 and 4000 averages 281
+// and 375 rows per expert, groups of 3 and 4 pairs; of the 16 hit experts one takes every token
+// (47 and 63 blocks), one a single row (a group of one lone block), the others ~16 and ~21
+// blocks (groups lacking pairs, lone last blocks).
+TEST_F(MoeExpertsCudaWgmma, Fp8GroupsOfSeveralPairsOfOneExpert) {
+  check_opts const o{gemm_kernel::wgmma, true, 96};
+  for (std::int64_t t : {3000, 4000})
+    check(test::v2_lite_shape, t, moe_weight_format::fp8_block, 16, true, 64, false, false, o);
+}
+
 TEST_F(MoeExpertsCudaWgmma, CapturedInAGraph) {
   check_opts const o{gemm_kernel::dispatch, false, 64};
   for (auto f : {moe_weight_format::bf16, moe_weight_format::fp8_block})
