@@ -12,7 +12,8 @@
 //     e before it in the chunk: ascending row order within every expert.
 //  4. The padding of each expert, the tail past the total and the block -> expert map are filled.
 // Rows are at most 2^31 - 1, and one block reads them twice: about 0.5 MB at 8192 tokens x top-8,
-// a few microseconds, next to milliseconds of expert GEMMs.
+// a few microseconds, next to milliseconds of expert GEMMs. Up to 32 rows (decode) one warp does
+// the same with a row per lane (moe_align_warp), without the block's counters and barriers.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -178,6 +179,106 @@ __global__ void __launch_bounds__(moe_align_traits<Warps>::threads)
   }
 }
 
+// Per-expert scratch of moe_align_warp, in shared memory.
+struct moe_align_warp_scratch {
+  int counts[moe_max_stacked_experts];
+  int offsets[moe_max_stacked_experts + 1];  // padded counts, then their exclusive scan
+};
+
+// The alignment of at most 32 rows by one warp, with moe_align_kernel's outputs bit for bit:
+// lane r holds row r (ids: the rows' experts). A row's place within its expert
+// is the number of rows of that expert on lower lanes (__match_any_sync), so rows stay in
+// ascending order; the offsets are a scan of the padded counts, each lane owning a run of
+// experts. For decode batches (a few tokens x top_k), where moe_align_kernel's 32 warps, its
+// 33 KiB of counters and its barriers are most of the work.
+__device__ __forceinline__ void moe_align_warp(moe_align_params const& p, std::int32_t const* ids,
+                                               moe_align_warp_scratch& s) {
+  constexpr unsigned full = 0xFFFF'FFFFu;
+  constexpr int run = (int(moe_max_stacked_experts) + 1 + 31) / 32;  // experts per lane
+  int const lane = int(threadIdx.x) % 32, rows = int(p.rows), experts = p.experts;
+  int const block_m = p.block_m;
+  int e = -1;
+  if (lane < rows) {
+    int const id = ids[lane];
+    e = id >= 0 && id < experts ? id : -1;
+  }
+  unsigned const peers = __match_any_sync(full, e);
+  int const rank = __popc(peers & ((1u << lane) - 1u));
+  bool const first_of_expert = e >= 0 && rank == 0;
+  for (int x = lane; x <= experts; x += 32) {
+    if (x < experts) s.counts[x] = 0;
+    s.offsets[x] = 0;
+  }
+  __syncwarp();
+  if (first_of_expert) {
+    int const count = __popc(peers);
+    s.counts[e] = count;
+    s.offsets[e] = (count + block_m - 1) / block_m * block_m;
+  }
+  __syncwarp();
+  int padded[run];
+  int sum = 0;
+#pragma unroll
+  for (int i = 0; i < run; ++i) {
+    int const x = lane * run + i;
+    padded[i] = x < experts ? s.offsets[x] : 0;
+    sum += padded[i];
+  }
+  int inclusive = sum;
+#pragma unroll
+  for (int offset = 1; offset < 32; offset *= 2) {
+    int const up = __shfl_up_sync(full, inclusive, offset);
+    if (lane >= offset) inclusive += up;
+  }
+  __syncwarp();
+  int at = inclusive - sum;
+#pragma unroll
+  for (int i = 0; i < run; ++i) {
+    int const x = lane * run + i;
+    if (x <= experts) s.offsets[x] = at;
+    at += padded[i];
+  }
+  __syncwarp();
+  int const total = s.offsets[experts];
+  for (int x = lane; x <= experts; x += 32) {
+    if (x < experts) p.expert_counts[x] = s.counts[x];
+    p.expert_offsets[x] = s.offsets[x];
+  }
+  if (lane == 0) *p.total_padded = total;
+  for (std::int64_t i = lane; i < p.sorted_capacity; i += 32) p.sorted_ids[i] = rows;
+  for (std::int64_t b = lane; b < p.block_capacity; b += 32) {
+    std::int64_t const start = b * block_m;
+    int expert = -1;
+    if (start < total) {  // the last expert whose offset is <= start (see moe_align_kernel)
+      int lo = 0, hi = experts;
+      while (hi - lo > 1) {
+        int const mid = (lo + hi) / 2;
+        if (s.offsets[mid] <= start)
+          lo = mid;
+        else
+          hi = mid;
+      }
+      expert = lo;
+    }
+    p.expert_of_block[b] = expert;
+  }
+  // The routed rows over the padding written above: __syncwarp orders the warp's stores.
+  __syncwarp();
+  if (e >= 0) {
+    int const place = s.offsets[e] + rank;
+    p.sorted_ids[place] = lane;
+    p.inverse[lane] = place;
+  } else if (lane < rows) {
+    p.inverse[lane] = -1;
+  }
+}
+
+__global__ void __launch_bounds__(32) moe_align_warp_kernel(moe_align_params const p) {
+  pdl_enter();
+  __shared__ moe_align_warp_scratch scratch;
+  moe_align_warp(p, p.topk_ids, scratch);
+}
+
 template <int Warps>
 void launch_moe_align(moe_align_params const& p, CUstream_st* stream) {
   using traits = moe_align_traits<Warps>;
@@ -185,7 +286,11 @@ void launch_moe_align(moe_align_params const& p, CUstream_st* stream) {
            "moe_align on CUDA supports 1 to " << moe_max_stacked_experts
                                               << " experts and block_m >= 1; got " << p.experts
                                               << " experts, block_m " << p.block_m);
-  launch_pdl(moe_align_kernel<Warps>, dim3(1), dim3(traits::threads), 0, stream, p);
+  // Up to 32 rows (a decode batch of a few tokens): one warp, a row per lane.
+  if (p.rows <= 32)
+    launch_pdl(moe_align_warp_kernel, dim3(1), dim3(32), 0, stream, p);
+  else
+    launch_pdl(moe_align_kernel<Warps>, dim3(1), dim3(traits::threads), 0, stream, p);
   LC_CUDA_CHECK_LAUNCH();
 }
 

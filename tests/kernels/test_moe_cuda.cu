@@ -12,6 +12,7 @@
 #include <random>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "common/cuda.hpp"
@@ -462,9 +463,25 @@ TEST_F(MoeCudaTest, AlignmentOneExpertTakesEveryTokenOthersNone) {
 TEST_F(MoeCudaTest, AlignmentLeavesOutIdsOfOtherRanks) {
   auto rng = test::test_rng();
   std::uniform_int_distribution<int> id(-3, 300);  // [0, 256) ours, the rest other ranks'
-  std::vector<std::int32_t> ids(std::size_t(1000 * 8));
-  for (auto& x : ids) x = id(rng);
-  check_alignment(ids, 1000, 8, 256, 64);
+  // 1000 tokens on the block kernel; 1, 3 and 4 (8, 24 and 32 rows) on the one-warp kernel.
+  for (std::int64_t tokens : {1000, 1, 3, 4}) {
+    std::vector<std::int32_t> ids(std::size_t(tokens * 8));
+    for (auto& x : ids) x = id(rng);
+    check_alignment(ids, tokens, 8, 256, 64);
+  }
+}
+
+// Up to 32 rows one warp aligns: the rows' edge (32 and 33), repeated experts among a few tokens
+// (each of 4 tokens picks 8 of 10 experts), block heights of 1 and 128.
+TEST_F(MoeCudaTest, AlignmentOfADecodeBatchOnOneWarp) {
+  auto rng = test::test_rng();
+  std::uniform_int_distribution<int> id(0, 9);
+  for (auto [tokens, k] : {std::pair<std::int64_t, std::int64_t>{4, 8}, {11, 3}, {1, 32}, {3, 11}})
+    for (std::int64_t block_m : {1, 128}) {
+      std::vector<std::int32_t> ids(std::size_t(tokens * k));
+      for (auto& x : ids) x = id(rng);
+      check_alignment(ids, tokens, k, 66, block_m);
+    }
 }
 
 // The MoE's front half as the layer will run it: routing, then alignment of the GPU's ids, one
