@@ -95,6 +95,20 @@ __global__ void __launch_bounds__(32 * mla_merge_traits::max_warps)
   int const b = int(blockIdx.x) / p.heads, h = int(blockIdx.x) % p.heads;
   int const splits = p.num_splits;
   float const* const lse = p.partial_lse + std::int64_t(b) * splits * p.heads + h;
+  auto const part = [&](int i) {
+    return p.partial_out + ((std::int64_t(b) * splits + i) * p.heads + h) * mla_latent_dim +
+           lane * 4;
+  };
+  auto const load_part = [&](int i, float4(&v)[4]) {
+#pragma unroll
+    for (int k = 0; k < 4; ++k) v[k] = *reinterpret_cast<float4 const*>(part(i) + k * 128);
+  };
+  // The warp's first two splits are loaded with the log-sum-exps, before their weights are known:
+  // the two round trips overlap instead of following each other (an empty split's values are
+  // loaded and never used).
+  float4 vi[4], vj[4];
+  if (warp < splits) load_part(warp, vi);
+  if (warp + warps < splits) load_part(warp + warps, vj);
 
   float m = -INFINITY;
   for (int i = tid; i < splits; i += int(blockDim.x)) {
@@ -120,21 +134,12 @@ __global__ void __launch_bounds__(32 * mla_merge_traits::max_warps)
   total = mla_merge_block_reduce(total, scratch, [](float x, float y) { return x + y; });
 
   float acc[cols] = {};
-  auto const part = [&](int i) {
-    return p.partial_out + ((std::int64_t(b) * splits + i) * p.heads + h) * mla_latent_dim +
-           lane * 4;
-  };
   for (int i = warp; i < splits; i += 2 * warps) {
     int const j = i + warps;
     float const wi = weight[i], wj = j < splits ? weight[j] : 0.0f;  // uniform across the warp
-    float4 vi[4], vj[4];
-    if (wi != 0.0f) {
-#pragma unroll
-      for (int k = 0; k < 4; ++k) vi[k] = *reinterpret_cast<float4 const*>(part(i) + k * 128);
-    }
-    if (wj != 0.0f) {
-#pragma unroll
-      for (int k = 0; k < 4; ++k) vj[k] = *reinterpret_cast<float4 const*>(part(j) + k * 128);
+    if (i != warp) {
+      if (wi != 0.0f) load_part(i, vi);
+      if (wj != 0.0f) load_part(j, vj);
     }
     if (wi != 0.0f) mla_merge_add(acc, wi, vi);
     if (wj != 0.0f) mla_merge_add(acc, wj, vj);
