@@ -273,7 +273,10 @@ __device__ __forceinline__ void moe_align_warp(moe_align_params const& p, std::i
   }
 }
 
-__global__ void __launch_bounds__(32) moe_align_warp_kernel(moe_align_params const p) {
+// A template, so that every file that includes this header may instantiate it.
+template <int Lanes>
+__global__ void __launch_bounds__(Lanes) moe_align_warp_kernel(moe_align_params const p) {
+  static_assert(Lanes == 32, "one warp");
   pdl_enter();
   __shared__ moe_align_warp_scratch scratch;
   moe_align_warp(p, p.topk_ids, scratch);
@@ -288,7 +291,7 @@ void launch_moe_align(moe_align_params const& p, CUstream_st* stream) {
                                               << " experts, block_m " << p.block_m);
   // Up to 32 rows (a decode batch of a few tokens): one warp, a row per lane.
   if (p.rows <= 32)
-    launch_pdl(moe_align_warp_kernel, dim3(1), dim3(32), 0, stream, p);
+    launch_pdl(moe_align_warp_kernel<32>, dim3(1), dim3(32), 0, stream, p);
   else
     launch_pdl(moe_align_kernel<Warps>, dim3(1), dim3(traits::threads), 0, stream, p);
   LC_CUDA_CHECK_LAUNCH();

@@ -1,7 +1,8 @@
 lightcore_kernel_family(moe
   CPU moe_checks.cpp moe_cpu.cpp moe_experts_checks.cpp moe_experts_cpu.cpp
   CUDA moe_cuda.cu instantiations/moe_routing_epl2.cu instantiations/moe_routing_epl8.cu
-       instantiations/moe_align_w32.cu moe_experts_cuda.cu instantiations/moe_combine.cu
+       instantiations/moe_align_w32.cu instantiations/moe_route_align_epl2.cu
+       instantiations/moe_route_align_epl8.cu moe_experts_cuda.cu instantiations/moe_combine.cu
        instantiations/moe_grouped_gemm_gate_up_bf16_m64.cu
        instantiations/moe_grouped_gemm_gate_up_bf16_m128.cu
        instantiations/moe_grouped_gemm_gate_up_fp8_m64.cu

@@ -95,12 +95,18 @@ void moe_align_cpu(moe_align_params const& p);
 #if defined(LIGHTCORE_WITH_CUDA)
 void moe_route_cuda(moe_routing_params const& p, int ordinal, CUstream_st* stream);
 void moe_align_cuda(moe_align_params const& p, int ordinal, CUstream_st* stream);
+void moe_route_align_cuda(moe_routing_params const& rp, moe_align_params const& ap, int ordinal,
+                          CUstream_st* stream);
 
 // Defined in routing.cuh and align.cuh, instantiated once per bucket in instantiations/.
 template <int ExpertsPerLane>
 void launch_moe_routing(moe_routing_params const& p, int num_sms, CUstream_st* stream);
 template <int Warps>
 void launch_moe_align(moe_align_params const& p, CUstream_st* stream);
+// Defined in route_align.cuh, instantiated once per routing bucket.
+template <int ExpertsPerLane>
+void launch_moe_route_align(moe_routing_params const& rp, moe_align_params const& ap,
+                            CUstream_st* stream);
 #endif
 
 }  // namespace detail
@@ -153,6 +159,36 @@ void moe_align(B& backend, tensor_view const& topk_ids, std::int64_t num_experts
                   "moe_align on backend::cuda needs lightcore built with CUDA");
 #endif
   }
+}
+
+// moe_route, then moe_align of the routed ids over num_experts stacked experts (the routed ones
+// and the shared ones folded in after them): the same outputs as the two calls. On the GPU a
+// decode batch (at most moe_route_align_max_tokens tokens and moe_route_align_max_rows routed
+// rows) takes one launch for both, which saves a kernel boundary per MoE layer; larger batches
+// take the two kernels. Ordered on `stream`.
+template <Backend B>
+void moe_route_and_align(B& backend, tensor_view const& logits, tensor_view const& bias,
+                         moe_routing_config const& config, tensor_view const& topk_ids,
+                         tensor_view const& topk_weights, std::int64_t num_experts,
+                         std::int64_t block_m, moe_align_outputs const& out,
+                         typename B::stream_type const& stream) {
+  if constexpr (B::kind == device_kind::cuda) {
+#if defined(LIGHTCORE_WITH_CUDA)
+    std::int64_t const tokens = logits.rank() == 2 ? logits.size(0) : 0;
+    std::int64_t const slots = config.top_k + config.shared_experts;
+    if (tokens >= 1 && tokens <= moe_route_align_max_tokens &&
+        tokens * slots <= moe_route_align_max_rows) {
+      moe_routing_params const rp = detail::make_moe_routing_params(backend.where(), logits, bias,
+                                                                    config, topk_ids, topk_weights);
+      moe_align_params const ap =
+          detail::make_moe_align_params(backend.where(), topk_ids, num_experts, block_m, out);
+      detail::moe_route_align_cuda(rp, ap, backend.where().index, stream.get());
+      return;
+    }
+#endif
+  }
+  moe_route(backend, logits, bias, config, topk_ids, topk_weights, stream);
+  moe_align(backend, topk_ids, num_experts, block_m, out, stream);
 }
 
 }  // namespace lightcore::kernels

@@ -27,4 +27,15 @@ void moe_align_cuda(moe_align_params const& p, int ordinal, CUstream_st* stream)
   launch_moe_align<align_warps>(p, stream);
 }
 
+void moe_route_align_cuda(moe_routing_params const& rp, moe_align_params const& ap, int ordinal,
+                          CUstream_st* stream) {
+  backend::device_guard const guard(ordinal);
+  if (rp.experts <= 64) return launch_moe_route_align<2>(rp, ap, stream);
+  if (rp.experts <= 256) return launch_moe_route_align<8>(rp, ap, stream);
+  LC_THROW(
+      "moe_route_and_align on CUDA has kernels for up to 256 experts (buckets of 2 and 8 per "
+      "lane); got "
+      << rp.experts);
+}
+
 }  // namespace lightcore::kernels::detail

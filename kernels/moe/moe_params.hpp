@@ -22,6 +22,10 @@ inline constexpr std::int64_t moe_max_top_k = 32;
 // the shared ones folded in after them.
 inline constexpr std::int64_t moe_max_shared_experts = 8;
 inline constexpr std::int64_t moe_max_stacked_experts = moe_max_experts + moe_max_shared_experts;
+// What routing and alignment take in one launch (moe_route_and_align): a decode batch of at most
+// 4 tokens, one warp routing each, whose at most 32 routed rows one warp aligns.
+inline constexpr std::int64_t moe_route_align_max_tokens = 4;
+inline constexpr std::int64_t moe_route_align_max_rows = 32;
 // The largest n_group: lane g of the token's warp ranks group g.
 inline constexpr std::int64_t moe_max_groups = 32;
 // What a renormalised weight's denominator adds to the sum of the chosen scores (as in Hugging

@@ -41,41 +41,47 @@ __device__ __forceinline__ moe_top2 moe_shfl_xor_top2(moe_top2 t, int offset) {
           __shfl_xor_sync(moe_full_warp, t.second, offset)};
 }
 
+// One warp's router: its lanes' constants, read once, and the routing of one token at a time.
+// Lane l holds experts [l * ExpertsPerLane, (l + 1) * ExpertsPerLane).
 template <int ExpertsPerLane>
-__global__ void __launch_bounds__(moe_routing_traits<ExpertsPerLane>::threads)
-    moe_routing_kernel(moe_routing_params const p) {
-  pdl_enter();
+struct moe_warp_router {
   using traits = moe_routing_traits<ExpertsPerLane>;
-  constexpr int epl = ExpertsPerLane;
-  constexpr float neg_inf = -INFINITY;
-  int const lane = int(threadIdx.x) % 32;
-  int const first = lane * epl;  // this lane's first expert
+  static constexpr int epl = ExpertsPerLane;
+  static constexpr float neg_inf = -INFINITY;
 
-  // Per-lane constants, once for all the tokens this warp routes.
+  int lane;
+  int first;  // this lane's first expert
   bool valid[epl];
   float bias[epl];
   int group[epl];
-  bool const grouped = p.group_select != moe_group_select::none;
-  int const group_size = p.experts / p.n_group;
-#pragma unroll
-  for (int j = 0; j < epl; ++j) {
-    valid[j] = first + j < p.experts;
-    bias[j] = valid[j] && p.bias != nullptr ? p.bias[first + j] : 0.0f;
-    group[j] = valid[j] ? (first + j) / group_size : 0;
-  }
+  bool grouped;
   // Groups that are whole runs of lanes (a power-of-two count of lanes each, e.g. R1's 32 experts
-  // = 4 lanes of 8) reduce over their lanes alone; other shapes go group by group over the warp.
+  // = 4 lanes of 8) reduce over their lanes alone (lanes_per_group > 0); other shapes go group by
+  // group over the warp.
   int lanes_per_group = 0;
-  if (grouped && group_size % epl == 0) {
-    int const l = group_size / epl;
-    if ((l & (l - 1)) == 0) lanes_per_group = l;
-  }
-  bool const vector_loads = 32 * epl == p.experts && p.logits_stride % traits::vector == 0 &&
-                            reinterpret_cast<std::uintptr_t>(p.logits) % (4 * traits::vector) == 0;
+  bool vector_loads;
 
-  std::int64_t const warps_total = std::int64_t(gridDim.x) * traits::warps;
-  for (std::int64_t token = std::int64_t(blockIdx.x) * traits::warps + threadIdx.x / 32;
-       token < p.tokens; token += warps_total) {
+  __device__ __forceinline__ explicit moe_warp_router(moe_routing_params const& p)
+      : lane(int(threadIdx.x) % 32), first(lane * epl) {
+    grouped = p.group_select != moe_group_select::none;
+    int const group_size = p.experts / p.n_group;
+#pragma unroll
+    for (int j = 0; j < epl; ++j) {
+      valid[j] = first + j < p.experts;
+      bias[j] = valid[j] && p.bias != nullptr ? p.bias[first + j] : 0.0f;
+      group[j] = valid[j] ? (first + j) / group_size : 0;
+    }
+    if (grouped && group_size % epl == 0) {
+      int const l = group_size / epl;
+      if ((l & (l - 1)) == 0) lanes_per_group = l;
+    }
+    vector_loads = 32 * epl == p.experts && p.logits_stride % traits::vector == 0 &&
+                   reinterpret_cast<std::uintptr_t>(p.logits) % (4 * traits::vector) == 0;
+  }
+
+  // Routes `token`: writes its slots of topk_ids and topk_weights, and returns the expert of slot
+  // `lane` (routed, or shared after the routed ones), -1 past the token's slots.
+  __device__ __forceinline__ int route(moe_routing_params const& p, std::int64_t token) {
     float const* row = p.logits + token * p.logits_stride;
     float x[epl];
     if (vector_loads) {
@@ -204,11 +210,28 @@ __global__ void __launch_bounds__(moe_routing_traits<ExpertsPerLane>::threads)
     if (lane < p.top_k) {
       p.topk_ids[at] = my_expert;
       p.topk_weights[at] = moe_weight(my_score, sum, p.renormalize, p.routed_scaling_factor);
-    } else if (lane < p.top_k + p.shared_experts) {
-      p.topk_ids[at] = p.experts + lane - p.top_k;  // the shared experts, after the routed ones
-      p.topk_weights[at] = 1.0f;
+      return my_expert;
     }
+    if (lane < p.top_k + p.shared_experts) {
+      int const shared = p.experts + lane - p.top_k;  // the shared experts, after the routed ones
+      p.topk_ids[at] = shared;
+      p.topk_weights[at] = 1.0f;
+      return shared;
+    }
+    return -1;
   }
+};
+
+template <int ExpertsPerLane>
+__global__ void __launch_bounds__(moe_routing_traits<ExpertsPerLane>::threads)
+    moe_routing_kernel(moe_routing_params const p) {
+  pdl_enter();
+  using traits = moe_routing_traits<ExpertsPerLane>;
+  moe_warp_router<ExpertsPerLane> router(p);
+  std::int64_t const warps_total = std::int64_t(gridDim.x) * traits::warps;
+  for (std::int64_t token = std::int64_t(blockIdx.x) * traits::warps + threadIdx.x / 32;
+       token < p.tokens; token += warps_total)
+    router.route(p, token);
 }
 
 template <int ExpertsPerLane>

@@ -145,33 +145,60 @@ void moe_block(forward_context<B>& ctx, io::model_config const& c,
   auto weights = ctx.acquire("moe.topk_weights", dtype::f32, {t, k});
   kernels::moe_routing_config routing = routing_config(c);
   routing.shared_experts = fused;
-  kernels::moe_route(ctx.backend, logits.view(), w.router_bias, routing, ids.view(), weights.view(),
-                     ctx.stream);
+  // The alignment's buffers for n rows of k slots over el stacked experts.
+  using lease = typename forward_context<B>::lease;
+  struct align_buffers {
+    lease counts, offsets, sorted, blocks, total, inverse;
+    kernels::moe_align_outputs views() const {
+      return {counts.view(), offsets.view(), sorted.view(),
+              blocks.view(), total.view(),   inverse.view()};
+    }
+  };
+  auto const acquire_align = [&](std::int64_t n, std::int64_t el) {
+    auto const cap = kernels::moe_align_capacity(n, k, el, moe_block_m);
+    return align_buffers{ctx.acquire("moe.expert_counts", dtype::i32, {el}),
+                         ctx.acquire("moe.expert_offsets", dtype::i32, {el + 1}),
+                         ctx.acquire("moe.sorted_token_ids", dtype::i32, {cap.sorted_rows}),
+                         ctx.acquire("moe.expert_of_block", dtype::i32, {cap.blocks}),
+                         ctx.acquire("moe.total_padded", dtype::i32, {1}),
+                         ctx.acquire("moe.inverse", dtype::i32, {n, k})};
+  };
+  // A dispatch that keeps the rows on this rank hands the experts the routing as it is: routing
+  // and alignment then run together, before it (one launch on the GPU at decode sizes).
+  using policy = std::remove_cvref_t<Dispatch>;
+  std::optional<align_buffers> align;
+  if constexpr (policy::routes_in_place) {
+    std::int64_t const stack = policy::routed_experts(c) + fused;
+    align.emplace(acquire_align(t, stack));
+    kernels::moe_route_and_align(ctx.backend, logits.view(), w.router_bias, routing, ids.view(),
+                                 weights.view(), stack, moe_block_m, align->views(), ctx.stream);
+  } else {
+    kernels::moe_route(ctx.backend, logits.view(), w.router_bias, routing, ids.view(),
+                       weights.view(), ctx.stream);
+  }
   logits.reset();
   moe_dispatched const d = dispatch.dispatch(ctx, x, ids.view(), weights.view(), out, c);
   std::int64_t const n = d.x.size(0), el = d.experts + fused;
   LC_CHECK(el == experts.get().gate_up.size(0), "moe_block: the dispatch hands the experts "
                                                     << el << " experts but this rank's stack "
                                                     << "holds " << experts.get().gate_up.size(0));
+  if constexpr (policy::routes_in_place)
+    LC_CHECK(n == t && d.ids.data() == ids.view().data(),
+             "moe_block: a dispatch that routes in place must hand the experts the batch's own "
+             "rows and routing");
   if (n > 0) {
-    auto const cap = kernels::moe_align_capacity(n, k, el, moe_block_m);
-    auto counts = ctx.acquire("moe.expert_counts", dtype::i32, {el});
-    auto offsets = ctx.acquire("moe.expert_offsets", dtype::i32, {el + 1});
-    auto sorted = ctx.acquire("moe.sorted_token_ids", dtype::i32, {cap.sorted_rows});
-    auto blocks = ctx.acquire("moe.expert_of_block", dtype::i32, {cap.blocks});
-    auto total = ctx.acquire("moe.total_padded", dtype::i32, {1});
-    auto inverse = ctx.acquire("moe.inverse", dtype::i32, {n, k});
-    kernels::moe_align_outputs const align{counts.view(), offsets.view(), sorted.view(),
-                                           blocks.view(), total.view(),   inverse.view()};
-    kernels::moe_align(ctx.backend, d.ids, el, moe_block_m, align, ctx.stream);
+    if (!align) {
+      align.emplace(acquire_align(n, el));
+      kernels::moe_align(ctx.backend, d.ids, el, moe_block_m, align->views(), ctx.stream);
+    }
     auto const format = experts.get().gate_up.type() == dtype::fp8_e4m3
                             ? kernels::moe_weight_format::fp8_block
                             : kernels::moe_weight_format::bf16;
     auto ws = ctx.acquire("moe.workspace", dtype::u8,
                           {kernels::moe_experts_workspace_bytes(n, k, el, moe_block_m, x.size(1),
                                                                 experts.inter(), format)});
-    kernels::moe_experts(ctx.backend, d.x, d.ids, d.weights, align, moe_block_m, experts.get(),
-                         d.out, ws.view(), ctx.stream);
+    kernels::moe_experts(ctx.backend, d.x, d.ids, d.weights, align->views(), moe_block_m,
+                         experts.get(), d.out, ws.view(), ctx.stream);
   }
   dispatch.combine(ctx, d, out);
   bool const fold = !w.shared || !w.shared->down.fp8();

@@ -53,6 +53,10 @@ struct moe_dispatched {
 //   P::folds_shared_experts                    whether shared experts folded into the stack (ids
 //                                              past the routed ones) may run through it: true
 //                                              when the rows stay on this rank
+//   P::routes_in_place                         whether dispatch hands the experts the batch's own
+//                                              rows and routing (x, ids, weights as given, the
+//                                              stack of routed_experts(c)): routing and alignment
+//                                              may then run together, before the dispatch
 // so that moe_block keeps one shape whatever the placement.
 namespace moe_dispatch {
 
@@ -63,6 +67,7 @@ struct local {
   explicit local(no_communicator&) {}
 
   static constexpr bool folds_shared_experts = true;
+  static constexpr bool routes_in_place = true;
 
   static std::int64_t routed_experts(io::model_config const& c) { return c.n_routed_experts; }
 
@@ -92,6 +97,7 @@ class tensor_parallel {
 
   // The shared experts' parts are split like every expert's: each rank's partial joins the sum.
   static constexpr bool folds_shared_experts = true;
+  static constexpr bool routes_in_place = true;
 
   static std::int64_t routed_experts(io::model_config const& c) { return c.n_routed_experts; }
 
@@ -153,6 +159,7 @@ class expert_parallel {
   static std::int64_t routed_experts(io::model_config const& c) { return c.n_routed_experts; }
   // Rows move to the ranks of their experts; shared experts run apart, on every rank.
   static constexpr bool folds_shared_experts = false;
+  static constexpr bool routes_in_place = false;
 
   template <Backend B>
   moe_dispatched dispatch(forward_context<B>&, tensor_view const&, tensor_view const&,

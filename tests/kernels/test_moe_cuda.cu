@@ -510,6 +510,58 @@ TEST_F(MoeCudaTest, RoutingAndAlignmentCaptureTogether) {
   EXPECT_EQ(got.offsets, want.offsets);
 }
 
+// moe_route_and_align: one launch for a decode batch, the two kernels above it. Either way the
+// outputs equal those of moe_route then moe_align, bit for bit (the one-launch kernel routes with
+// the same warp code and aligns with moe_align_warp), into buffers 37 elements longer than the
+// capacity and poisoned; V2-Lite and R1 with and without folded shared experts, 48 experts in
+// groups that are no whole lanes; 1..5 tokens (R1 with its shared expert: 9 slots, so 4 tokens
+// are 36 rows and take the two kernels); once inside a graph.
+TEST_F(MoeCudaTest, RoutingAndAlignmentInOneLaunchEqualTheTwoKernels) {
+  auto lite = moe_routing_config::deepseek_v2_lite();
+  lite.shared_experts = 2;
+  auto r1 = moe_routing_config::deepseek_v3();
+  r1.shared_experts = 1;
+  backend::cuda gpu(0);
+  auto const stream = gpu.make_stream();
+  auto rng = test::test_rng();
+  for (auto const& c : {lite, r1, moe_routing_config::deepseek_v3(), odd_grouped()}) {
+    std::int64_t const k = c.top_k + c.shared_experts, stack = c.num_experts + c.shared_experts;
+    for (std::int64_t tokens : {1, 2, 3, 4, 5}) {
+      for (std::int64_t block_m : {16, 64}) {
+        bool const graph = tokens == 3 && block_m == 64;
+        SCOPED_TRACE(::testing::Message() << "E " << c.num_experts << " + " << c.shared_experts
+                                          << " shared, top-" << c.top_k << ", tokens " << tokens
+                                          << ", block_m " << block_m << (graph ? ", graph" : ""));
+        auto logits = test::random_logits(tokens, c.num_experts, c.num_experts, rng);
+        auto bias = test::random_bias(c.num_experts, rng);
+        device_routing two(gpu, stream, logits, tokens, c.num_experts, &bias, c);
+        device_alignment two_a(gpu, stream, tokens, k, stack, block_m, 37);
+        two.enqueue(gpu, c, stream);
+        kernels::moe_align(gpu, two.ids, stack, block_m, two_a.views(), stream);
+        device_routing one(gpu, stream, logits, tokens, c.num_experts, &bias, c);
+        device_alignment one_a(gpu, stream, tokens, k, stack, block_m, 37);
+        test::run_maybe_in_graph(stream, graph, [&] {
+          kernels::moe_route_and_align(gpu, one.logits_view, one.bias_view, c, one.ids, one.weights,
+                                       stack, block_m, one_a.views(), stream);
+        });
+        auto const want = two.download(gpu, stream);
+        auto const got = one.download(gpu, stream);
+        EXPECT_EQ(got.ids, want.ids);
+        EXPECT_EQ(got.weights, want.weights);
+        auto const got_a = one_a.download(gpu, stream);
+        auto const want_a = two_a.download(gpu, stream);
+        EXPECT_EQ(test::alignment_violations(got.ids, stack, block_m, got_a), "");
+        EXPECT_EQ(got_a.counts, want_a.counts);
+        EXPECT_EQ(got_a.offsets, want_a.offsets);
+        EXPECT_EQ(got_a.total, want_a.total);
+        EXPECT_EQ(got_a.sorted, want_a.sorted);
+        EXPECT_EQ(got_a.block_expert, want_a.block_expert);
+        EXPECT_EQ(got_a.inverse, want_a.inverse);
+      }
+    }
+  }
+}
+
 TEST_F(MoeCudaTest, HostViewsAreRejected) {
   backend::cuda gpu(0);
   std::vector<float> logits(256);
