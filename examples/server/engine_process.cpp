@@ -185,7 +185,7 @@ int serve(B& backend, engine_options const& o) {
                               o.config_text.empty()
                                   ? io::load_model_config(o.config)
                                   : io::parse_model_config(o.config_text, "the built-in model"),
-                              {.shard = {}, .seed = o.seed})
+                              {.shard = {}, .seed = o.seed, .layout = {}})
           : ds::load_weights(backend, o.model);
   io::model_config const& c = weights.config();
   ds::executor<B> exec(backend, weights, ds::model_options{o.max_seq_len}, o.max_running);
