@@ -135,8 +135,9 @@ int run(B& backend, options const& o, text::tokenizer const& tok,
                                  ? io::load_model_config(o.dummy)
                                  : io::parse_model_config(server::tiny_model_config, "tiny model");
   auto const t0 = std::chrono::steady_clock::now();
-  ds::model_weights<B> w = o.model.empty() ? ds::dummy_weights(backend, c, {.shard = {}, .seed = 0})
-                                           : ds::load_weights(backend, o.model);
+  ds::model_weights<B> w =
+      o.model.empty() ? ds::dummy_weights(backend, c, {.shard = {}, .seed = 0, .layout = {}})
+                      : ds::load_weights(backend, o.model);
   ds::executor<B> exec(backend, w, ds::model_options{o.max_seq_len}, o.max_running);
   engine::engine_config ec;
   ec.kv.layers = std::int32_t(c.num_hidden_layers);

@@ -35,7 +35,8 @@ constexpr std::int64_t max_len = 96;
 struct fixture {
   cpu backend;
   io::model_config config = tiny_config();
-  ds::model_weights<cpu> weights = ds::dummy_weights(backend, config, {.shard = {}, .seed = 11});
+  ds::model_weights<cpu> weights =
+      ds::dummy_weights(backend, config, {.shard = {}, .seed = 11, .layout = {}});
   executor_t exec{backend, weights, ds::model_options{max_len}, 8};
 
   engine::engine_config engine_config(std::int64_t capacity, std::int32_t rows,

@@ -38,7 +38,8 @@ struct model_fixture {
   cpu backend;
   io::model_config config = io::load_model_config(std::filesystem::path(LIGHTCORE_TEST_DATA_DIR) /
                                                   "configs" / "tiny_deepseek_v3.json");
-  ds::model_weights<cpu> weights = ds::dummy_weights(backend, config, {.shard = {}, .seed = 3});
+  ds::model_weights<cpu> weights =
+      ds::dummy_weights(backend, config, {.shard = {}, .seed = 3, .layout = {}});
   executor_t exec{backend, weights, ds::model_options{max_len}, 16};
 
   engine::engine_config config_of(std::int64_t capacity, std::int64_t budget, bool prefix,

@@ -57,7 +57,7 @@ outcome run(bool overlap, bool graphs) {
   gpu_t gpu(0);
   io::model_config const config = io::load_model_config(
       std::filesystem::path(LIGHTCORE_TEST_DATA_DIR) / "configs" / "tiny_deepseek_v2.json");
-  auto const weights = ds::dummy_weights(gpu, config, {.shard = {}, .seed = 21});
+  auto const weights = ds::dummy_weights(gpu, config, {.shard = {}, .seed = 21, .layout = {}});
   ds::decode_graph_options g;
   g.enabled = graphs;
   executor_t exec(gpu, weights, ds::model_options{max_len}, rows, g);

@@ -30,7 +30,8 @@ struct model_fixture {
   cpu backend;
   io::model_config config = io::load_model_config(std::filesystem::path(LIGHTCORE_TEST_DATA_DIR) /
                                                   "configs" / "tiny_deepseek_v2.json");
-  ds::model_weights<cpu> weights = ds::dummy_weights(backend, config, {.shard = {}, .seed = 5});
+  ds::model_weights<cpu> weights =
+      ds::dummy_weights(backend, config, {.shard = {}, .seed = 5, .layout = {}});
 
   engine::engine_config config_of(std::int64_t capacity, std::int64_t running = 8,
                                   bool prefix = true) const {
@@ -272,9 +273,10 @@ TEST(EngineHandover, StreamObserverSeesCompletedPromptsThenEachWrittenLayer) {
       rec.calls.assign(1, calls[call]);
       for (std::int64_t l = 0; l < n_layers; ++l) {
         EXPECT_EQ(rec.rows_at[call][std::size_t(l)], rec.rows_of(l)) << "layer " << l;
-        if (l + 1 < n_layers)
+        if (l + 1 < n_layers) {
           EXPECT_NE(rec.next_rows_at[call][std::size_t(l)], rec.rows_of(l + 1))
               << "layer " << l + 1 << " was already written at after_layer(" << l << ")";
+        }
       }
       rec.calls = calls;
     }

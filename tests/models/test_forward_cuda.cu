@@ -149,8 +149,8 @@ TEST(ForwardCudaShapes, HiddenSizesThatTakeEveryKernelPath) {
     io::model_config const c = io::load_model_config(derived_config(
         sub, sh.q_lora > 0 ? "tiny_deepseek_v3.json" : "tiny_deepseek_v2.json", patch));
     if (sh.q_lora == 0) ASSERT_FALSE(c.q_lora_rank.has_value());
-    auto const w_cpu = ds::dummy_weights(cpu, c, {.shard = {}, .seed = 21});
-    auto const w_gpu = ds::dummy_weights(gpu, c, {.shard = {}, .seed = 21});
+    auto const w_cpu = ds::dummy_weights(cpu, c, {.shard = {}, .seed = 21, .layout = {}});
+    auto const w_gpu = ds::dummy_weights(gpu, c, {.shard = {}, .seed = 21, .layout = {}});
     auto run = [&](auto& backend, auto const& w) {
       using B = std::remove_reference_t<decltype(backend)>;
       constexpr std::int64_t max_len = 32;

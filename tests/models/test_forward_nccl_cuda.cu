@@ -69,7 +69,7 @@ TEST_F(ForwardNccl, WorldOneThroughNcclEqualsTheForwardWithoutACommunicator) {
     int const ordinal = 0;
     dist::run_nccl_ranks(std::span<int const>(&ordinal, 1), [&](dist::nccl_communicator& comm) {
       cuda gpu(0);
-      auto const w = ds::dummy_weights(gpu, c, {.shard = {0, 1}, .seed = 5});
+      auto const w = ds::dummy_weights(gpu, c, {.shard = {0, 1}, .seed = 5, .layout = {}});
       ds::model<cuda> alone(gpu, w, ds::model_options{64});
       plain = run(gpu, alone, c.num_hidden_layers, prompt);
       ds::model<cuda, dist::nccl_communicator> ranked(gpu, w, comm, ds::model_options{64});
