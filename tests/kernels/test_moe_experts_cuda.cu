@@ -10,9 +10,10 @@
 // The wgmma kernel (bf16 and FP8, block_m 64, from moe_experts_wgmma_min_tokens tokens): the T 257
 // and 4096 cases above take it through the dispatch; below it is also forced, in both formats, at
 // small T on every model shape, at T not a multiple of 64 with experts of 0, 1 and every token's
-// rows, in a graph, on a shape whose down GEMM falls back to mma.sync, against the mma.sync kernel
-// on every token of R1 at T 4096, with parameters it must refuse, and its FP8 gate_up epilogue's
-// quantisation bit for bit (in the mma.sync kernel's test).
+// rows, FP8 with items grouped by several pairs of one expert (the persistent kernel's dynamic
+// order), in a graph, on a shape whose down GEMM falls back to mma.sync, against the mma.sync
+// kernel on every token of R1 at T 4096, with parameters it must refuse, and its FP8 gate_up
+// epilogue's quantisation bit for bit (in the mma.sync kernel's test).
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
