@@ -14,6 +14,12 @@ __device__ __forceinline__ std::uint32_t smem_address(void const* ptr) {
   return std::uint32_t(__cvta_generic_to_shared(ptr));
 }
 
+// Starts moving the 128-byte line at ptr into L2 (no register, no wait). Changes no value, so a
+// kernel may issue it for data it reads later before waiting on the kernel before it (pdl.cuh).
+__device__ __forceinline__ void prefetch_l2(void const* ptr) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(ptr));
+}
+
 // Copies 16 bytes global -> shared without a register round trip; src_bytes 0 writes 16 zeros
 // and reads nothing (rows past the end of a split, slots outside the pool).
 __device__ __forceinline__ void cp_async_16(std::uint32_t dst, void const* src, int src_bytes) {

@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "kernels/common/pdl.cuh"
+#include "kernels/common/ptx.cuh"
 #include "kernels/gemm/gemv_bf16_params.hpp"
 #include "lightcore/core/cuda_check.hpp"
 #include "lightcore/core/error.hpp"
@@ -41,11 +42,6 @@ __device__ __forceinline__ uint4 gemv_bf16_load_stream(void const* ptr) {
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                : "l"(ptr));
   return v;
-}
-
-// Starts moving the 128-byte line at ptr into L2 (no register, no wait).
-__device__ __forceinline__ void gemv_bf16_prefetch_l2(void const* ptr) {
-  asm volatile("prefetch.global.L2 [%0];" ::"l"(ptr));
 }
 
 // 16 bytes of the tokens: read-only for the kernel's lifetime, reused through L1.
@@ -185,7 +181,7 @@ __global__ void __launch_bounds__(32 * gemv_bf16_max_warps)
   std::int64_t const lines = (p.k + line - 1) / line;
 #pragma unroll
   for (int r = 0; r < rows; ++r)
-    for (std::int64_t i = tid; i < lines; i += threads) gemv_bf16_prefetch_l2(w_row[r] + i * line);
+    for (std::int64_t i = tid; i < lines; i += threads) prefetch_l2(w_row[r] + i * line);
   pdl_enter();
   std::uint16_t const* x_row[MPad];
 #pragma unroll

@@ -25,6 +25,7 @@
 
 #include "kernels/activation/activation_params.hpp"
 #include "kernels/common/pdl.cuh"
+#include "kernels/common/ptx.cuh"
 #include "kernels/gemm/gemv_bf16.cuh"
 #include "kernels/moe/moe_experts.hpp"
 #include "kernels/moe/moe_experts_params.hpp"
@@ -73,8 +74,7 @@ __global__ void __launch_bounds__(moe_gemv_traits<Stage, MPad>::threads)
     constexpr std::int64_t line = 64;  // bf16 values per 128-byte line
 #pragma unroll
     for (int r = 0; r < rows; ++r)
-      for (std::int64_t i = lane; i < p.k / line; i += 32)
-        gemv_bf16_prefetch_l2(w_row[r] + i * line);
+      for (std::int64_t i = lane; i < p.k / line; i += 32) prefetch_l2(w_row[r] + i * line);
   }
   pdl_enter();
   std::int64_t const block = std::int64_t(gridDim.y) - 1 - blockIdx.y;

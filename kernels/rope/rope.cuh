@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "kernels/common/pdl.cuh"
+#include "kernels/common/ptx.cuh"
 #include "kernels/rope/rope.hpp"
 #include "kernels/rope/rope_params.hpp"
 #include "lightcore/core/cuda_check.hpp"
@@ -124,7 +125,7 @@ __global__ void __launch_bounds__(rope_traits::threads)
 #pragma unroll
     for (int s = 0; s < MaxSteps; ++s) {
       std::uint32_t const row = first + std::uint32_t(s * traits::rows_per_step);
-      if (row < end) asm volatile("prefetch.global.L2 [%0];" ::"l"(rope_row_at(p, token, row)));
+      if (row < end) prefetch_l2(rope_row_at(p, token, row));
     }
   }
   pdl_enter();  // every load and store comes after it
