@@ -40,6 +40,23 @@ struct moe_align_traits {
   static_assert(threads <= 1024 && counter_bytes <= 40 * 1024);
 };
 
+// The expert of the block that starts at sorted row `start`, from the experts' padded offsets
+// (offsets[experts] is the total): the last expert whose offset is <= start, since empty experts
+// share the offset of the next expert with rows; -1 from the total on.
+__device__ __forceinline__ int moe_expert_of_block_start(int const* offsets, int experts,
+                                                         std::int64_t start) {
+  if (start >= offsets[experts]) return -1;
+  int lo = 0, hi = experts;
+  while (hi - lo > 1) {
+    int const mid = (lo + hi) / 2;
+    if (offsets[mid] <= start)
+      lo = mid;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
 // Inclusive prefix sum of v over the block's threads; `warp_sums` holds one int per warp.
 template <int Warps>
 __device__ __forceinline__ int moe_block_inclusive_scan(int v, int* warp_sums) {
@@ -159,24 +176,8 @@ __global__ void __launch_bounds__(moe_align_traits<Warps>::threads)
       p.sorted_ids[i] = rows;
   for (std::int64_t i = total + tid; i < p.sorted_capacity; i += traits::threads)
     p.sorted_ids[i] = rows;
-  for (std::int64_t b = tid; b < p.block_capacity; b += traits::threads) {
-    std::int64_t const start = b * block_m;
-    int expert = -1;
-    if (start < total) {
-      // The last expert whose offset is <= start: empty experts share the offset of the next
-      // expert with rows, so the search lands on the one whose range holds the block.
-      int lo = 0, hi = experts;
-      while (hi - lo > 1) {
-        int const mid = (lo + hi) / 2;
-        if (offsets[mid] <= start)
-          lo = mid;
-        else
-          hi = mid;
-      }
-      expert = lo;
-    }
-    p.expert_of_block[b] = expert;
-  }
+  for (std::int64_t b = tid; b < p.block_capacity; b += traits::threads)
+    p.expert_of_block[b] = moe_expert_of_block_start(offsets, experts, b * block_m);
 }
 
 // Per-expert scratch of moe_align_warp, in shared memory.
@@ -246,22 +247,8 @@ __device__ __forceinline__ void moe_align_warp(moe_align_params const& p, std::i
   }
   if (lane == 0) *p.total_padded = total;
   for (std::int64_t i = lane; i < p.sorted_capacity; i += 32) p.sorted_ids[i] = rows;
-  for (std::int64_t b = lane; b < p.block_capacity; b += 32) {
-    std::int64_t const start = b * block_m;
-    int expert = -1;
-    if (start < total) {  // the last expert whose offset is <= start (see moe_align_kernel)
-      int lo = 0, hi = experts;
-      while (hi - lo > 1) {
-        int const mid = (lo + hi) / 2;
-        if (s.offsets[mid] <= start)
-          lo = mid;
-        else
-          hi = mid;
-      }
-      expert = lo;
-    }
-    p.expert_of_block[b] = expert;
-  }
+  for (std::int64_t b = lane; b < p.block_capacity; b += 32)
+    p.expert_of_block[b] = moe_expert_of_block_start(s.offsets, experts, b * block_m);
   // The routed rows over the padding written above: __syncwarp orders the warp's stores.
   __syncwarp();
   if (e >= 0) {
