@@ -385,6 +385,16 @@ test::alignment_host align_cpu(std::vector<std::int32_t>& ids, std::int64_t toke
   return h;
 }
 
+// Every output of two alignments, element for element.
+void expect_same_alignment(test::alignment_host const& got, test::alignment_host const& want) {
+  EXPECT_EQ(got.counts, want.counts);
+  EXPECT_EQ(got.offsets, want.offsets);
+  EXPECT_EQ(got.total, want.total);
+  EXPECT_EQ(got.sorted, want.sorted);
+  EXPECT_EQ(got.block_expert, want.block_expert);
+  EXPECT_EQ(got.inverse, want.inverse);
+}
+
 // Aligns ids [tokens, k] on the GPU into poisoned buffers `extra` elements longer than the
 // capacity; expects the CPU's result bit for bit and every invariant.
 void check_alignment(std::vector<std::int32_t>& ids, std::int64_t tokens, std::int64_t k,
@@ -401,12 +411,7 @@ void check_alignment(std::vector<std::int32_t>& ids, std::int64_t tokens, std::i
   auto const got = out.download(gpu, stream);
   auto const want = align_cpu(ids, tokens, k, experts, block_m, extra);
   EXPECT_EQ(test::alignment_violations(ids, experts, block_m, got), "");
-  EXPECT_EQ(got.counts, want.counts);
-  EXPECT_EQ(got.offsets, want.offsets);
-  EXPECT_EQ(got.total, want.total);
-  EXPECT_EQ(got.sorted, want.sorted);
-  EXPECT_EQ(got.block_expert, want.block_expert);
-  EXPECT_EQ(got.inverse, want.inverse);
+  expect_same_alignment(got, want);
 }
 
 std::vector<std::int32_t> routed_ids(std::int64_t tokens, moe_routing_config const& c,
@@ -502,12 +507,8 @@ TEST_F(MoeCudaTest, RoutingAndAlignmentCaptureTogether) {
   });
   auto ids = r.download(gpu, stream);
   expect_same_routing(ids, route_cpu(logits, tokens, 256, &bias, c), logits, 256, &bias, c, tokens);
-  auto const got = a.download(gpu, stream);
-  auto const want = align_cpu(ids.ids, tokens, c.top_k, 256, block_m, 0);
-  EXPECT_EQ(got.sorted, want.sorted);
-  EXPECT_EQ(got.block_expert, want.block_expert);
-  EXPECT_EQ(got.inverse, want.inverse);
-  EXPECT_EQ(got.offsets, want.offsets);
+  expect_same_alignment(a.download(gpu, stream),
+                        align_cpu(ids.ids, tokens, c.top_k, 256, block_m, 0));
 }
 
 // moe_route_and_align: one launch for a decode batch, the two kernels above it. Either way the
@@ -551,12 +552,7 @@ TEST_F(MoeCudaTest, RoutingAndAlignmentInOneLaunchEqualTheTwoKernels) {
         auto const got_a = one_a.download(gpu, stream);
         auto const want_a = two_a.download(gpu, stream);
         EXPECT_EQ(test::alignment_violations(got.ids, stack, block_m, got_a), "");
-        EXPECT_EQ(got_a.counts, want_a.counts);
-        EXPECT_EQ(got_a.offsets, want_a.offsets);
-        EXPECT_EQ(got_a.total, want_a.total);
-        EXPECT_EQ(got_a.sorted, want_a.sorted);
-        EXPECT_EQ(got_a.block_expert, want_a.block_expert);
-        EXPECT_EQ(got_a.inverse, want_a.inverse);
+        expect_same_alignment(got_a, want_a);
       }
     }
   }
