@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What each kernel adds to a step's critical path, from kernel_timeline's CSV.
 
-  critical_path.py trace.csv [--graphs-only] [--gap-us 20] [--last N]
+  critical_path.py trace.csv [--graphs-only] [--gap-us 20] [--last N] [--by-grid]
 
 Kernels are taken in start order and cut into steps wherever the GPU idles longer than --gap-us
 (the host's synchronisation between steps). For the last N steps (default 3) it prints, per
@@ -9,7 +9,8 @@ kernel name, the count per step and the mean of:
   - alone:    end - start, the kernel's own span (under programmatic dependent launch it includes
               the time its blocks waited for the kernel before);
   - adds:     end - the previous kernel's end, what the kernel adds to the step.
-The step's span is the sum of `adds`.
+The step's span is the sum of `adds`. --by-grid keys the rows by kernel and grid, which tells
+apart the launches of one kernel on different shapes (each GEMV of a layer).
 """
 import argparse
 import collections
@@ -29,6 +30,7 @@ def main():
     ap.add_argument("--graphs-only", action="store_true")
     ap.add_argument("--gap-us", type=float, default=20.0)
     ap.add_argument("--last", type=int, default=3)
+    ap.add_argument("--by-grid", action="store_true")
     a = ap.parse_args()
     rows = []
     with open(a.csv) as f:
@@ -52,7 +54,7 @@ def main():
     for s in steps:
         prev_end = s[0][0]
         for start, end, name, grid in s:
-            key = short(name)
+            key = short(name) + (f"  [{grid}]" if a.by_grid else "")
             e = agg.setdefault(key, [0, 0.0, 0.0])
             e[0] += 1
             e[1] += (end - start) / 1e3
