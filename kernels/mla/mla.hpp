@@ -47,9 +47,15 @@ struct mla_decode_args {
   tensor_view req_to_token;  // [requests, columns] i32; last dim contiguous
   tensor_view req_rows;      // [batch] i32, each batch row's request row in req_to_token
   tensor_view seq_lens;      // [batch] i32 cached tokens per row, the new one included; 0: none
-  tensor_view out;           // [batch, heads, 512] bf16; last dim contiguous
+  tensor_view out;           // [batch, heads, 512] bf16; last dim contiguous; none: see w_uv
   tensor_view lse;           // [batch, heads] f32 contiguous, or a default view for none
   float softmax_scale = 0;   // scale of q.k, YaRN's mscale included
+  // The output projection folded in (or default views): out_v[b, h, :] = out[b, h, :] . w_uv[h]^T
+  // (out as bf16, fp32 sums). On CUDA the merge of a split plan computes it, one launch instead of
+  // a merge and a batched GEMV, without writing out (which may then be a default view); see
+  // mla_decode_folds_w_uv for where CUDA takes it.
+  tensor_view w_uv;   // [heads, v_dim, 512] bf16, rows contiguous (v_dim a multiple of 8)
+  tensor_view out_v;  // [batch, heads, v_dim] bf16; last dim contiguous
 };
 
 namespace detail {
@@ -71,6 +77,8 @@ template <class Layout>  // tiles of 64 heads on warpgroup MMA (mla_decode_wgmma
 void launch_mla_decode_wgmma(mla_decode_params const& p, CUstream_st* stream);
 template <class Out>
 void launch_mla_merge(mla_decode_params const& p, CUstream_st* stream);
+template <class Out>  // the merge with W_UV folded in (mla_decode_params::w_uv)
+void launch_mla_merge_project(mla_decode_params const& p, CUstream_st* stream);
 #endif
 
 inline bool is_none(tensor_view const& v) noexcept { return v.data() == nullptr && v.rank() == 0; }
@@ -222,6 +230,18 @@ mla_decode_plan plan_mla_decode(B& backend, std::int64_t batch, std::int64_t hea
 #else
     static_assert(B::kind != device_kind::cuda, "plan_mla_decode on backend::cuda needs CUDA");
 #endif
+  }
+}
+
+// Whether mla_decode on this backend folds W_UV (mla_decode_args::w_uv) into a decode of `batch`
+// rows under `plan`: always on the CPU; on CUDA where the plan splits the rows (the merge then
+// multiplies) and batch <= mla_fold_w_uv_max_batch (beyond, the GEMM's weight reuse wins).
+template <Backend B>
+bool mla_decode_folds_w_uv(B const&, mla_decode_plan const& plan, std::int64_t batch) noexcept {
+  if constexpr (B::kind == device_kind::cpu) {
+    return true;
+  } else {
+    return plan.num_splits > 1 && batch <= mla_fold_w_uv_max_batch;
   }
 }
 

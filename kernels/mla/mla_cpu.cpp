@@ -83,8 +83,22 @@ mla_decode_params make_mla_decode_params(device where, mla_decode_args const& a,
   LC_CHECK(a.q_rope.shape() == (dims{batch, heads, mla_rope_dim}),
            op << " needs q_rope [" << batch << ", " << heads << ", " << mla_rope_dim << "]; got "
               << a.q_rope);
-  LC_CHECK(a.out.shape() == a.q_nope.shape(),
+  LC_CHECK(!has_out || a.out.shape() == a.q_nope.shape(),
            op << " needs out " << a.q_nope.shape() << " like q_nope; got " << a.out);
+  if (folds_w_uv) {
+    LC_CHECK(a.w_uv.type() == dtype::bf16 && a.w_uv.rank() == 3 && a.w_uv.size(0) == heads &&
+                 a.w_uv.size(2) == mla_latent_dim && a.w_uv.size(1) > 0 &&
+                 a.w_uv.size(1) % 8 == 0 && a.w_uv.stride(2) == 1,
+             op << " needs w_uv as [" << heads << ", v_dim, " << mla_latent_dim
+                << "] bf16 with v_dim a positive multiple of 8 and contiguous rows; got "
+                << a.w_uv);
+    LC_CHECK(a.out_v.type() == dtype::bf16 &&
+                 a.out_v.shape() == (dims{batch, heads, a.w_uv.size(1)}) && a.out_v.stride(2) == 1,
+             op << " needs out_v as [" << batch << ", " << heads << ", " << a.w_uv.size(1)
+                << "] bf16 with a contiguous last dim; got " << a.out_v);
+  } else {
+    LC_CHECK(is_none(a.out_v), op << " got out_v without w_uv");
+  }
   LC_CHECK(heads > 0 && heads % 16 == 0 && heads <= 1024 && batch <= INT32_MAX,
            op << " supports heads a multiple of 16 up to 1024 (16 and 128 for DeepSeek) and batch "
                  "up to 2^31 - 1; got heads "
@@ -112,6 +126,7 @@ mla_decode_params make_mla_decode_params(device where, mla_decode_args const& a,
   LC_CHECK(std::isfinite(a.softmax_scale) && a.softmax_scale > 0,
            op << " needs a finite positive softmax_scale; got " << a.softmax_scale);
   for (auto const* v : {&a.q_nope, &a.q_rope, &a.out}) {
+    if (v == &a.out && !has_out) continue;
     bool const ok = v->data() != nullptr && aligned16(v->data()) && v->stride(2) == 1 &&
                     (heads == 1 || v->stride(1) % 8 == 0) && (batch == 1 || v->stride(0) % 8 == 0);
     LC_CHECK(ok, op << " needs q_nope, q_rope and out with a contiguous last dim, batch and head "
@@ -122,10 +137,14 @@ mla_decode_params make_mla_decode_params(device where, mla_decode_args const& a,
   check_table(a.req_to_token, op);
   check_index_vector(a.req_rows, batch, "req_rows", op);
   check_index_vector(a.seq_lens, batch, "seq_lens", op);
-  for (auto const* v :
-       {&a.q_nope, &a.q_rope, &a.kv_cache, &a.req_to_token, &a.req_rows, &a.seq_lens, &a.out})
-    LC_CHECK(v->where() == where, op << " on " << where << " needs every view there; got " << *v
-                                     << " on " << v->where());
+  for (auto const* v : {&a.q_nope, &a.q_rope, &a.kv_cache, &a.req_to_token, &a.req_rows,
+                        &a.seq_lens, &a.out, &a.w_uv, &a.out_v})
+    LC_CHECK(is_none(*v) || v->where() == where, op << " on " << where
+                                                    << " needs every view there; got " << *v
+                                                    << " on " << v->where());
+  if (folds_w_uv)
+    LC_CHECK(a.w_uv.data() != nullptr && a.out_v.data() != nullptr,
+             op << " got a null w_uv or out_v");
   if (has_lse)
     LC_CHECK(a.lse.where() == where,
              op << " on " << where << " needs lse there; it is on " << a.lse.where());
@@ -142,10 +161,21 @@ mla_decode_params make_mla_decode_params(device where, mla_decode_args const& a,
   p.table = table_view(a.req_to_token);
   p.req_rows = static_cast<std::int32_t const*>(a.req_rows.data());
   p.seq_lens = static_cast<std::int32_t const*>(a.seq_lens.data());
-  p.out = static_cast<bf16*>(a.out.data());
-  p.out_batch_stride = a.out.stride(0);
-  p.out_head_stride = a.out.stride(1);
-  p.out_query_stride = a.out.stride(0);
+  if (has_out) {
+    p.out = static_cast<bf16*>(a.out.data());
+    p.out_batch_stride = a.out.stride(0);
+    p.out_head_stride = a.out.stride(1);
+    p.out_query_stride = a.out.stride(0);
+  }
+  if (folds_w_uv) {
+    p.w_uv = static_cast<bf16 const*>(a.w_uv.data());
+    p.w_uv_head_stride = a.w_uv.stride(0);
+    p.w_uv_row_stride = a.w_uv.stride(1);
+    p.v_dim = int(a.w_uv.size(1));
+    p.out_v = static_cast<bf16*>(a.out_v.data());
+    p.out_v_batch_stride = a.out_v.stride(0);
+    p.out_v_head_stride = a.out_v.stride(1);
+  }
   p.lse = has_lse ? static_cast<float*>(a.lse.data()) : nullptr;
   if (plan.num_splits > 1) {
     auto const partials =
@@ -190,6 +220,7 @@ void mla_decode_cpu(mla_decode_params const& p, int page_size) {
   }
   float const neg_inf = -std::numeric_limits<float>::infinity();
   std::vector<float> q(mla_kv_width), s, o(mla_latent_dim);
+  std::vector<bf16> latent(mla_latent_dim);
   for (int b = 0; b < p.batch; ++b) {
     auto const& rows = slots[std::size_t(b)];
     for (int qi = 0; qi < p.q_len; ++qi) {
@@ -218,10 +249,22 @@ void mla_decode_cpu(mla_decode_params const& p, int page_size) {
           bf16 const* v = p.kv.row(rows[j]);
           for (std::int64_t d = 0; d < mla_latent_dim; ++d) o[std::size_t(d)] += e * float(v[d]);
         }
-        bf16* out =
-            p.out + b * p.out_batch_stride + qi * p.out_query_stride + h * p.out_head_stride;
         for (std::int64_t d = 0; d < mla_latent_dim; ++d)
-          out[d] = bf16(rows.empty() ? 0.0f : o[std::size_t(d)] / l);
+          latent[std::size_t(d)] = bf16(rows.empty() ? 0.0f : o[std::size_t(d)] / l);
+        if (p.out != nullptr)
+          std::copy(
+              latent.begin(), latent.end(),
+              p.out + b * p.out_batch_stride + qi * p.out_query_stride + h * p.out_head_stride);
+        if (p.w_uv != nullptr) {
+          bf16* const out_v = p.out_v + b * p.out_v_batch_stride + h * p.out_v_head_stride;
+          for (int c = 0; c < p.v_dim; ++c) {
+            bf16 const* const w = p.w_uv + h * p.w_uv_head_stride + c * p.w_uv_row_stride;
+            float acc = 0.0f;
+            for (std::int64_t d = 0; d < mla_latent_dim; ++d)
+              acc += float(latent[std::size_t(d)]) * float(w[d]);
+            out_v[c] = bf16(acc);
+          }
+        }
         if (p.lse != nullptr)
           p.lse[(std::int64_t(b) * p.q_len + qi) * p.heads + h] =
               rows.empty() ? neg_inf : m + std::log(l);

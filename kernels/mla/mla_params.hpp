@@ -24,6 +24,11 @@ inline constexpr int mla_heads_per_tile(std::int64_t heads) noexcept {
 }
 // Most KV splits per row: the merge reads every split's partial result.
 inline constexpr int mla_max_splits = 128;
+// Most rows of a decode whose merge folds in W_UV on CUDA (each CTA holds its W_UV tile for one
+// row; a larger batch reads the weights more often than the GEMM does).
+inline constexpr int mla_fold_w_uv_max_batch = 8;
+// Output columns of one CTA of that merge: v_dim must be a multiple (128 for DeepSeek).
+inline constexpr int mla_fold_w_uv_cols = 32;
 
 // The KV write: per new token t, up to two segments of `width` elements are copied from the
 // token's source rows into the row of its slot: MLA writes latent [T, 512] at column 0 and the
@@ -75,6 +80,13 @@ struct mla_decode_params {
   int num_splits = 1;  // KV splits per row; > 1 writes the partial results below, then merges
   float* partial_out = nullptr;  // [batch, num_splits, q_len * heads, 512] f32, normalised
   float* partial_lse = nullptr;  // [batch, num_splits, q_len * heads] f32, log2 units; -inf: empty
+  // The output projection, when the caller folds it in (mla_decode_args::w_uv): out_v[b, h, :] =
+  // bf16(out[b, h, :]) . w_uv[h]^T, fp32 sums. The CUDA merge computes it without writing out.
+  bf16 const* w_uv = nullptr;  // [heads, v_dim, 512], rows w_uv_row_stride apart
+  std::int64_t w_uv_head_stride = 0, w_uv_row_stride = 0;
+  int v_dim = 0;          // 128 for DeepSeek
+  bf16* out_v = nullptr;  // [batch, heads, v_dim]
+  std::int64_t out_v_batch_stride = 0, out_v_head_stride = 0;
 };
 
 // How a decode batch is cut: fixed for a (batch, heads, device), whatever the lengths, so that a

@@ -1,7 +1,7 @@
 // mla on the CPU backend: the fp32 decode reference against the double-precision definition
 // (scattered slots, mixed lengths, H = 16 and 128, a row of length 0, page size 4), the KV writes
 // (slot lists, req_to_token, padding, GQA) bit for bit, the split plan, and the errors for bad
-// arguments.
+// arguments; W_UV folded into the decode against a double-precision product.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -161,10 +161,82 @@ TEST(MlaCpu, DecodeRejectsBadArguments) {
     b.softmax_scale = std::numeric_limits<float>::quiet_NaN();
     test::expect_error([&] { run(b, plan); }, {"finite positive softmax_scale"});
   }
+  // W_UV folded in (FoldedWuvProjectsTheOutput): out or w_uv, shapes that fit.
+  std::vector<bf16> w(16 * 128 * mla_latent), out_v(2 * 16 * 128);
+  {
+    auto b = a;
+    b.out = tensor_view();
+    test::expect_error([&] { run(b, plan); }, {"needs out, or w_uv and out_v"});
+  }
+  {
+    auto b = a;
+    b.out_v = tensor_view(out_v.data(), dtype::bf16, {2, 16, 128});
+    test::expect_error([&] { run(b, plan); }, {"out_v without w_uv"});
+  }
+  {
+    auto b = a;
+    b.w_uv = tensor_view(w.data(), dtype::bf16, {16, 128, 256});
+    b.out_v = tensor_view(out_v.data(), dtype::bf16, {2, 16, 128});
+    test::expect_error([&] { run(b, plan); }, {"w_uv as [16, v_dim, 512]"});
+  }
+  {
+    auto b = a;
+    b.w_uv = tensor_view(w.data(), dtype::bf16, {16, 128, mla_latent});
+    b.out_v = tensor_view(out_v.data(), dtype::bf16, {2, 16, 64});
+    test::expect_error([&] { run(b, plan); }, {"out_v as [2, 16, 128]"});
+  }
   // A table entry that the lengths reach and that names no slot of the pool: nothing is written.
   m.table[std::size_t(m.req_rows[1] * m.columns + 4)] = std::int32_t(m.slots);
   test::expect_error([&] { run(a, plan); }, {"batch row 1 position 4", "outside the pool"});
   EXPECT_TRUE(std::isnan(float(r.out[0]))) << "the reference wrote before failing";
+}
+
+// W_UV folded in: out_v is the projection of out as written (bf16), against a double-precision
+// product: fp32 sums of 512 terms and one bf16 rounding, 2^-8 of the element plus 1e-5 of the sum
+// of |terms| (fp32's worst case over 512 terms is 3e-5, its typical error 2e-6). The same call
+// without out gives the same bits.
+TEST(MlaCpu, FoldedWuvProjectsTheOutput) {
+  constexpr std::int64_t v_dim = 128;
+  auto rng = test::test_rng();
+  backend::cpu cpu;
+  auto m = test::make_mla_batch({9, 0, 70}, 16, rng);
+  decoded r;
+  auto a = decode_args(m, r, test::deepseek_softmax_scale());
+  auto w = test::normal_bf16(std::size_t(m.heads * v_dim * mla_latent), 0.05f, rng);
+  std::vector<bf16> out_v(std::size_t(m.batch * m.heads * v_dim), test::nan_bf16());
+  a.w_uv = tensor_view(w.data(), dtype::bf16, {m.heads, v_dim, mla_latent});
+  a.out_v = tensor_view(out_v.data(), dtype::bf16, {m.batch, m.heads, v_dim});
+  auto const plan = kernels::plan_mla_decode(cpu, m.batch, m.heads);
+  EXPECT_TRUE(kernels::mla_decode_folds_w_uv(cpu, plan, 1000));
+  kernels::mla_decode(cpu, a, plan, tensor_view(), cpu.make_stream());
+  std::int64_t bad = 0;
+  for (std::int64_t b = 0; b < m.batch; ++b) {
+    for (std::int64_t h = 0; h < m.heads; ++h) {
+      bf16 const* o = &r.out[std::size_t((b * m.heads + h) * mla_latent)];
+      for (std::int64_t c = 0; c < v_dim; ++c) {
+        double want = 0, scale = 0;
+        for (std::int64_t k = 0; k < mla_latent; ++k) {
+          double const t =
+              double(float(o[k])) * double(float(w[std::size_t((h * v_dim + c) * mla_latent + k)]));
+          want += t;
+          scale += std::abs(t);
+        }
+        double const got = float(out_v[std::size_t((b * m.heads + h) * v_dim + c)]);
+        if (!(std::abs(got - want) <= std::abs(want) / 256 + 1e-5 * scale) && ++bad <= 8)
+          ADD_FAILURE() << "row " << b << " head " << h << " column " << c << ": " << got
+                        << ", want " << want;
+      }
+    }
+  }
+  EXPECT_EQ(bad, 0);
+
+  std::vector<bf16> again(out_v.size(), test::nan_bf16());
+  auto b = a;
+  b.out = tensor_view();
+  b.lse = tensor_view();
+  b.out_v = tensor_view(again.data(), dtype::bf16, {m.batch, m.heads, v_dim});
+  kernels::mla_decode(cpu, b, plan, tensor_view(), cpu.make_stream());
+  EXPECT_EQ(std::memcmp(again.data(), out_v.data(), again.size() * sizeof(bf16)), 0);
 }
 
 TEST(MlaCpu, PlanDependsOnBatchAndHeadsOnly) {

@@ -4,7 +4,8 @@
 // are NaN, q as the two parts of one [batch, heads, 576] projection, the planned split and forced
 // ones (1, 3, 128: most of them empty for short rows), outputs poisoned first; table entries
 // outside the pool read as zero rows; one CUDA graph replayed with different lengths giving the
-// eager result bit for bit; the KV writes bit for bit.
+// eager result bit for bit; W_UV folded into the merge (batches up to 8, every split, graphs); the
+// KV writes bit for bit.
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
@@ -339,6 +340,139 @@ TEST_F(MlaCudaTest, DecodeRejectsHostViews) {
                             gpu.make_stream());
       },
       {"mla_decode on cuda:0 needs every view there"});
+}
+
+// ---- W_UV folded into the merge: out_v[b, h] = out[b, h] . w_uv[h]^T ----
+
+// The CPU reference of the folded product (out as bf16, fp32 sums), with out written too.
+std::vector<bf16> run_cpu_folded(mla_batch& m, float scale, std::vector<bf16>& w_uv,
+                                 std::int64_t v_dim) {
+  backend::cpu cpu;
+  std::vector<bf16> out_v(std::size_t(m.batch * m.heads * v_dim));
+  auto a = views(m, tensor_view(m.q.data(), dtype::bf16, {m.batch, m.heads, mla_width}),
+                 tensor_view(m.pool.data(), dtype::bf16, {m.slots * m.pool_stride}),
+                 tensor_view(m.table.data(), dtype::i32, {m.requests, m.columns}),
+                 tensor_view(m.req_rows.data(), dtype::i32, {m.batch}),
+                 tensor_view(m.seq_lens.data(), dtype::i32, {m.batch}), tensor_view(),
+                 tensor_view(), scale);
+  a.w_uv = tensor_view(w_uv.data(), dtype::bf16, {m.heads, v_dim, mla_latent});
+  a.out_v = tensor_view(out_v.data(), dtype::bf16, {m.batch, m.heads, v_dim});
+  kernels::mla_decode(cpu, a, kernels::plan_mla_decode(cpu, m.batch, m.heads), tensor_view(),
+                      cpu.make_stream());
+  return out_v;
+}
+
+// The planned split and forced ones (3, and 128: most splits empty), out left unwritten: each
+// (row, head) of out_v within 1e-2 relative L2 of the CPU (the latent's error, ~2e-3, carried
+// through a random projection), empty rows exactly 0.
+void check_folded(std::vector<std::int32_t> const& lens, std::int64_t heads) {
+  SCOPED_TRACE(::testing::Message() << "H " << heads << ", batch " << lens.size());
+  constexpr std::int64_t v_dim = 128;
+  auto rng = test::test_rng();
+  float const scale = test::deepseek_softmax_scale();
+  auto m = test::make_mla_batch(lens, heads, rng, 37);
+  auto w_uv = test::normal_bf16(std::size_t(heads * v_dim * mla_latent), 0.05f, rng);
+  auto const want = run_cpu_folded(m, scale, w_uv, v_dim);
+  backend::cuda gpu(0);
+  auto const stream = gpu.make_stream();
+  auto const planned = kernels::plan_mla_decode(gpu, m.batch, heads);
+  ASSERT_TRUE(kernels::mla_decode_folds_w_uv(gpu, planned, m.batch));
+  std::vector<mla_decode_plan> const plans = {planned, forced_plan(m.batch, heads, 3),
+                                              forced_plan(m.batch, heads, kernels::mla_max_splits)};
+  std::int64_t most = 0;
+  for (auto const& p : plans) most = std::max(most, p.workspace_bytes);
+  device_batch d(gpu, m, {1, most}, stream);
+  tensor<backend::cuda> w(gpu, dtype::bf16, {heads, v_dim, mla_latent});
+  tensor<backend::cuda> out_v(gpu, dtype::bf16, {m.batch, heads, v_dim});
+  gpu.copy(w.data(), w_uv.data(), w.nbytes(), stream);
+  for (auto const& plan : plans) {
+    SCOPED_TRACE(::testing::Message() << plan.num_splits << " splits");
+    gpu.fill(out_v.data(), out_v.nbytes(), 1, poison_byte, stream);
+    auto a = d.args(m, scale);
+    a.out = tensor_view();
+    a.lse = tensor_view();
+    a.w_uv = w;
+    a.out_v = out_v;
+    kernels::mla_decode(gpu, a, plan, d.workspace, stream);
+    std::vector<bf16> got(want.size());
+    gpu.copy(got.data(), out_v.data(), out_v.nbytes(), stream);
+    stream.synchronize();
+    std::int64_t bad = 0;
+    for (std::int64_t b = 0; b < m.batch; ++b) {
+      for (std::int64_t h = 0; h < heads; ++h) {
+        std::size_t const at = std::size_t((b * heads + h) * v_dim);
+        std::vector<float> wf(static_cast<std::size_t>(v_dim));
+        for (std::int64_t c = 0; c < v_dim; ++c) wf[std::size_t(c)] = float(want[at + c]);
+        bool const empty = m.seq_lens[std::size_t(b)] == 0;
+        bool ok = true;
+        if (empty) {
+          for (std::int64_t c = 0; c < v_dim; ++c) ok = ok && float(got[at + c]) == 0.0f;
+        } else {
+          ok = test::relative_l2(&got[at], wf.data(), v_dim) <= 1e-2;
+        }
+        if (!ok && ++bad <= 8)
+          ADD_FAILURE() << "row " << b << " (length " << m.seq_lens[std::size_t(b)] << ") head "
+                        << h << ": relative L2 error "
+                        << test::relative_l2(&got[at], wf.data(), v_dim);
+      }
+    }
+    EXPECT_EQ(bad, 0);
+  }
+
+  // A plan that does not split, or more rows than the fold takes, are refused with the reason.
+  auto a = d.args(m, scale);
+  a.out = tensor_view();
+  a.w_uv = w;
+  a.out_v = out_v;
+  test::expect_error(
+      [&] { kernels::mla_decode(gpu, a, forced_plan(m.batch, heads, 1), d.workspace, stream); },
+      {"folds W_UV into the merge of a split plan", "1 splits"});
+  EXPECT_FALSE(kernels::mla_decode_folds_w_uv(gpu, forced_plan(m.batch, heads, 1), m.batch));
+  EXPECT_FALSE(kernels::mla_decode_folds_w_uv(gpu, planned, kernels::mla_fold_w_uv_max_batch + 1));
+}
+
+TEST_F(MlaCudaTest, FoldedWuvOneRowH16) { check_folded({1024}, 16); }
+TEST_F(MlaCudaTest, FoldedWuvMixedRowsH16) { check_folded({1, 0, 300, 4097}, 16); }
+TEST_F(MlaCudaTest, FoldedWuvEightRowsH128) {
+  check_folded({7, 64, 1000, 33, 0, 2048, 5, 129}, 128);
+}
+
+// The folded decode captured in a graph and replayed gives the eager result bit for bit.
+TEST_F(MlaCudaTest, FoldedWuvGraphReplaysAsEager) {
+  constexpr std::int64_t heads = 16, v_dim = 128, batch = 2;
+  auto rng = test::test_rng();
+  float const scale = test::deepseek_softmax_scale();
+  auto m = test::make_mla_batch({700, 1500}, heads, rng);
+  auto w_uv = test::normal_bf16(std::size_t(heads * v_dim * mla_latent), 0.05f, rng);
+  backend::cuda gpu(0);
+  auto const stream = gpu.make_stream();
+  auto const plan = kernels::plan_mla_decode(gpu, batch, heads);
+  device_batch d(gpu, m, plan, stream);
+  tensor<backend::cuda> w(gpu, dtype::bf16, {heads, v_dim, mla_latent});
+  tensor<backend::cuda> out_v(gpu, dtype::bf16, {batch, heads, v_dim});
+  gpu.copy(w.data(), w_uv.data(), w.nbytes(), stream);
+  auto a = d.args(m, scale);
+  a.out = tensor_view();
+  a.lse = tensor_view();
+  a.w_uv = w;
+  a.out_v = out_v;
+  std::vector<bf16> eager(std::size_t(out_v.numel())), replayed(eager.size());
+  kernels::mla_decode(gpu, a, plan, d.workspace, stream);
+  gpu.copy(eager.data(), out_v.data(), out_v.nbytes(), stream);
+  stream.synchronize();
+  cudaGraph_t graph = nullptr;
+  LC_CUDA_CHECK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeThreadLocal));
+  kernels::mla_decode(gpu, a, plan, d.workspace, stream);
+  LC_CUDA_CHECK(cudaStreamEndCapture(stream.get(), &graph));
+  cudaGraphExec_t exec = nullptr;
+  LC_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  gpu.fill(out_v.data(), out_v.nbytes(), 1, poison_byte, stream);
+  LC_CUDA_CHECK(cudaGraphLaunch(exec, stream.get()));
+  gpu.copy(replayed.data(), out_v.data(), out_v.nbytes(), stream);
+  stream.synchronize();
+  EXPECT_EQ(std::memcmp(eager.data(), replayed.data(), eager.size() * sizeof(bf16)), 0);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
 }
 
 // ---- KV writes: the GPU pool equals the CPU pool bit for bit, from the same NaN pool ----
