@@ -67,14 +67,33 @@ void mla_kv_prepare_cpu(mla_kv_prepare_params const& p, int page_size) {
     rmsnorm_row_cpu(p.latent + t * p.latent_stride, row, p.norm_weight, mla_latent_dim, p.eps);
     rope_rotate_row_cpu(r.k + t * r.k_token_stride, row + mla_latent_dim, cos_sin);
   }
+  mla_absorb_params const& a = p.absorb;
+  std::vector<float> q(mla_nope_dim), acc(mla_latent_dim);
+  for (int row = 0; row < a.rows; ++row) {
+    for (int h = 0; h < a.heads; ++h) {
+      bf16 const* const qn = a.q_nope + row * a.q_row_stride + h * a.q_head_stride;
+      for (std::int64_t k = 0; k < mla_nope_dim; ++k) q[std::size_t(k)] = float(qn[k]);
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (std::int64_t k = 0; k < mla_nope_dim; ++k) {
+        bf16 const* const w = a.w_uk + h * a.w_head_stride + k * a.w_row_stride;
+        for (std::int64_t n = 0; n < mla_latent_dim; ++n)
+          acc[std::size_t(n)] += q[std::size_t(k)] * float(w[n]);
+      }
+      bf16* const out = a.out + row * a.out_row_stride + h * a.out_head_stride;
+      for (std::int64_t n = 0; n < mla_latent_dim; ++n) out[n] = bf16(acc[std::size_t(n)]);
+    }
+  }
 }
 
 mla_decode_params make_mla_decode_params(device where, mla_decode_args const& a,
                                          mla_decode_plan const& plan,
                                          tensor_view const& workspace) {
   char const* const op = "mla_decode";
+  bool const has_out = !is_none(a.out), folds_w_uv = !is_none(a.w_uv);
+  LC_CHECK(has_out || folds_w_uv,
+           op << " needs out, or w_uv and out_v (the output projection folded in)");
   LC_CHECK(a.q_nope.type() == dtype::bf16 && a.q_rope.type() == dtype::bf16 &&
-               a.out.type() == dtype::bf16,
+               (!has_out || a.out.type() == dtype::bf16),
            op << " needs bf16 q_nope, q_rope and out; got " << a.q_nope.type() << ", "
               << a.q_rope.type() << ", " << a.out.type());
   LC_CHECK(a.q_nope.rank() == 3 && a.q_nope.size(2) == mla_latent_dim,

@@ -5,7 +5,8 @@
 // elements a lane, the sum of squares over the warp) and writes it into the token's slot; the
 // other warps rope the token's rows (its q heads, then the key, which goes straight to the slot),
 // a lane per (even, odd) pair, up to rows_in_flight rows loaded before the first is written.
-// Launched overlapped with the previous kernel (programmatic dependent launch).
+// Launched overlapped with the previous kernel (programmatic dependent launch). With an absorb
+// (mla_kv_prepare_args::w_uk), the grid's first CTAs compute q_nope . W_UK instead (below).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -14,6 +15,7 @@
 #include <cstdint>
 
 #include "kernels/common/pdl.cuh"
+#include "kernels/gemm/gemv_bf16.cuh"
 #include "kernels/mla/mla_kv_prepare.hpp"
 #include "kernels/norm/norm_params.hpp"
 #include "kernels/rope/rope_params.hpp"
@@ -40,15 +42,86 @@ __device__ __forceinline__ void unpack8(uint4 const v, float* out) {
   for (int i = 0; i < 8; ++i) out[i] = float(b.v[i]);
 }
 
-template <class Layout>
+// The absorb CTAs (the grid's first absorb_ctas): CTA (head h, tile of 128 latent columns) holds
+// its 128 x 128 tile of W_UK[h] in registers, loaded before the wait on the previous kernel, and
+// multiplies every row's q_nope[h] by it. Thread t owns columns 8 (t % 16) .. + 8 of the tile and
+// the nope rows k = t / 16 + 16 i (i < 8); the 16 partial sums of a column meet in shared memory.
+struct mla_absorb_traits {
+  static constexpr int cols = 128;                          // latent columns of a CTA
+  static constexpr int tiles = int(mla_latent_dim) / cols;  // CTAs per head
+  static constexpr int col_vectors = cols / 8;              // 16-byte vectors across a tile row
+  static constexpr int k_groups = mla_kv_prepare_traits::threads / col_vectors;  // 16
+  static constexpr int k_per_thread = int(mla_nope_dim) / k_groups;              // 8
+};
+static_assert(mla_absorb_traits::k_groups * mla_absorb_traits::col_vectors ==
+              mla_kv_prepare_traits::threads);
+
+__device__ __forceinline__ void mla_absorb_tile(mla_absorb_params const& a, int const cta) {
+  using traits = mla_absorb_traits;
+  int const h = cta / traits::tiles, tile = cta % traits::tiles;
+  int const t = int(threadIdx.x), cv = t % traits::col_vectors, kg = t / traits::col_vectors;
+  int const n0 = tile * traits::cols + 8 * cv;
+  uint4 w[traits::k_per_thread];
+#pragma unroll
+  for (int i = 0; i < traits::k_per_thread; ++i)
+    w[i] = gemv_bf16_load_stream(a.w_uk + h * a.w_head_stride +
+                                 std::int64_t(kg + traits::k_groups * i) * a.w_row_stride + n0);
+  pdl_enter();
+  __shared__ float q[mla_nope_dim];
+  __shared__ __align__(16) float partial[traits::k_groups][traits::cols];
+  for (int row = 0; row < a.rows; ++row) {
+    if (t < int(mla_nope_dim) / 8) {
+      float v[8];
+      gemv_bf16_unpack(__ldg(reinterpret_cast<uint4 const*>(a.q_nope + row * a.q_row_stride +
+                                                            h * a.q_head_stride) +
+                             t),
+                       v);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) q[8 * t + j] = v[j];
+    }
+    __syncthreads();
+    float acc[8] = {};
+#pragma unroll
+    for (int i = 0; i < traits::k_per_thread; ++i) {
+      float f[8];
+      gemv_bf16_unpack(w[i], f);
+      float const x = q[kg + traits::k_groups * i];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[j] = fmaf(x, f[j], acc[j]);
+    }
+    auto* const dst = reinterpret_cast<float4*>(&partial[kg][8 * cv]);
+    dst[0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+    dst[1] = make_float4(acc[4], acc[5], acc[6], acc[7]);
+    __syncthreads();
+    if (t < traits::cols) {
+      float sum = 0.0f;
+#pragma unroll
+      for (int g = 0; g < traits::k_groups; ++g) sum += partial[g][t];
+      a.out[row * a.out_row_stride + h * a.out_head_stride + tile * traits::cols + t] = bf16(sum);
+    }
+    __syncthreads();  // q and partial are rewritten by the next row
+  }
+}
+
+// Absorb: whether the grid starts with absorb CTAs (a kernel of its own, so that the absorb's
+// registers do not cut the occupancy of the plain step, which a prefill runs over many tokens).
+template <class Layout, bool Absorb>
 __global__ void __launch_bounds__(mla_kv_prepare_traits::threads)
-    mla_kv_prepare_kernel(mla_kv_prepare_params const p) {
+    mla_kv_prepare_kernel(mla_kv_prepare_params const p, int const absorb_ctas) {
+  if constexpr (Absorb) {
+    if (int(blockIdx.x) < absorb_ctas) {
+      mla_absorb_tile(p.absorb, int(blockIdx.x));
+      return;
+    }
+  }
   pdl_enter();
   using traits = mla_kv_prepare_traits;
   int const warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   kv_write_params const& w = p.write;
   rope_params const& r = p.rope;
-  for (std::int64_t token = blockIdx.x; token < w.tokens; token += gridDim.x) {
+  std::int64_t const first = std::int64_t(blockIdx.x) - absorb_ctas;
+  std::int64_t const stride = std::int64_t(gridDim.x) - absorb_ctas;
+  for (std::int64_t token = first; token < w.tokens; token += stride) {
     // The slot, as kv_write finds it: a token outside the table or the pool is not written.
     std::int64_t slot = -1;
     if (w.slots != nullptr) {
@@ -136,9 +209,16 @@ template <class Layout>
 void launch_mla_kv_prepare(mla_kv_prepare_params const& p, int num_sms, CUstream_st* stream) {
   using traits = mla_kv_prepare_traits;
   if (p.write.tokens == 0) return;
+  LC_CHECK(p.absorb.rows <= mla_fold_w_uk_max_rows,
+           "mla_kv_prepare on CUDA absorbs W_UK for at most " << mla_fold_w_uk_max_rows
+                                                              << " rows; got " << p.absorb.rows);
+  int const absorb_ctas = p.absorb.rows > 0 ? p.absorb.heads * mla_absorb_traits::tiles : 0;
   auto const blocks = unsigned(
       std::clamp<std::int64_t>(p.write.tokens, 1, std::int64_t(num_sms) * traits::blocks_per_sm));
-  launch_pdl(mla_kv_prepare_kernel<Layout>, dim3(blocks), dim3(traits::threads), 0, stream, p);
+  auto const kernel =
+      absorb_ctas > 0 ? mla_kv_prepare_kernel<Layout, true> : mla_kv_prepare_kernel<Layout, false>;
+  launch_pdl(kernel, dim3(blocks + unsigned(absorb_ctas)), dim3(traits::threads), 0, stream, p,
+             absorb_ctas);
   LC_CUDA_CHECK_LAUNCH();
 }
 

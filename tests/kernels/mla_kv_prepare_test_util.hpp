@@ -54,14 +54,27 @@ struct kv_prepare_case {
   }
 };
 
-// The pool, q and kv_a after mla_kv_prepare ran on a backend.
+// The pool, q and kv_a after mla_kv_prepare ran on a backend, and the absorbed queries of the
+// last `absorb_rows` tokens when it absorbed W_UK ([rows, heads, 512]).
 struct kv_prepare_result {
-  std::vector<bf16> pool, q, kv_a;
+  std::vector<bf16> pool, q, kv_a, q_absorbed;
 };
 
-// Runs mla_kv_prepare on `backend` over copies of the case's buffers there (tokens, heads >= 1).
+// A random W_UK [heads, 128, 512] of the scale DeepSeek's has (kv_b_proj rows ~0.05).
+inline std::vector<bf16> random_w_uk(std::int64_t heads, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 0.05f);
+  std::vector<bf16> w(std::size_t(heads * 128 * 512));
+  for (auto& v : w) v = bf16(normal(rng));
+  return w;
+}
+
+// Runs mla_kv_prepare on `backend` over copies of the case's buffers there (tokens, heads >= 1);
+// with w_uk, it also absorbs W_UK into the q_nope of the last absorb_rows tokens.
 template <Backend B>
-kv_prepare_result run_kv_prepare(B& backend, kv_prepare_case const& c, bool through_table) {
+kv_prepare_result run_kv_prepare(B& backend, kv_prepare_case const& c, bool through_table,
+                                 std::vector<bf16> const* w_uk = nullptr,
+                                 std::int64_t absorb_rows = 0) {
   auto stream = backend.make_stream();
   auto upload = [&](auto const& host, dtype type, dims shape) {
     tensor<B> t(backend, type, shape);
@@ -88,9 +101,22 @@ kv_prepare_result run_kv_prepare(B& backend, kv_prepare_case const& c, bool thro
   a.slots = through_table ? kernels::kv_slots::table(table.view(), rows.view(), positions.view())
                           : kernels::kv_slots::list(slots.view());
   a.kv_cache = pool.view();
+  std::int64_t const r0 = t - absorb_rows;
+  tensor<B> w, absorbed;
+  if (w_uk != nullptr) {
+    w = upload(*w_uk, dtype::bf16, {h, 128, 512});
+    absorbed = tensor<B>(backend, dtype::bf16, {absorb_rows, h, 512});
+    backend.fill(absorbed.data(), absorbed.nbytes(), 1, 0xFF, stream);  // NaN until written
+    a.q_nope = q.view().slice(0, r0, t).slice(2, 0, 128);
+    a.w_uk = w.view();
+    a.q_absorbed = absorbed.view();
+  }
   kernels::mla_kv_prepare(backend, a, stream);
   kv_prepare_result r{std::vector<bf16>(c.pool.size()), std::vector<bf16>(c.q.size()),
-                      std::vector<bf16>(c.kv_a.size())};
+                      std::vector<bf16>(c.kv_a.size()),
+                      std::vector<bf16>(std::size_t(absorb_rows * h * 512))};
+  if (w_uk != nullptr)
+    backend.copy(r.q_absorbed.data(), absorbed.data(), absorbed.nbytes(), stream);
   backend.copy(r.pool.data(), pool.data(), pool.nbytes(), stream);
   backend.copy(r.q.data(), q.data(), r.q.size() * sizeof(bf16), stream);
   backend.copy(r.kv_a.data(), kv_a.data(), r.kv_a.size() * sizeof(bf16), stream);

@@ -1,7 +1,9 @@
 // mla_kv_prepare on the CPU: it is rmsnorm, apply_rope and mla_write_kv in turn, leaves kv_a as
-// it was, and refuses bad arguments with the ops' messages.
+// it was, and refuses bad arguments with the ops' messages; W_UK absorbed into the last rows'
+// q_nope against a double-precision product.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -19,6 +21,21 @@ bool same_bits(std::vector<bf16> const& a, std::vector<bf16> const& b) {
   for (std::size_t i = 0; i < a.size(); ++i)
     if (a[i].bits != b[i].bits) return false;
   return true;
+}
+
+// Views over the case's own host buffers (which the op then writes), slots from its list.
+kernels::mla_kv_prepare_args host_args(test::kv_prepare_case& c) {
+  std::int64_t const t = c.tokens;
+  kernels::mla_kv_prepare_args a;
+  a.kv_a = tensor_view(c.kv_a.data(), dtype::bf16, {t, 576}, {c.kv_a_stride, 1}, device::cpu());
+  a.norm_weight = tensor_view(c.gamma.data(), dtype::bf16, {512});
+  a.eps = 1e-6f;
+  a.q_rope = tensor_view(c.q.data(), dtype::bf16, {t, c.heads, c.q_dim}).slice(2, 128, 192);
+  a.positions = tensor_view(c.token_positions.data(), dtype::i32, {t});
+  a.cos_sin = tensor_view(c.cos_sin.data(), dtype::f32, {c.positions, 64});
+  a.slots = kernels::kv_slots::list(tensor_view(c.slot_list.data(), dtype::i32, {t}));
+  a.kv_cache = tensor_view(c.pool.data(), dtype::bf16, {c.slots, 576});
+  return a;
 }
 
 TEST(MlaKvPrepareCpu, EqualsTheThreeOpsAndLeavesKvAAlone) {
@@ -59,6 +76,70 @@ TEST(MlaKvPrepareCpu, EqualsTheThreeOpsAndLeavesKvAAlone) {
   EXPECT_EQ(bad, 0);
 }
 
+// W_UK absorbed into the last rows' q_nope (read before the rope, which touches only q_rope):
+// each element within 2^-8 of itself plus 1e-5 of the sum of |terms| of a double product, and
+// the rest of the step exactly as without the absorb.
+TEST(MlaKvPrepareCpu, AbsorbsWukIntoTheLastRows) {
+  backend::cpu cpu;
+  test::kv_prepare_case const c(5, 16, 21);
+  auto const w = test::random_w_uk(16, 22);
+  std::int64_t const rows = 3, r0 = c.tokens - rows;
+  auto const got = test::run_kv_prepare(cpu, c, false, &w, rows);
+  auto const plain = test::run_kv_prepare(cpu, c, false);
+  EXPECT_TRUE(same_bits(got.q, plain.q) && same_bits(got.pool, plain.pool));
+  std::int64_t bad = 0;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    for (std::int64_t h = 0; h < c.heads; ++h) {
+      for (std::int64_t n = 0; n < 512; ++n) {
+        double want = 0, scale = 0;
+        for (std::int64_t k = 0; k < 128; ++k) {
+          double const term =
+              double(float(c.q[std::size_t(((r0 + r) * c.heads + h) * c.q_dim + k)])) *
+              double(float(w[std::size_t((h * 128 + k) * 512 + n)]));
+          want += term;
+          scale += std::abs(term);
+        }
+        double const g = float(got.q_absorbed[std::size_t((r * c.heads + h) * 512 + n)]);
+        if (!(std::abs(g - want) <= std::abs(want) / 256 + 1e-5 * scale) && ++bad <= 8)
+          ADD_FAILURE() << "row " << r << " head " << h << " column " << n << ": " << g << ", want "
+                        << want;
+      }
+    }
+  }
+  EXPECT_EQ(bad, 0);
+}
+
+TEST(MlaKvPrepareCpu, AbsorbRefusesBadShapes) {
+  backend::cpu cpu;
+  auto stream = cpu.make_stream();
+  test::kv_prepare_case c(2, 16, 9);
+  auto w = test::random_w_uk(16, 10);
+  std::vector<bf16> out(2 * 16 * 512);
+  auto a = host_args(c);
+  tensor_view const qv(c.q.data(), dtype::bf16, {2, 16, c.q_dim});
+  a.q_nope = qv.slice(2, 0, 128);
+  a.w_uk = tensor_view(w.data(), dtype::bf16, {16, 128, 512});
+  a.q_absorbed = tensor_view(out.data(), dtype::bf16, {2, 16, 512});
+  {
+    auto b = a;
+    b.w_uk = tensor_view(w.data(), dtype::bf16, {8, 128, 512});
+    test::expect_error([&] { kernels::mla_kv_prepare(cpu, b, stream); },
+                       {"needs w_uk as [16, 128, 512]"});
+  }
+  {
+    auto b = a;
+    b.q_absorbed = tensor_view(out.data(), dtype::bf16, {1, 16, 512});
+    test::expect_error([&] { kernels::mla_kv_prepare(cpu, b, stream); },
+                       {"needs q_absorbed as [2, 16, 512]"});
+  }
+  {
+    auto b = a;
+    b.q_nope = qv.slice(2, 0, 64);
+    test::expect_error([&] { kernels::mla_kv_prepare(cpu, b, stream); },
+                       {"needs q_nope as [rows, heads, 128]"});
+  }
+}
+
 TEST(MlaKvPrepareCpu, BadArgumentsAreRefused) {
   backend::cpu cpu;
   auto stream = cpu.make_stream();
@@ -75,32 +156,17 @@ TEST(MlaKvPrepareCpu, OutOfRangePositionsAndSlotsWriteNothing) {
   backend::cpu cpu;
   auto stream = cpu.make_stream();
   test::kv_prepare_case c(4, 2, 7);
-  std::int64_t const t = c.tokens;
   for (int bad = 0; bad < 2; ++bad) {
-    auto q = c.q;
-    auto pool = c.pool;
-    auto positions = c.token_positions;
-    auto slots = c.slot_list;
-    auto kv_a = c.kv_a;
-    auto gamma = c.gamma;
-    auto cos_sin = c.cos_sin;
+    auto k = c;
     if (bad == 0)
-      positions[2] = std::int32_t(c.positions);  // one past the cache
+      k.token_positions[2] = std::int32_t(c.positions);  // one past the cache
     else
-      slots[3] = std::int32_t(c.slots);  // one past the pool
-    kernels::mla_kv_prepare_args a;
-    a.kv_a = tensor_view(kv_a.data(), dtype::bf16, {t, 576}, {c.kv_a_stride, 1}, device::cpu());
-    a.norm_weight = tensor_view(gamma.data(), dtype::bf16, {512});
-    a.eps = 1e-6f;
-    a.q_rope = tensor_view(q.data(), dtype::bf16, {t, c.heads, c.q_dim}).slice(2, 128, 192);
-    a.positions = tensor_view(positions.data(), dtype::i32, {t});
-    a.cos_sin = tensor_view(cos_sin.data(), dtype::f32, {c.positions, 64});
-    a.slots = kernels::kv_slots::list(tensor_view(slots.data(), dtype::i32, {t}));
-    a.kv_cache = tensor_view(pool.data(), dtype::bf16, {c.slots, 576});
+      k.slot_list[3] = std::int32_t(c.slots);  // one past the pool
+    auto const a = host_args(k);
     test::expect_error([&] { kernels::mla_kv_prepare(cpu, a, stream); },
                        {bad == 0 ? "outside the cos/sin cache" : "outside the pool"});
-    EXPECT_TRUE(same_bits(q, c.q)) << "q roped before the refusal";
-    EXPECT_TRUE(same_bits(pool, c.pool)) << "a row written before the refusal";
+    EXPECT_TRUE(same_bits(k.q, c.q)) << "q roped before the refusal";
+    EXPECT_TRUE(same_bits(k.pool, c.pool)) << "a row written before the refusal";
   }
 }
 
