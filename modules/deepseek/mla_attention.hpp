@@ -98,6 +98,22 @@ void mla_attention(forward_context<B>& ctx, io::model_config const& c,
   kp.cos_sin = b.cos_sin;
   kp.slots = kernels::kv_slots::table(b.req_to_token, b.token_req_rows, b.positions);
   kp.kv_cache = kv_cache;
+  // q_abs[:, h] = q_nope[:, h] . W_UK[h] of the decode rows: [heads] x [Td, 128] . [128, 512]. On
+  // CUDA a small decode batch computes it in the same launch (a few CTAs beside the step); the
+  // CPU and larger batches run the GEMM.
+  tensor_view const qd = q_all.slice(0, tp, t);
+  bool const fold_w_uk =
+      B::kind != device_kind::cpu && td > 0 && td <= kernels::mla_fold_w_uk_max_rows;
+  typename forward_context<B>::lease q_abs;
+  if (td > 0) {
+    q_abs = ctx.acquire("attn.q_absorbed", dtype::bf16, {td, hp, lora});
+    if (hp != heads) ctx.zero(q_abs.view());
+  }
+  if (fold_w_uk) {
+    kp.q_nope = qd.slice(1, 0, heads).slice(2, 0, nope);
+    kp.w_uk = w.w_uk;
+    kp.q_absorbed = q_abs.view().slice(1, 0, heads);
+  }
   kernels::mla_kv_prepare(ctx.backend, kp, ctx.stream);
 
   auto attn = ctx.acquire("attn.out", dtype::bf16, {t, heads, vdim});
@@ -119,11 +135,7 @@ void mla_attention(forward_context<B>& ctx, io::model_config const& c,
     kernels::mla_prefill(ctx.backend, ctx.gemm, a, ws.view(), ctx.stream);
   }
   if (td > 0) {
-    // q_abs[:, h] = q_nope[:, h] . W_UK[h]: [heads] x [Td, 128] . [128, 512].
-    auto q_abs = ctx.acquire("attn.q_absorbed", dtype::bf16, {td, hp, lora});
-    if (hp != heads) ctx.zero(q_abs.view());
-    tensor_view const qd = q_all.slice(0, tp, t);
-    {
+    if (!fold_w_uk) {
       auto ws = ctx.gemm_workspace();
       kernels::gemm_options opt;
       opt.layout = kernels::b_layout::k_by_n;
@@ -131,8 +143,13 @@ void mla_attention(forward_context<B>& ctx, io::model_config const& c,
                     w.w_uk, q_abs.view().slice(1, 0, heads).transpose(0, 1), ws.view(), ctx.stream,
                     opt);
     }
-    auto o_lat = ctx.acquire("attn.decode_latent_out", dtype::bf16, {td, hp, lora});
     auto const plan = kernels::plan_mla_decode(ctx.backend, td, hp);
+    // On CUDA a small split decode folds W_UV into its merge (one launch, no latent round trip);
+    // the CPU keeps the GEMM, its reference.
+    bool const fold_w_uv = B::kind != device_kind::cpu && hp == heads &&
+                           kernels::mla_decode_folds_w_uv(ctx.backend, plan, td);
+    typename forward_context<B>::lease o_lat;
+    if (!fold_w_uv) o_lat = ctx.acquire("attn.decode_latent_out", dtype::bf16, {td, hp, lora});
     typename forward_context<B>::lease dws;
     tensor_view dws_view;
     if (plan.workspace_bytes > 0) {
@@ -146,13 +163,19 @@ void mla_attention(forward_context<B>& ctx, io::model_config const& c,
     a.req_to_token = b.req_to_token;
     a.req_rows = b.decode_req_rows;
     a.seq_lens = b.decode_seq_lens;
-    a.out = o_lat.view();
     a.softmax_scale = b.softmax_scale;
-    kernels::mla_decode(ctx.backend, a, plan, dws_view, ctx.stream);
     // attn[:, h] = o_lat[:, h] . W_UV[h]^T: [heads] x [Td, 512] . [512, 128].
-    auto ws = ctx.gemm_workspace();
-    kernels::gemm(ctx.backend, ctx.gemm, o_lat.view().slice(1, 0, heads).transpose(0, 1), w.w_uv,
-                  attn.view().slice(0, tp, t).transpose(0, 1), ws.view(), ctx.stream);
+    if (fold_w_uv) {
+      a.w_uv = w.w_uv;
+      a.out_v = attn.view().slice(0, tp, t);
+      kernels::mla_decode(ctx.backend, a, plan, dws_view, ctx.stream);
+    } else {
+      a.out = o_lat.view();
+      kernels::mla_decode(ctx.backend, a, plan, dws_view, ctx.stream);
+      auto ws = ctx.gemm_workspace();
+      kernels::gemm(ctx.backend, ctx.gemm, o_lat.view().slice(1, 0, heads).transpose(0, 1), w.w_uv,
+                    attn.view().slice(0, tp, t).transpose(0, 1), ws.view(), ctx.stream);
+    }
   }
   q.reset();
   fused.reset();
