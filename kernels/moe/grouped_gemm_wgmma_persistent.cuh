@@ -17,16 +17,15 @@
 // L % pairs of group L / (pairs x n_tiles), output tile (L / pairs) % n_tiles, so that the pairs
 // that share a weight tile are neighbours, and a group's tiles follow each other (the A rows of a
 // pair are reused from L2 by its tiles). Items of pairs a group lacks are skipped.
-//  - Dynamic order (the FP8 launcher): CTAs take the next item number from a per-launch global
-//    counter, so the items in flight are always about the latest `grid` ones and the pairs of a
-//    group stream their tile's weights at the same time; L2 serves the second pair. `pairs`
-//    covers an expert of average size (1-4). A static stride lets the CTAs drift apart over
-//    tens of items, after which such neighbours no longer meet in L2: at R1 T = 4096-8192 every
-//    pair read its weights from HBM (docs/perf/moe-experts.md). The counters: 64 slots per
-//    instantiation file, taken in turn by the launches and zeroed by each launch's last CTA, so
-//    up to 64 launches of one instantiation may overlap (streams); a captured graph keeps its
-//    slot, so one graph must not be replayed on two streams at once.
-//  - Static order (pairs 1): CTA c takes items c, c + grid, ...
+// CTAs take the next item number from a per-launch global counter (the dynamic order), so the
+// items in flight are always about the latest `grid` ones and the pairs of a group stream their
+// tile's weights at the same time; L2 serves the second pair. `pairs` covers an expert of average
+// size (1-4). A static stride (CTA c taking items c, c + grid, ...) let the CTAs drift apart over
+// tens of items, after which such neighbours no longer met in L2: at R1 T = 4096-8192 every pair
+// read its weights from HBM (docs/perf/moe-experts.md). The counters: 64 slots per instantiation
+// file, taken in turn by the launches and zeroed by each launch's last CTA, so up to 64 launches
+// of one instantiation may overlap (streams); a captured graph keeps its slot, so one graph must
+// not be replayed on two streams at once.
 // Producer warp 0 finds the items from expert_of_block, 32 blocks per step, and hands each to the
 // other warps through a ring of item slots in shared memory (the consumers read an item's slot
 // after its first stage's `full` wait; the end is a `full` phase without copies). The ring runs
@@ -213,8 +212,8 @@ static __device__ std::uint32_t moe_wgp_tickets[2 * moe_wgp_ticket_slots];
 
 // --- the kernel ------------------------------------------------------------------------------
 
-// tickets: the launch's item counters (dynamic order), or null: CTA c takes items c, c + grid,
-// ... (static order). pairs: pairs per group (see moe_wgp_find; 1 in the static order).
+// tickets: the launch's item counters (the dynamic order: each item goes to the CTA whose producer
+// asks next). pairs: pairs per group (see moe_wgp_find).
 template <moe_gemm_stage Stage, bool Fp8>
 __global__ void __launch_bounds__(moe_wgp_traits<Stage, Fp8>::threads, 1)
     moe_grouped_gemm_wgmma_persistent_kernel(moe_grouped_gemm_params const p,
@@ -264,7 +263,6 @@ __global__ void __launch_bounds__(moe_wgp_traits<Stage, Fp8>::threads, 1)
       std::uint32_t it = 0;  // stages produced, over all items
       moe_wgp_walk walk;     // warp 0's
       walk.span = 2 * pairs;
-      int next = int(blockIdx.x);  // the static order's next item
       for (std::uint32_t j = 0;; ++j) {
         moe_wgp_item* const slot = items + j % traits::item_slots;
         if (tid < 32) {
@@ -272,14 +270,9 @@ __global__ void __launch_bounds__(moe_wgp_traits<Stage, Fp8>::threads, 1)
           moe_wgp_item f;
           int found = 0;
           while (found == 0) {
-            int item = next;
-            if (tickets != nullptr) {
-              std::uint32_t ticket = 0;
-              if (lane == 0) ticket = atomicAdd(tickets, 1u);
-              item = int(__shfl_sync(0xFFFF'FFFFu, ticket, 0));
-            } else {
-              next += int(gridDim.x);
-            }
+            std::uint32_t ticket = 0;
+            if (lane == 0) ticket = atomicAdd(tickets, 1u);
+            int const item = int(__shfl_sync(0xFFFF'FFFFu, ticket, 0));
             found = moe_wgp_find(walk, item, n_tiles, pairs, p, lane, f);
           }
           if (found < 0) f.block = -1;
@@ -378,7 +371,7 @@ __global__ void __launch_bounds__(moe_wgp_traits<Stage, Fp8>::threads, 1)
       cp_async_wait<0>();
       // The launch's last CTA zeroes its counters for the slot's next launch (every CTA took its
       // last ticket before counting itself done).
-      if (tickets != nullptr && tid == 0) {
+      if (tid == 0) {
         __threadfence();
         if (atomicAdd(tickets + 1, 1u) == gridDim.x - 1) {
           atomicExch(tickets, 0u);
@@ -610,11 +603,8 @@ static std::uint32_t* moe_wgp_launch_tickets(int dev) {
   return base + 2 * (launches.fetch_add(1, std::memory_order_relaxed) % moe_wgp_ticket_slots);
 }
 
-// dynamic: the dynamic item order (what the FP8 launcher runs); false: the static order, kept to
-// measure against (docs/perf/moe-experts.md).
 template <moe_gemm_stage Stage, bool Fp8>
-void launch_moe_wgmma_persistent(moe_grouped_gemm_params const& p, bool dynamic,
-                                 CUstream_st* stream) {
+void launch_moe_wgmma_persistent(moe_grouped_gemm_params const& p, CUstream_st* stream) {
   using traits = moe_wgp_traits<Stage, Fp8>;
   char const* const format = Fp8 ? "FP8" : "bf16";
   std::int64_t const w_rows = traits::gate_up ? 2 * p.n : p.n;
@@ -658,11 +648,10 @@ void launch_moe_wgmma_persistent(moe_grouped_gemm_params const& p, bool dynamic,
   LC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                      traits::smem_bytes));
   // Pairs per group: enough for an expert of average size (rows / experts, rounded to pairs of
-  // 128 rows from half a pair on), at most 4; the static order takes one.
+  // 128 rows from half a pair on), at most 4.
   std::int64_t const average_rows = p.rows / p.experts;
-  int const pairs =
-      dynamic ? int(std::clamp<std::int64_t>((average_rows + 64 + 127) / 128, 1, 4)) : 1;
-  std::uint32_t* const tickets = dynamic ? moe_wgp_launch_tickets(dev) : nullptr;
+  int const pairs = int(std::clamp<std::int64_t>((average_rows + 64 + 127) / 128, 1, 4));
+  std::uint32_t* const tickets = moe_wgp_launch_tickets(dev);
   int const sms = backend::multiprocessor_count(dev);  // cached per device
   // One CTA per SM, never more than there can be items (every block a pair start).
   std::int64_t const grid = std::min<std::int64_t>(sms, p.blocks * n_tiles);
@@ -673,7 +662,7 @@ void launch_moe_wgmma_persistent(moe_grouped_gemm_params const& p, bool dynamic,
 
 template <moe_gemm_stage Stage>
 void launch_moe_grouped_gemm_wgmma_fp8(moe_grouped_gemm_params const& p, CUstream_st* stream) {
-  launch_moe_wgmma_persistent<Stage, true>(p, true, stream);
+  launch_moe_wgmma_persistent<Stage, true>(p, stream);
 }
 
 }  // namespace lightcore::kernels::detail
