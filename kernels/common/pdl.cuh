@@ -2,9 +2,11 @@
 // kernel's blocks are scheduled while this one's last blocks still run, and wait on the device
 // for its results, which hides most of the ~2-4 us gap between two short dependent kernels (a
 // batch-1 decode step is ~20 of them per layer). Every kernel launched through launch_pdl calls
-// pdl_enter() first, before any global memory access, so that completion stays transitive: a
-// kernel only finishes after the one before it finished. LIGHTCORE_PDL=0 in the environment
-// launches without the attribute (pdl_enter() is then a no-op), for comparison.
+// pdl_enter() on every path, before it touches memory that a kernel before it may write, so that
+// completion stays transitive: a kernel only finishes after the one before it finished. What no
+// kernel writes (a model's weights) may be read or prefetched before it, which is how the decode
+// kernels overlap their weights' latency with the kernel before them. LIGHTCORE_PDL=0 in the
+// environment launches without the attribute (pdl_enter() is then a no-op), for comparison.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -45,7 +47,7 @@ inline cudaLaunchAttribute pdl_attribute() {
 }
 
 // kernel<<<grid, block, smem, stream>>>(args...), with the overlap when enabled.
-// The kernel must call pdl_enter() before its first global memory access.
+// The kernel must call pdl_enter() before its first access to memory that earlier kernels write.
 template <class... Params, class... Args>
 void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t smem,
                 cudaStream_t stream, Args const&... args) {

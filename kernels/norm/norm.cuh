@@ -51,16 +51,26 @@ __global__ void __launch_bounds__(rmsnorm_traits::max_threads)
     rmsnorm_kernel(rmsnorm_params<bf16> const p) {
   constexpr int elems = rmsnorm_traits::elems;
   __shared__ float warp_sums[rmsnorm_traits::max_warps];
-  pdl_enter();  // every global access comes after it (kernels/common/pdl.cuh)
-
   int const threads = int(blockDim.x);  // per row, a multiple of 32
   int const t = int(threadIdx.x);
   std::int64_t const row = std::int64_t(blockIdx.x) * blockDim.y + threadIdx.y;
   bool const active = row < p.rows;  // inactive threads still take part in the barrier
   int const vectors = int(p.hidden / elems);
 
-  uint4 data[VectorsPerThread] = {};    // the row (after the residual add), 8 bf16 per vector
+  // The weight, a model parameter that no kernel writes, is loaded before the wait on the kernel
+  // before (pdl.cuh): at a decode batch its round trip would otherwise follow the row's.
   uint4 weight[VectorsPerThread] = {};  // the matching weight vectors
+  if (active) {
+    auto const* w = reinterpret_cast<uint4 const*>(p.weight);  // [vectors]
+#pragma unroll
+    for (int k = 0; k < VectorsPerThread; ++k) {
+      int const v = t + k * threads;
+      if (v < vectors) weight[k] = __ldg(w + v);
+    }
+  }
+  pdl_enter();  // the row and the residual come from the kernels before this one
+
+  uint4 data[VectorsPerThread] = {};  // the row (after the residual add), 8 bf16 per vector
   float sum_sq = 0.0f;
   if (active) {
     auto const* x = reinterpret_cast<uint4 const*>(p.x + row * p.x_stride);  // [vectors]
@@ -89,13 +99,6 @@ __global__ void __launch_bounds__(rmsnorm_traits::max_threads)
         data[k] = __builtin_bit_cast(uint4, sum);
         r[v] = data[k];
       }
-    }
-    // Issued before the reduction, so that the weight's (L2-resident) latency overlaps it.
-    auto const* w = reinterpret_cast<uint4 const*>(p.weight);  // [vectors]
-#pragma unroll
-    for (int k = 0; k < VectorsPerThread; ++k) {
-      int const v = t + k * threads;
-      if (v < vectors) weight[k] = __ldg(w + v);
     }
 #pragma unroll
     for (int k = 0; k < VectorsPerThread; ++k) {
