@@ -96,6 +96,46 @@ __device__ __forceinline__ void gemv_bf16_lane_reduce(float (&v)[V], int lane) {
 // acc[r][m] += the dot products of weight row w_row[r] and token row x_row[m] over the 8-wide K
 // chunks first, first + step, .. < chunks: Unroll trips' Rows x Unroll loads are issued back to
 // back, then multiplied. Shared by the n_by_k kernel and moe_gemv.cuh.
+// One trip's weights: chunks c0 + u * step (u < Unroll) of each row, zeros past the end.
+template <int Unroll, int Rows>
+__device__ __forceinline__ void gemv_bf16_load_trip(std::uint16_t const* const (&w_row)[Rows],
+                                                    std::int64_t chunks, std::int64_t c0,
+                                                    std::int64_t step, uint4 (&w)[Unroll][Rows]) {
+#pragma unroll
+  for (int u = 0; u < Unroll; ++u) {
+    std::int64_t const c = c0 + u * step;
+#pragma unroll
+    for (int r = 0; r < Rows; ++r)
+      w[u][r] = c < chunks ? gemv_bf16_load_stream(w_row[r] + c * 8) : make_uint4(0, 0, 0, 0);
+  }
+}
+
+// acc[r][m] += one trip's weights times the tokens' matching chunks.
+template <int Unroll, int Rows, int MPad>
+__device__ __forceinline__ void gemv_bf16_multiply_trip(uint4 const (&w)[Unroll][Rows],
+                                                        std::uint16_t const* const (&x_row)[MPad],
+                                                        std::int64_t chunks, std::int64_t c0,
+                                                        std::int64_t step,
+                                                        float (&acc)[Rows][MPad]) {
+#pragma unroll
+  for (int u = 0; u < Unroll; ++u) {
+    std::int64_t const c = c0 + u * step;
+    if (c >= chunks) continue;
+    float wf[Rows][8];
+#pragma unroll
+    for (int r = 0; r < Rows; ++r) gemv_bf16_unpack(w[u][r], wf[r]);
+#pragma unroll
+    for (int m = 0; m < MPad; ++m) {
+      float xf[8];
+      gemv_bf16_unpack(gemv_bf16_load_tokens(x_row[m] + c * 8), xf);
+#pragma unroll
+      for (int r = 0; r < Rows; ++r)
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[r][m] = fmaf(wf[r][e], xf[e], acc[r][m]);
+    }
+  }
+}
+
 template <int Unroll, int Rows, int MPad>
 __device__ __forceinline__ void gemv_bf16_stream_rows(std::uint16_t const* const (&w_row)[Rows],
                                                       std::uint16_t const* const (&x_row)[MPad],
@@ -103,30 +143,8 @@ __device__ __forceinline__ void gemv_bf16_stream_rows(std::uint16_t const* const
                                                       std::int64_t step, float (&acc)[Rows][MPad]) {
   for (std::int64_t c0 = first; c0 < chunks; c0 += Unroll * step) {
     uint4 w[Unroll][Rows];
-#pragma unroll
-    for (int u = 0; u < Unroll; ++u) {
-      std::int64_t const c = c0 + u * step;
-#pragma unroll
-      for (int r = 0; r < Rows; ++r)
-        w[u][r] = c < chunks ? gemv_bf16_load_stream(w_row[r] + c * 8) : make_uint4(0, 0, 0, 0);
-    }
-#pragma unroll
-    for (int u = 0; u < Unroll; ++u) {
-      std::int64_t const c = c0 + u * step;
-      if (c >= chunks) continue;
-      float wf[Rows][8];
-#pragma unroll
-      for (int r = 0; r < Rows; ++r) gemv_bf16_unpack(w[u][r], wf[r]);
-#pragma unroll
-      for (int m = 0; m < MPad; ++m) {
-        float xf[8];
-        gemv_bf16_unpack(gemv_bf16_load_tokens(x_row[m] + c * 8), xf);
-#pragma unroll
-        for (int r = 0; r < Rows; ++r)
-#pragma unroll
-          for (int e = 0; e < 8; ++e) acc[r][m] = fmaf(wf[r][e], xf[e], acc[r][m]);
-      }
-    }
+    gemv_bf16_load_trip(w_row, chunks, c0, step, w);
+    gemv_bf16_multiply_trip(w, x_row, chunks, c0, step, acc);
   }
 }
 
@@ -175,13 +193,18 @@ __global__ void __launch_bounds__(32 * gemv_bf16_max_warps)
   for (int r = 0; r < rows; ++r)  // rows past N read row N - 1; their sums are not stored
     w_row[r] = p.b + batch * p.stride_b + std::min(n0 + r, p.n - 1) * p.ldb;
   // The weights do not depend on the kernels before this one: under programmatic dependent launch
-  // this CTA is resident while the previous kernel finishes, so its rows start streaming into L2
-  // then, and only the tokens wait for pdl_enter.
+  // this CTA is resident while the previous kernel finishes, so it loads its first trip into
+  // registers (at K <= unroll x 8 x threads, e.g. 2048 with 64 threads: the whole slice) and
+  // starts its other rows' lines streaming into L2 then; only the tokens wait for pdl_enter.
+  uint4 first_trip[unroll][rows];
+  gemv_bf16_load_trip(w_row, chunks, tid, threads, first_trip);
   constexpr std::int64_t line = 64;  // bf16 values per 128-byte line
   std::int64_t const lines = (p.k + line - 1) / line;
+  std::int64_t const trip_lines = std::int64_t(unroll) * threads * 8 / line;  // loaded above
 #pragma unroll
   for (int r = 0; r < rows; ++r)
-    for (std::int64_t i = tid; i < lines; i += threads) prefetch_l2(w_row[r] + i * line);
+    for (std::int64_t i = trip_lines + tid; i < lines; i += threads)
+      prefetch_l2(w_row[r] + i * line);
   pdl_enter();
   std::uint16_t const* x_row[MPad];
 #pragma unroll
@@ -189,7 +212,9 @@ __global__ void __launch_bounds__(32 * gemv_bf16_max_warps)
     x_row[m] = p.a + batch * p.stride_a + std::min<std::int64_t>(m, p.m - 1) * p.lda;
 
   float acc[rows][MPad] = {};
-  gemv_bf16_stream_rows<unroll>(w_row, x_row, chunks, tid, threads, acc);
+  gemv_bf16_multiply_trip(first_trip, x_row, chunks, tid, threads, acc);
+  gemv_bf16_stream_rows<unroll>(w_row, x_row, chunks, tid + std::int64_t(unroll) * threads, threads,
+                                acc);
 
   // Lanes, then warps, in a fixed order: value r * MPad + m ends in lanes [i * 32 / values, ..).
   float const sum_of_lanes = gemv_bf16_warp_sums(acc, lane);
