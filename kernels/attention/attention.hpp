@@ -203,11 +203,11 @@ void mla_prefill(B& backend, gemm_context<B>& gemm_ctx, mla_prefill_args const& 
       if (w.is_contiguous()) {
         tensor_view const w2(w.data(), dtype::bf16, {heads * per_head, mla_latent_dim}, where);
         tensor_view const c2(c.data(), dtype::bf16, {s, heads * per_head}, where);
-        gemm(backend, gemm_ctx, x, w2, c2, gemm_ws, stream);
+        gemm(backend, gemm_ctx, x, w2, c2, gemm_ws, stream, gemm_weight_options());
       } else {
         tensor_view const xb(x.data(), dtype::bf16, {heads, s, mla_latent_dim}, {0, x.stride(0), 1},
                              where);
-        gemm(backend, gemm_ctx, xb, w, c.transpose(0, 1), gemm_ws, stream);
+        gemm(backend, gemm_ctx, xb, w, c.transpose(0, 1), gemm_ws, stream, gemm_weight_options());
       }
     };
     decompress(a.w_uk, k_nope);

@@ -136,6 +136,7 @@ inline gemm_problem check_gemm_args(device where, tensor_view const& a, tensor_v
   p.stride_c = mc.batch_stride;
   p.alpha = opt.alpha;
   p.beta = opt.beta;
+  p.b_constant = opt.b_constant;
   return p;
 }
 

@@ -42,7 +42,19 @@ struct gemm_options {
   float alpha = 1.0f;                  // C = alpha * A . op(B) + beta * C
   float beta = 0.0f;                   // 0: C is only written (its old contents may be NaN)
   b_layout layout = b_layout::n_by_k;  // how B is stored
+  // B is a weight: no kernel writes it while the calls queued before this one may still run. The
+  // weight-streaming kernels (M <= 4) then load their first trip of it before waiting on the
+  // kernel before them (programmatic dependent launch), which hides its latency at decode. Left
+  // false, B is only prefetched into L2 before that wait, which is safe for any B.
+  bool b_constant = false;
 };
+
+// The options of a product by a weight (B constant during the step), as the model layers use.
+constexpr gemm_options gemm_weight_options() {
+  gemm_options o;
+  o.b_constant = true;
+  return o;
+}
 
 // One (batched) GEMM, resolved from views: pointers, extents and strides in elements.
 // Element (i, j) of batch b of a matrix X sits at x + b * stride_x + i * ldx + j.
@@ -57,6 +69,7 @@ struct gemm_problem {
   void* c = nullptr;  // [batch][M, N]
   std::int64_t ldc = 0, stride_c = 0;
   float alpha = 1.0f, beta = 0.0f;
+  bool b_constant = false;  // gemm_options::b_constant
   // FP8 block scaling only (batch 1, layout n_by_k, alpha 1, beta 0):
   float const* a_scales = nullptr;  // [K/128, M] contiguous: scale of A(i, 128g..) at g * M + i
   float const* b_scales = nullptr;  // [ceil(N/128), K/128], row stride gemm_fp8_weight_scale_ld(K)

@@ -192,20 +192,25 @@ __global__ void __launch_bounds__(32 * gemv_bf16_max_warps)
 #pragma unroll
   for (int r = 0; r < rows; ++r)  // rows past N read row N - 1; their sums are not stored
     w_row[r] = p.b + batch * p.stride_b + std::min(n0 + r, p.n - 1) * p.ldb;
-  // The weights do not depend on the kernels before this one: under programmatic dependent launch
-  // this CTA is resident while the previous kernel finishes, so it loads its first trip into
-  // registers (at K <= unroll x 8 x threads, e.g. 2048 with 64 threads: the whole slice) and
-  // starts its other rows' lines streaming into L2 then; only the tokens wait for pdl_enter.
+  // Under programmatic dependent launch this CTA may be resident while the kernel before it
+  // finishes. A weight (p.b_constant) does not depend on that kernel, so the CTA loads its first
+  // trip into registers then (at K <= unroll x 8 x threads, e.g. 2048 with 64 threads: the whole
+  // slice); every other line of its rows, or all of them for any other B, is prefetched into L2,
+  // which changes no value. Only the tokens (and B's first trip otherwise) wait for pdl_enter.
   uint4 first_trip[unroll][rows];
-  gemv_bf16_load_trip(w_row, chunks, tid, threads, first_trip);
   constexpr std::int64_t line = 64;  // bf16 values per 128-byte line
   std::int64_t const lines = (p.k + line - 1) / line;
-  std::int64_t const trip_lines = std::int64_t(unroll) * threads * 8 / line;  // loaded above
+  std::int64_t prefetched = 0;  // lines of each row already on their way as the first trip
+  if (p.b_constant) {           // uniform over the grid
+    gemv_bf16_load_trip(w_row, chunks, tid, threads, first_trip);
+    prefetched = std::int64_t(unroll) * threads * 8 / line;
+  }
 #pragma unroll
   for (int r = 0; r < rows; ++r)
-    for (std::int64_t i = trip_lines + tid; i < lines; i += threads)
+    for (std::int64_t i = prefetched + tid; i < lines; i += threads)
       prefetch_l2(w_row[r] + i * line);
   pdl_enter();
+  if (!p.b_constant) gemv_bf16_load_trip(w_row, chunks, tid, threads, first_trip);
   std::uint16_t const* x_row[MPad];
 #pragma unroll
   for (int m = 0; m < MPad; ++m)

@@ -42,6 +42,7 @@ void gemm_gemv_bf16_cuda(gemm_problem const& p, gemv_bf16_geometry const& g, CUs
   params.beta = p.beta;
   params.c_f32 = p.c_type == dtype::f32;
   params.k_by_n = p.layout == b_layout::k_by_n;
+  params.b_constant = p.b_constant;
   if (p.m <= 1)
     launch_gemv_bf16<1>(params, g, stream);
   else if (p.m <= 2)

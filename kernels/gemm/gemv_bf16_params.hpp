@@ -57,6 +57,7 @@ struct gemv_bf16_params {
   float alpha = 1.0f, beta = 0.0f;  // beta 0: C is not read
   bool c_f32 = false;               // C f32 (else bf16)
   bool k_by_n = false;              // B [K, N] (else [N, K])
+  bool b_constant = false;          // gemm_options::b_constant: B may be read before the PDL wait
 };
 
 // How a problem is launched; chosen once per shape (the gemm plan) so that a captured graph

@@ -426,7 +426,8 @@ class model {
       }
     }
     auto ws = ctx.gemm_workspace();
-    kernels::gemm(*backend_, ctx.gemm, head_in, w_->views().lm_head, logits, ws.view(), ctx.stream);
+    kernels::gemm(*backend_, ctx.gemm, head_in, w_->views().lm_head, logits, ws.view(), ctx.stream,
+                  kernels::gemm_weight_options());
   }
 
  public:
@@ -449,7 +450,8 @@ class model {
     {
       auto ws = ctx.gemm_workspace();
       kernels::gemm(*backend_, ctx.gemm, head_in, w_->views().lm_head,
-                    part.view().slice(1, 0, w_->vocab().size()), ws.view(), ctx.stream);
+                    part.view().slice(1, 0, w_->vocab().size()), ws.view(), ctx.stream,
+                    kernels::gemm_weight_options());
     }
     auto all = ctx.acquire("fwd.logits_gathered", dtype::f32, {world * rows, per});
     comm_->all_gather(part.view(), all.view(), ctx.stream);

@@ -56,6 +56,7 @@ void linear(forward_context<B>& ctx, tensor_view const& x,
   if (!w.fp8()) {
     kernels::gemm_options opt;
     opt.beta = accumulate ? 1.0f : 0.0f;
+    opt.b_constant = true;  // a weight
     kernels::gemm(ctx.backend, ctx.gemm, x, w.w, out, ws.view(), ctx.stream, opt);
     return;
   }

@@ -139,6 +139,7 @@ void mla_attention(forward_context<B>& ctx, io::model_config const& c,
       auto ws = ctx.gemm_workspace();
       kernels::gemm_options opt;
       opt.layout = kernels::b_layout::k_by_n;
+      opt.b_constant = true;
       kernels::gemm(ctx.backend, ctx.gemm, qd.slice(1, 0, heads).slice(2, 0, nope).transpose(0, 1),
                     w.w_uk, q_abs.view().slice(1, 0, heads).transpose(0, 1), ws.view(), ctx.stream,
                     opt);
@@ -174,7 +175,8 @@ void mla_attention(forward_context<B>& ctx, io::model_config const& c,
       kernels::mla_decode(ctx.backend, a, plan, dws_view, ctx.stream);
       auto ws = ctx.gemm_workspace();
       kernels::gemm(ctx.backend, ctx.gemm, o_lat.view().slice(1, 0, heads).transpose(0, 1), w.w_uv,
-                    attn.view().slice(0, tp, t).transpose(0, 1), ws.view(), ctx.stream);
+                    attn.view().slice(0, tp, t).transpose(0, 1), ws.view(), ctx.stream,
+                    kernels::gemm_weight_options());
     }
   }
   q.reset();

@@ -139,7 +139,8 @@ void moe_block(forward_context<B>& ctx, io::model_config const& c,
   auto logits = ctx.acquire("moe.logits", dtype::f32, {t, e});
   {
     auto ws = ctx.gemm_workspace();
-    kernels::gemm(ctx.backend, ctx.gemm, x, w.router, logits.view(), ws.view(), ctx.stream);
+    kernels::gemm(ctx.backend, ctx.gemm, x, w.router, logits.view(), ws.view(), ctx.stream,
+                  kernels::gemm_weight_options());
   }
   auto ids = ctx.acquire("moe.topk_ids", dtype::i32, {t, k});
   auto weights = ctx.acquire("moe.topk_weights", dtype::f32, {t, k});

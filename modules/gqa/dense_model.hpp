@@ -270,7 +270,8 @@ class dense_model {
               tensor_view const& out) const {
     if (x.size(0) == 0) return;
     auto ws = ctx.gemm_workspace();
-    kernels::gemm(*backend_, ctx.gemm, x, w, out, ws.view(), ctx.stream);
+    kernels::gemm(*backend_, ctx.gemm, x, w, out, ws.view(), ctx.stream,
+                  kernels::gemm_weight_options());
   }
 
   B* backend_;

@@ -346,7 +346,7 @@ TEST_F(GemvBf16Cuda, ShapesStridesAndPointersItRefusesGoToCublasLt) {
 }
 
 // Fixed summation orders: a rerun and a graph replay give the same bits, on both layouts and
-// with a cluster split.
+// with a cluster split, with B declared a weight (gemm_options::b_constant) or not.
 TEST_F(GemvBf16Cuda, DeterministicAndCapturable) {
   for (gemv_case const& g :
        {make(1, 4, 3072, 2048), make(1, 2, 3072, 2048), make(1, 1, 576, 2048, b_layout::k_by_n),
@@ -364,13 +364,20 @@ TEST_F(GemvBf16Cuda, DeterministicAndCapturable) {
     gemm_options const opt{1.0f, 0.0f, g.layout};
     gemm(gpu, ctx, a, b, c, ws, s, opt);
     auto const first = to_host(gpu, o.dc, s);
-    gpu.fill(o.dc.data(), o.dc.nbytes(), 1, 0xFF, s);
-    gemm(gpu, ctx, a, b, c, ws, s, opt);
-    EXPECT_EQ(to_host(gpu, o.dc, s), first) << "rerun";
-    gpu.fill(o.dc.data(), o.dc.nbytes(), 1, 0xFF, s);
-    test::run_in_graph(s, [&] { gemm(gpu, ctx, a, b, c, ws, s, opt); });
-    EXPECT_EQ(to_host(gpu, o.dc, s), first) << "graph";
-    EXPECT_EQ(ctx.stats().gemv_launches, 3);
+    // Again, and replayed in a graph, with B as given and with B declared a weight (its first
+    // trip then loaded before the PDL wait).
+    gemm_options weight = opt;
+    weight.b_constant = true;
+    for (gemm_options const& run : {opt, weight}) {
+      SCOPED_TRACE(run.b_constant ? "b_constant" : "any B");
+      gpu.fill(o.dc.data(), o.dc.nbytes(), 1, 0xFF, s);
+      gemm(gpu, ctx, a, b, c, ws, s, run);
+      EXPECT_EQ(to_host(gpu, o.dc, s), first) << "rerun";
+      gpu.fill(o.dc.data(), o.dc.nbytes(), 1, 0xFF, s);
+      test::run_in_graph(s, [&] { gemm(gpu, ctx, a, b, c, ws, s, run); });
+      EXPECT_EQ(to_host(gpu, o.dc, s), first) << "graph";
+    }
+    EXPECT_EQ(ctx.stats().gemv_launches, 5);
     EXPECT_EQ(ctx.stats().plans, 1) << "one plan for the shape, no cuBLASLt heuristic";
     EXPECT_EQ(ctx.stats().heuristic_queries, 0);
   }
