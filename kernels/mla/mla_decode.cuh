@@ -1,6 +1,7 @@
 // mla_decode: the launch of the absorbed MLA decode for tiles of 16 heads (the streaming kernel of
 // mla_decode_stream.cuh; tiles of 64 heads run mla_decode_wgmma.cuh's kernel) and the merge of
-// the splits' partial results that follows a split decode of either. Only the files in
+// the splits' partial results that follows a split decode of either, alone or with the output
+// projection W_UV folded in (mla_merge_project_kernel). Only the files in
 // instantiations/ include this; the dispatch (mla_cuda.cu) sees the declarations in mla.hpp alone.
 #pragma once
 
@@ -201,7 +202,6 @@ struct mla_merge_project_traits {
   static constexpr int threads = 32 * warps;
   static constexpr int cols = mla_fold_w_uv_cols;  // output columns of a CTA
   static constexpr int warp_cols = cols / warps;   // 4: a lane holds 16 of each one's 512 weights
-  static constexpr int max_batch = mla_fold_w_uv_max_batch;
 };
 
 template <class Out>
@@ -234,31 +234,22 @@ __global__ void __launch_bounds__(mla_merge_project_traits::threads)
   float x[2][8];
   gemv_bf16_unpack(*reinterpret_cast<uint4 const*>(latent + 8 * lane), x[0]);
   gemv_bf16_unpack(*reinterpret_cast<uint4 const*>(latent + 256 + 8 * lane), x[1]);
-  float sum[traits::warp_cols];
+  float acc[traits::warp_cols][1] = {};
 #pragma unroll
   for (int c = 0; c < traits::warp_cols; ++c) {
-    float s = 0.0f;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       float wf[8];
       gemv_bf16_unpack(w[c][half], wf);
 #pragma unroll
-      for (int i = 0; i < 8; ++i) s = fmaf(x[half][i], wf[i], s);
+      for (int i = 0; i < 8; ++i) acc[c][0] = fmaf(x[half][i], wf[i], acc[c][0]);
     }
-    sum[c] = s;
   }
-#pragma unroll
-  for (int c = 0; c < traits::warp_cols; ++c) {
-#pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2)
-      sum[c] += __shfl_xor_sync(0xFFFF'FFFFu, sum[c], offset);
-  }
-  if (lane < traits::warp_cols) {
-    float s = sum[0];
-#pragma unroll
-    for (int c = 1; c < traits::warp_cols; ++c) s = lane == c ? sum[c] : s;
-    p.out_v[b * p.out_v_batch_stride + h * p.out_v_head_stride + col0 + lane] = bf16(s);
-  }
+  // The warp's column c ends summed on lanes [c * lanes, (c + 1) * lanes) (gemv_bf16_warp_sums).
+  float const sum = gemv_bf16_warp_sums(acc, lane);
+  constexpr int lanes = 32 / traits::warp_cols;
+  if (lane % lanes == 0)
+    p.out_v[b * p.out_v_batch_stride + h * p.out_v_head_stride + col0 + lane / lanes] = bf16(sum);
 }
 
 template <class Out>
@@ -276,14 +267,9 @@ void launch_mla_merge(mla_decode_params const& p, CUstream_st* stream) {
 template <class Out>
 void launch_mla_merge_project(mla_decode_params const& p, CUstream_st* stream) {
   using traits = mla_merge_project_traits;
+  // mla_decode_cuda checked the plan, the rows and v_dim before the decode launched.
   std::int64_t const ctas = std::int64_t(p.batch) * p.heads * (p.v_dim / traits::cols);
   if (ctas == 0) return;
-  LC_CHECK(p.num_splits > 1 && p.num_splits <= mla_max_splits && p.batch <= traits::max_batch &&
-               p.v_dim % traits::cols == 0 && p.w_uv != nullptr && p.out_v != nullptr,
-           "mla merge with W_UV: needs 2.."
-               << mla_max_splits << " splits, at most " << traits::max_batch
-               << " rows and v_dim a multiple of " << traits::cols << "; got " << p.num_splits
-               << " splits, " << p.batch << " rows, v_dim " << p.v_dim);
   launch_pdl(mla_merge_project_kernel<Out>, dim3(unsigned(ctas)), dim3(traits::threads), 0, stream,
              p);
   LC_CUDA_CHECK_LAUNCH();
