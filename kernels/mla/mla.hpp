@@ -3,7 +3,8 @@
 //     normalised latent and the roped key into one 576-wide row; GQA: k and v rows).
 //   - mla_decode: per decode row, attention of q (q_nope already multiplied by W_UK, and q_rope)
 //     over the row's latent cache rows as multi-query attention: keys are the 576-wide rows,
-//     values their first 512. The [H, 512] result goes through W_UV afterwards (a GEMM).
+//     values their first 512. The [H, 512] result goes through W_UV afterwards: a GEMM, or on
+//     CUDA at up to 8 rows of a split plan the merge itself (mla_decode_args::w_uv).
 // The cache layout (page size, req_to_token) is described in kv_cache.hpp. On CUDA the decode is
 // split-KV (flash-decoding) with a merge; its launch geometry depends on the batch size and the
 // head count only (see plan_mla_decode), so one captured graph serves any mix of lengths.

@@ -4,7 +4,8 @@
 // same result as rmsnorm, apply_rope and mla_write_kv run in turn (norm.hpp, rope.hpp, mla.hpp):
 // the CPU reference applies their per-element formulas (norm_params.hpp, rope_params.hpp) in one
 // pass; on CUDA it is one launch instead of three, which at batch 1 is most of the cost (each of
-// the three is a few microseconds of latency, not bandwidth).
+// the three is a few microseconds of latency, not bandwidth). Optionally the same launch absorbs
+// W_UK into the decode rows' q_nope (mla_kv_prepare_args::w_uk), which MLA decode needs next.
 #pragma once
 
 #include <cstdint>
