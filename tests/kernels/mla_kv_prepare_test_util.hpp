@@ -2,7 +2,10 @@
 // a cos/sin table and scattered slots, runnable on any backend.
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <numeric>
 #include <random>
@@ -122,6 +125,43 @@ kv_prepare_result run_kv_prepare(B& backend, kv_prepare_case const& c, bool thro
   backend.copy(r.kv_a.data(), kv_a.data(), r.kv_a.size() * sizeof(bf16), stream);
   stream.synchronize();
   return r;
+}
+
+// Whether two bf16 buffers hold the same bits.
+inline bool same_bits(std::vector<bf16> const& a, std::vector<bf16> const& b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (a[i].bits != b[i].bits) return false;
+  return true;
+}
+
+// The absorbed queries of the case's last `rows` tokens against a double-precision product of
+// q_nope and w_uk: 2^-8 of the element (its bf16 rounding) plus 1e-5 of the sum of |terms| (fp32
+// sums of 128 terms in any order stay well inside; near-cancelling sums are covered by it).
+// Reports the first few misses; returns how many elements missed.
+inline std::int64_t absorb_misses(kv_prepare_case const& c, std::vector<bf16> const& w_uk,
+                                  std::int64_t rows, std::vector<bf16> const& q_absorbed) {
+  std::int64_t const r0 = c.tokens - rows;
+  std::int64_t misses = 0;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    for (std::int64_t h = 0; h < c.heads; ++h) {
+      for (std::int64_t n = 0; n < 512; ++n) {
+        double want = 0, scale = 0;
+        for (std::int64_t k = 0; k < 128; ++k) {
+          double const term =
+              double(float(c.q[std::size_t(((r0 + r) * c.heads + h) * c.q_dim + k)])) *
+              double(float(w_uk[std::size_t((h * 128 + k) * 512 + n)]));
+          want += term;
+          scale += std::abs(term);
+        }
+        double const got = float(q_absorbed[std::size_t((r * c.heads + h) * 512 + n)]);
+        if (!(std::abs(got - want) <= std::abs(want) / 256 + 1e-5 * scale) && ++misses <= 8)
+          ADD_FAILURE() << "absorbed row " << r << " head " << h << " column " << n << ": " << got
+                        << ", want " << want;
+      }
+    }
+  }
+  return misses;
 }
 
 }  // namespace lightcore::test
